@@ -1,0 +1,159 @@
+//! The store's domain errors. One enum for everything a request can fail with, below the
+//! gRPC boundary; `server::status` maps each to etcd's exact gRPC code and message.
+
+use thiserror::Error;
+
+/// Why a request failed. The display text is etcd's message for the same condition, so the
+/// text can travel between members (forwarded writes, apply errors) unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: request timed out, waiting for the applied index took too long")]
+    TimeoutWaitAppliedIndex,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// The local storage engine failed; the text says where.
+    #[error("{0}")]
+    Storage(String),
+    /// Anything else unexpected (gRPC code Unknown, as etcd's `togRPCError` does).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// A stable number for each variant, so an error raised while applying a log entry can be
+    /// carried in the replicated result and rebuilt exactly on the member that answers.
+    pub fn code(&self) -> u32 {
+        match self {
+            StoreError::EmptyKey => 1,
+            StoreError::KeyNotFound => 2,
+            StoreError::ValueProvided => 3,
+            StoreError::LeaseProvided => 4,
+            StoreError::TooManyOps => 5,
+            StoreError::DuplicateKey => 6,
+            StoreError::Compacted => 7,
+            StoreError::FutureRev => 8,
+            StoreError::NoSpace => 9,
+            StoreError::LeaseNotFound => 10,
+            StoreError::RequestTooLarge => 11,
+            StoreError::TooManyRequests => 12,
+            StoreError::NoLeader => 13,
+            StoreError::NotLeader => 14,
+            StoreError::LeaderChanged => 15,
+            StoreError::Stopped => 16,
+            StoreError::Timeout => 17,
+            StoreError::TimeoutWaitAppliedIndex => 18,
+            StoreError::MemberNotFound => 19,
+            StoreError::NotSupportedForLearner => 20,
+            StoreError::Storage(_) => 100,
+            StoreError::Internal(_) => 101,
+        }
+    }
+
+    /// Rebuilds an error from [`StoreError::code`] and its message.
+    pub fn from_code(code: u32, message: &str) -> StoreError {
+        match code {
+            1 => StoreError::EmptyKey,
+            2 => StoreError::KeyNotFound,
+            3 => StoreError::ValueProvided,
+            4 => StoreError::LeaseProvided,
+            5 => StoreError::TooManyOps,
+            6 => StoreError::DuplicateKey,
+            7 => StoreError::Compacted,
+            8 => StoreError::FutureRev,
+            9 => StoreError::NoSpace,
+            10 => StoreError::LeaseNotFound,
+            11 => StoreError::RequestTooLarge,
+            12 => StoreError::TooManyRequests,
+            13 => StoreError::NoLeader,
+            14 => StoreError::NotLeader,
+            15 => StoreError::LeaderChanged,
+            16 => StoreError::Stopped,
+            17 => StoreError::Timeout,
+            18 => StoreError::TimeoutWaitAppliedIndex,
+            19 => StoreError::MemberNotFound,
+            20 => StoreError::NotSupportedForLearner,
+            100 => StoreError::Storage(message.to_string()),
+            _ => StoreError::Internal(message.to_string()),
+        }
+    }
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Storage(format!("storage: {e}"))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        let all = [
+            StoreError::EmptyKey,
+            StoreError::KeyNotFound,
+            StoreError::ValueProvided,
+            StoreError::LeaseProvided,
+            StoreError::TooManyOps,
+            StoreError::DuplicateKey,
+            StoreError::Compacted,
+            StoreError::FutureRev,
+            StoreError::NoSpace,
+            StoreError::LeaseNotFound,
+            StoreError::RequestTooLarge,
+            StoreError::TooManyRequests,
+            StoreError::NoLeader,
+            StoreError::NotLeader,
+            StoreError::LeaderChanged,
+            StoreError::Stopped,
+            StoreError::Timeout,
+            StoreError::TimeoutWaitAppliedIndex,
+            StoreError::MemberNotFound,
+            StoreError::NotSupportedForLearner,
+            StoreError::Storage("disk on fire".into()),
+            StoreError::Internal("odd".into()),
+        ];
+        for e in all {
+            assert_eq!(StoreError::from_code(e.code(), &e.to_string()), e);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Lodestone: a strongly consistent, replicated key-value store that speaks the etcd v3
+//! gRPC API. See `ARCHITECTURE.md` at the repository root for the bird's-eye view.
+//!
+//! Layers, bottom up:
+//! - [`mvcc`]: etcd's revisioned key-value model on RocksDB (the state machine's data).
+//! - [`raft`]: consensus — the write-ahead log, the state machine, snapshots, peer transport.
+//! - [`validate`]: request checks made before proposing.
+//! - [`server`]: the running member and its gRPC/HTTP services.
+//! - [`config`]: etcd-named flags; [`error`]: domain errors; [`metrics`]: Prometheus.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod mvcc;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod validate;

@@ -1,0 +1,54 @@
+//! The `lodestone` binary: parses etcd-named flags, starts a member, and stops it cleanly on
+//! SIGTERM or SIGINT.
+
+use clap::Parser;
+use lodestone::config::Config;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cfg: &Config) {
+    let filter = EnvFilter::try_from_env("LODESTONE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},openraft=warn", cfg.log_level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+    token.cancel();
+}
+
+fn main() {
+    let cfg = Config::parse();
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lodestone")
+        .build()
+        .expect("start runtime");
+    let code = rt.block_on(async {
+        let token = CancellationToken::new();
+        tokio::spawn(signals(token.clone()));
+        match lodestone::server::serve::run(cfg, token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("lodestone: {e}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,198 @@
+//! MVCC: etcd's multi-version key-value model on a RocksDB instance.
+//!
+//! One store-wide revision (1 on an empty store) is bumped once per write request that
+//! changes something; every key carries create/mod revision, version and lease; deletes are
+//! tombstones; history stays until a compaction drops it.
+//!
+//! Column families of the state-machine instance:
+//! - `kv`: revision key → encoded `mvccpb.KeyValue` (etcd's layout: the full history, the
+//!   source of watch history and of HashKV),
+//! - `index`: escaped user key ++ revision → 0 (put) or 1 (tombstone), for reads at a past
+//!   revision,
+//! - `latest`: user key → encoded `KeyValue` of live keys, so reads at the current revision
+//!   are one ordered scan,
+//! - `meta`: the [`Meta`] record, written in the same WriteBatch as every change.
+//!
+//! The RocksDB WAL of this instance is written but not fsynced per batch: the Raft log is the
+//! source of truth and replays anything lost. [`Mvcc::sync`] makes everything written so far
+//! durable; the state machine calls it before the Raft log may be purged.
+
+mod keys;
+mod read;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+pub use keys::{KeyRange, Revision, decode_user_key, encode_user_key, index_key, revision_key};
+pub use read::{RangeOutcome, ReadView};
+pub use write::WriteTxn;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+
+pub const CF_KV: &str = "kv";
+pub const CF_INDEX: &str = "index";
+pub const CF_LATEST: &str = "latest";
+pub const CF_META: &str = "meta";
+const META_KEY: &[u8] = b"meta";
+
+/// The bookkeeping record stored with every applied batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    /// Current store revision (1 on an empty store).
+    pub revision: i64,
+    /// Highest compacted revision (0 when never compacted).
+    pub compacted: i64,
+    /// State owned by the layer above (last applied log id, membership, member attributes);
+    /// opaque here, but always written atomically with the data it describes.
+    pub applied: Vec<u8>,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta {
+            revision: 1,
+            compacted: 0,
+            applied: Vec::new(),
+        }
+    }
+}
+
+/// The MVCC store. Cheap to share; the RocksDB handle can be swapped when a snapshot is
+/// installed, so readers take a handle per operation.
+pub struct Mvcc {
+    db: RwLock<Arc<DB>>,
+    /// Held shared while a read-only txn evaluates against the live database and
+    /// exclusively while a batch is written, so such a txn sees one state.
+    commit_lock: Arc<RwLock<()>>,
+}
+
+pub(crate) fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+    opts
+}
+
+pub(crate) fn open_db(path: &Path) -> Result<DB> {
+    let cfs = [CF_KV, CF_INDEX, CF_LATEST, CF_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    Ok(DB::open_cf_descriptors(&db_options(), path, cfs)?)
+}
+
+impl Mvcc {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Mvcc> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Storage(format!("create {}: {e}", path.display())))?;
+        let db = open_db(path)?;
+        Ok(Mvcc {
+            db: RwLock::new(Arc::new(db)),
+            commit_lock: Arc::new(RwLock::new(())),
+        })
+    }
+
+    /// The current RocksDB handle.
+    pub fn db(&self) -> Arc<DB> {
+        self.db.read().expect("mvcc handle lock").clone()
+    }
+
+    /// Replaces the RocksDB handle (after a snapshot was installed in place of the old data).
+    pub(crate) fn swap_db(&self, db: DB) -> Arc<DB> {
+        let mut g = self.db.write().expect("mvcc handle lock");
+        std::mem::replace(&mut *g, Arc::new(db))
+    }
+
+    /// The meta record as stored.
+    pub fn meta(&self) -> Result<Meta> {
+        read_meta(&self.db())
+    }
+
+    /// A consistent read view at the latest applied state.
+    pub fn read_view(&self) -> Result<ReadView> {
+        ReadView::new(self.db())
+    }
+
+    /// Starts a write transaction covering one or more requests; see [`WriteTxn`].
+    pub fn write_txn(&self) -> Result<WriteTxn> {
+        let db = self.db();
+        let meta = read_meta(&db)?;
+        Ok(WriteTxn::new(db, meta, self.commit_lock.clone()))
+    }
+
+    /// Evaluates a transaction that writes nothing against one consistent state.
+    pub fn read_only_txn(
+        &self,
+        req: &crate::proto::etcdserverpb::TxnRequest,
+    ) -> Result<crate::proto::etcdserverpb::TxnResponse> {
+        let _shared = self.commit_lock.read().expect("commit lock");
+        let db = self.db();
+        let meta = read_meta(&db)?;
+        let mut txn = WriteTxn::new(db, meta, self.commit_lock.clone());
+        let resp = txn.txn(req)?;
+        debug_assert!(!txn.is_dirty(), "read-only txn wrote");
+        Ok(resp)
+    }
+
+    /// Makes everything written so far durable (syncs this instance's WAL).
+    pub fn sync(&self) -> Result<()> {
+        self.db().flush_wal(true)?;
+        Ok(())
+    }
+
+    /// `(dbSize, dbSizeInUse)` in bytes, as etcd's Status reports them.
+    pub fn size(&self) -> (i64, i64) {
+        let db = self.db();
+        let mut total = 0u64;
+        let mut live = 0u64;
+        for name in [CF_KV, CF_INDEX, CF_LATEST, CF_META] {
+            if let Some(cf) = db.cf_handle(name) {
+                let sst = db
+                    .property_int_value_cf(&cf, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let mem = db
+                    .property_int_value_cf(&cf, "rocksdb.size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let est = db
+                    .property_int_value_cf(&cf, "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                total += sst + mem;
+                live += est + mem;
+            }
+        }
+        (total as i64, live.min(total) as i64)
+    }
+}
+
+pub(crate) fn read_meta(db: &DB) -> Result<Meta> {
+    let cf = db
+        .cf_handle(CF_META)
+        .ok_or_else(|| StoreError::Storage("missing meta column family".into()))?;
+    match db.get_cf(&cf, META_KEY)? {
+        None => Ok(Meta::default()),
+        Some(b) => bincode::deserialize(&b).map_err(|e| StoreError::Storage(format!("corrupt meta record: {e}"))),
+    }
+}
+
+pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
+    bincode::serialize(meta).expect("meta serializes")
+}
+
+pub(crate) fn decode_kv(b: &[u8]) -> Result<crate::proto::mvccpb::KeyValue> {
+    crate::proto::mvccpb::KeyValue::decode(b).map_err(|e| StoreError::Storage(format!("corrupt key-value record: {e}")))
+}

@@ -1,0 +1,316 @@
+//! MVCC unit tests on a real RocksDB instance in a temporary directory.
+
+use super::*;
+use crate::proto::etcdserverpb::request_op::Request as Op;
+use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+fn store() -> (tempfile::TempDir, Mvcc) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mvcc::open(&dir.path().join("db")).unwrap();
+    (dir, m)
+}
+
+fn put_req(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Default::default()
+    }
+}
+
+fn put(m: &Mvcc, k: &str, v: &str) -> i64 {
+    let mut t = m.write_txn().unwrap();
+    let r = t.put(&put_req(k, v)).unwrap();
+    t.commit(vec![]).unwrap();
+    r.header.unwrap().revision
+}
+
+fn del(m: &Mvcc, k: &str, end: &str) -> i64 {
+    let mut t = m.write_txn().unwrap();
+    let r = t
+        .delete_range(&DeleteRangeRequest {
+            key: k.to_string().into(),
+            range_end: end.to_string().into(),
+            prev_kv: false,
+        })
+        .unwrap();
+    t.commit(vec![]).unwrap();
+    r.deleted
+}
+
+fn range(m: &Mvcc, req: RangeRequest) -> crate::error::Result<RangeOutcome> {
+    m.read_view().unwrap().with(|v| v.range(&req))
+}
+
+fn get(m: &Mvcc, k: &str, rev: i64) -> Option<crate::proto::mvccpb::KeyValue> {
+    range(
+        m,
+        RangeRequest {
+            key: k.to_string().into(),
+            revision: rev,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .kvs
+    .pop()
+}
+
+fn prefix(m: &Mvcc, p: &str, rev: i64) -> Vec<String> {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    range(
+        m,
+        RangeRequest {
+            key: p.to_string().into(),
+            range_end: end.into(),
+            revision: rev,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .kvs
+    .into_iter()
+    .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+    .collect()
+}
+
+#[test]
+fn revisions_start_at_one_and_bump_once_per_change() {
+    let (_d, m) = store();
+    assert_eq!(m.meta().unwrap().revision, 1);
+    assert_eq!(put(&m, "a", "1"), 2);
+    assert_eq!(put(&m, "a", "2"), 3);
+    let kv = get(&m, "a", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // Deleting nothing changes nothing.
+    assert_eq!(del(&m, "zzz", ""), 0);
+    assert_eq!(m.meta().unwrap().revision, 3);
+}
+
+#[test]
+fn tombstones_and_history() {
+    let (_d, m) = store();
+    put(&m, "k", "v1"); // 2
+    put(&m, "k", "v2"); // 3
+    assert_eq!(del(&m, "k", ""), 1); // 4
+    put(&m, "k", "v3"); // 5
+    assert_eq!(get(&m, "k", 2).unwrap().value, "v1");
+    assert_eq!(get(&m, "k", 3).unwrap().value, "v2");
+    assert!(get(&m, "k", 4).is_none());
+    let kv = get(&m, "k", 5).unwrap();
+    assert_eq!((kv.version, kv.create_revision), (1, 5));
+    // The tombstone is in the revision keyspace with its mark.
+    let db = m.db();
+    let kcf = db.cf_handle(CF_KV).unwrap();
+    assert!(
+        db.get_cf(&kcf, revision_key(Revision::new(4, 0), true))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn requests_in_one_batch_see_each_other() {
+    let (_d, m) = store();
+    put(&m, "base", "0"); // 2
+    let mut t = m.write_txn().unwrap();
+    t.put(&put_req("x", "1")).unwrap(); // 3
+    t.put(&put_req("x", "2")).unwrap(); // 4
+    t.delete_range(&DeleteRangeRequest {
+        key: "base".into(),
+        ..Default::default()
+    })
+    .unwrap(); // 5
+    // A txn in the same batch reads the overlay, at the latest and at a revision inside it.
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: "x".into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: "x".into(),
+                    revision: 3,
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: "base".into(),
+                    revision: 4,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let r = t.txn(&txn).unwrap();
+    let val = |i: usize| match &r.responses[i].response {
+        Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(rr)) => {
+            rr.kvs.first().map(|kv| kv.value.clone())
+        }
+        _ => panic!(),
+    };
+    assert_eq!(val(0).unwrap(), "2");
+    assert_eq!(val(1).unwrap(), "1");
+    assert_eq!(val(2).unwrap(), "0");
+    assert_eq!(t.revision(), 5, "a read-only txn does not bump the revision");
+    // Nothing is visible to readers before commit.
+    assert!(get(&m, "x", 0).is_none());
+    t.commit(b"applied".to_vec()).unwrap();
+    assert_eq!(get(&m, "x", 0).unwrap().version, 2);
+    let meta = m.meta().unwrap();
+    assert_eq!((meta.revision, meta.applied.as_slice()), (5, &b"applied"[..]));
+}
+
+#[test]
+fn failed_request_leaves_no_trace() {
+    let (_d, m) = store();
+    put(&m, "k", "v"); // 2
+    let mut t = m.write_txn().unwrap();
+    // Deletes k, then puts k with ignore_value: the key is gone by then, so the txn fails.
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp {
+                request: Some(Op::RequestPut(put_req("other", "1"))),
+            },
+            RequestOp {
+                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: "k".into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Op::RequestPut(PutRequest {
+                    key: "k".into(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(t.txn(&txn).unwrap_err(), crate::error::StoreError::KeyNotFound);
+    // A later request in the same batch sees the state before the failed one.
+    t.put(&put_req("after", "1")).unwrap();
+    assert_eq!(t.revision(), 3);
+    t.commit(vec![]).unwrap();
+    assert_eq!(get(&m, "k", 0).unwrap().value, "v");
+    assert!(get(&m, "other", 0).is_none());
+    assert_eq!(get(&m, "after", 0).unwrap().mod_revision, 3);
+}
+
+#[test]
+fn compaction_keeps_what_is_live_at_the_compacted_revision() {
+    let (_d, m) = store();
+    put(&m, "a", "1"); // 2
+    put(&m, "a", "2"); // 3
+    put(&m, "b", "1"); // 4
+    del(&m, "b", ""); // 5
+    put(&m, "c", "1"); // 6
+    put(&m, "a", "3"); // 7
+    let mut t = m.write_txn().unwrap();
+    t.compact(6).unwrap();
+    t.commit(vec![]).unwrap();
+    assert_eq!(m.meta().unwrap().compacted, 6);
+    assert!(matches!(
+        range(
+            &m,
+            RangeRequest {
+                key: "a".into(),
+                revision: 5,
+                ..Default::default()
+            }
+        ),
+        Err(crate::error::StoreError::Compacted)
+    ));
+    // At the compacted revision everything live then is still readable.
+    assert_eq!(get(&m, "a", 6).unwrap().value, "2");
+    assert!(get(&m, "b", 6).is_none());
+    assert_eq!(get(&m, "c", 6).unwrap().value, "1");
+    assert_eq!(get(&m, "a", 7).unwrap().value, "3");
+    // Physically: revisions 2 (a), 4 (b), 5 (b's tombstone) are gone; 3, 6, 7 remain.
+    let db = m.db();
+    let kcf = db.cf_handle(CF_KV).unwrap();
+    let left: Vec<i64> = db
+        .iterator_cf(&kcf, rocksdb::IteratorMode::Start)
+        .map(|i| keys::parse_revision_key(&i.unwrap().0).unwrap().0.main)
+        .collect();
+    assert_eq!(left, vec![3, 6, 7]);
+    let mut t = m.write_txn().unwrap();
+    assert_eq!(t.compact(6).unwrap_err(), crate::error::StoreError::Compacted);
+    assert_eq!(t.compact(8).unwrap_err(), crate::error::StoreError::FutureRev);
+}
+
+#[test]
+fn ranges_count_limit_and_prefixes() {
+    let (_d, m) = store();
+    for k in ["p/a", "p/b", "p/c", "q"] {
+        put(&m, k, k);
+    }
+    assert_eq!(prefix(&m, "p/", 0), ["p/a", "p/b", "p/c"]);
+    assert_eq!(prefix(&m, "p/", 2), ["p/a"]);
+    assert_eq!(prefix(&m, "p/", 3), ["p/a", "p/b"]);
+    let r = range(
+        &m,
+        RangeRequest {
+            key: "p/".into(),
+            range_end: "p0".into(),
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
+    let r = range(
+        &m,
+        RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 4));
+    let r = range(
+        &m,
+        RangeRequest {
+            key: "q".into(),
+            range_end: "p".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.count, 0);
+    assert!(matches!(
+        range(
+            &m,
+            RangeRequest {
+                key: "q".into(),
+                revision: 99,
+                ..Default::default()
+            }
+        ),
+        Err(crate::error::StoreError::FutureRev)
+    ));
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let m = Mvcc::open(&dir.path().join("db")).unwrap();
+        put(&m, "k", "v");
+        m.sync().unwrap();
+    }
+    let m = Mvcc::open(&dir.path().join("db")).unwrap();
+    assert_eq!(m.meta().unwrap().revision, 2);
+    assert_eq!(get(&m, "k", 0).unwrap().value, "v");
+}

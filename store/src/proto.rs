@@ -1,0 +1,17 @@
+//! Generated protobuf and gRPC code: etcd's v3 client API (`etcdserverpb`, `mvccpb`,
+//! `authpb`) and Lodestone's internal peer protocol (`lodestone`).
+
+#![allow(clippy::all, missing_docs, rust_2018_idioms)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+pub mod lodestone {
+    tonic::include_proto!("lodestone");
+}

@@ -1,0 +1,432 @@
+//! The Raft state machine: applies committed commands to MVCC in batches, and builds and
+//! installs snapshots.
+//!
+//! Every batch of committed entries openraft hands over becomes one MVCC [`WriteTxn`] and
+//! one RocksDB write that also stores the last applied log id, the membership and member
+//! attributes. A compaction is the one exception that splits a batch: it commits what came
+//! before it first, so every member deletes exactly the same history.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{Stream, TryStreamExt};
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::snapshot::{self, SnapshotFile};
+use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::error::StoreError;
+use crate::metrics;
+use crate::mvcc::{Mvcc, WriteTxn};
+use crate::proto::lodestone::{self as pb, command::Kind, command_result::Kind as ResKind};
+
+/// What a member published about itself (name and client URLs), keyed by member id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttributes {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// Raft bookkeeping stored inside the MVCC meta record (atomically with the data).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub members: BTreeMap<u64, MemberAttributes>,
+}
+
+impl AppliedState {
+    pub fn decode(b: &[u8]) -> std::io::Result<AppliedState> {
+        if b.is_empty() {
+            return Ok(AppliedState::default());
+        }
+        bincode::deserialize(b).map_err(|e| std::io::Error::other(format!("corrupt applied state: {e}")))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("applied state serializes")
+    }
+}
+
+/// Shared between openraft's state-machine task and the read path.
+pub struct Shared {
+    pub mvcc: Mvcc,
+    /// Holds `db-<n>` instance directories and the `CURRENT_DB` pointer naming the live one.
+    root: PathBuf,
+    generation: Mutex<u64>,
+    snap_dir: PathBuf,
+    applied_tx: watch::Sender<u64>,
+    revision_tx: watch::Sender<i64>,
+    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    members: Mutex<BTreeMap<u64, MemberAttributes>>,
+}
+
+impl Shared {
+    /// Index of the last applied log entry; changes as entries are applied.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Store revision after the last applied batch.
+    pub fn revision(&self) -> watch::Receiver<i64> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Where snapshot files live (received ones are written here too).
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snap_dir
+    }
+
+    /// Published member attributes as of the last applied batch.
+    pub fn member_attributes(&self) -> BTreeMap<u64, MemberAttributes> {
+        self.members.lock().expect("members lock").clone()
+    }
+}
+
+/// openraft's handle on the state machine.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub shared: Arc<Shared>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl StateMachine {
+    /// Opens the state machine under `dir`: the RocksDB instance named by `dir/CURRENT_DB`
+    /// (a `db-<n>` directory), and snapshot files in `dir/snapshots`. Instance directories a
+    /// crash left behind (a half-loaded snapshot, an instance already replaced) are removed.
+    pub fn open(dir: &Path) -> std::io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let generation = match std::fs::read_to_string(dir.join(CURRENT_DB)) {
+            Ok(s) => s
+                .trim()
+                .strip_prefix("db-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| io_err(format!("corrupt {} in {}", CURRENT_DB, dir.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_pointer(dir, 0)?;
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        let live = db_dir(dir, generation);
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            let is_instance = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("db-"));
+            if is_instance && p.is_dir() && p != live {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+        let snap_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snap_dir)?;
+        let mvcc = Mvcc::open(&live).map_err(io_err)?;
+        let meta = mvcc.meta().map_err(io_err)?;
+        let applied = AppliedState::decode(&meta.applied)?;
+        let current = latest_snapshot(&snap_dir)?;
+        let (applied_tx, _) = watch::channel(applied.last_applied.as_ref().map_or(0, |l| l.index));
+        let (revision_tx, _) = watch::channel(meta.revision);
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                mvcc,
+                root: dir.to_path_buf(),
+                generation: Mutex::new(generation),
+                snap_dir,
+                applied_tx,
+                revision_tx,
+                current: Mutex::new(current),
+                members: Mutex::new(applied.members),
+            }),
+        })
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.shared.mvcc.sync().map_err(io_err)
+    }
+}
+
+const CURRENT_DB: &str = "CURRENT_DB";
+
+fn db_dir(root: &Path, generation: u64) -> PathBuf {
+    root.join(format!("db-{generation}"))
+}
+
+/// Points `CURRENT_DB` at instance `generation`, atomically and durably.
+fn write_pointer(root: &Path, generation: u64) -> std::io::Result<()> {
+    let tmp = root.join(format!("{CURRENT_DB}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("db-{generation}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, root.join(CURRENT_DB))?;
+    snapshot::sync_dir(root)
+}
+
+fn latest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let ext = p.extension().and_then(|x| x.to_str());
+        if ext != Some("snap") {
+            // Leftovers of a snapshot build or receive that a crash interrupted.
+            if matches!(ext, Some("tmp") | Some("part")) {
+                let _ = std::fs::remove_file(&p);
+            }
+            continue;
+        }
+        match snapshot::read_meta(&p) {
+            Ok(m) => {
+                let newer = best.as_ref().is_none_or(|(b, _)| m.last_log_id > b.last_log_id);
+                if newer {
+                    best = Some((m, p));
+                }
+            }
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable snapshot file"),
+        }
+    }
+    Ok(best)
+}
+
+fn snapshot_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("{:016x}-{:016x}.snap", l.committed_leader_id().term, l.index),
+        None => "0000000000000000-0000000000000000.snap".into(),
+    }
+}
+
+/// Keeps only `keep` among the snapshot files.
+fn prune_snapshots(dir: &Path, keep: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p != keep && p.extension().and_then(|x| x.to_str()) == Some("snap") {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn apply_error(e: StoreError) -> CommandResult {
+    CommandResult(pb::CommandResult {
+        kind: Some(ResKind::Error(pb::ApplyError {
+            code: e.code(),
+            message: e.to_string(),
+        })),
+    })
+}
+
+fn empty() -> CommandResult {
+    CommandResult(pb::CommandResult {
+        kind: Some(ResKind::Empty(pb::Empty {})),
+    })
+}
+
+/// Applies one command; domain errors become results, storage errors abort the batch.
+fn apply_command(txn: &mut WriteTxn, state: &mut AppliedState, cmd: &pb::Command) -> Result<CommandResult, StoreError> {
+    let res = match &cmd.kind {
+        Some(Kind::Put(p)) => txn.put(p).map(ResKind::Put),
+        Some(Kind::DeleteRange(d)) => txn.delete_range(d).map(ResKind::DeleteRange),
+        Some(Kind::Txn(t)) => txn.txn(t).map(ResKind::Txn),
+        Some(Kind::Compaction(c)) => txn.compact(c.revision).map(ResKind::Compaction),
+        Some(Kind::MemberAttributes(m)) => {
+            state.members.insert(
+                m.id,
+                MemberAttributes {
+                    name: m.name.clone(),
+                    client_urls: m.client_urls.clone(),
+                },
+            );
+            Ok(ResKind::Empty(pb::Empty {}))
+        }
+        None => Ok(ResKind::Empty(pb::Empty {})),
+    };
+    match res {
+        Ok(kind) => Ok(CommandResult(pb::CommandResult { kind: Some(kind) })),
+        Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => Err(e),
+        Err(e) => Ok(apply_error(e)),
+    }
+}
+
+type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+
+/// Applies a batch of committed entries in one RocksDB write (two around a compaction).
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<CommandResult>, u64, i64)> {
+    let mut txn = shared.mvcc.write_txn().map_err(io_err)?;
+    let meta = shared.mvcc.meta().map_err(io_err)?;
+    let mut state = AppliedState::decode(&meta.applied)?;
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let r = match &entry.payload {
+            EntryPayload::Blank => empty(),
+            EntryPayload::Normal(cmd) => {
+                if matches!(cmd.0.kind, Some(Kind::Compaction(_))) && txn.is_dirty() {
+                    txn.commit(state.encode()).map_err(io_err)?;
+                }
+                apply_command(&mut txn, &mut state, &cmd.0).map_err(io_err)?
+            }
+            EntryPayload::Membership(m) => {
+                state.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                empty()
+            }
+        };
+        state.last_applied = Some(entry.log_id.clone());
+        results.push(r);
+    }
+    let start = Instant::now();
+    txn.commit(state.encode()).map_err(io_err)?;
+    metrics::observe_backend_commit(start.elapsed());
+    *shared.members.lock().expect("members lock") = state.members;
+    let last = state.last_applied.as_ref().map_or(0, |l| l.index);
+    Ok((results, last, txn.revision()))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        let meta = self.shared.mvcc.meta().map_err(io_err)?;
+        let s = AppliedState::decode(&meta.applied)?;
+        Ok((s.last_applied, s.membership))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), std::io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + openraft::OptionalSend,
+    {
+        let items: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
+        let shared = self.shared.clone();
+        let n = entries.len();
+        let (results, last, revision) = tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
+            .await
+            .map_err(io_err)??;
+        self.shared.applied_tx.send_replace(last);
+        self.shared.revision_tx.send_replace(revision);
+        metrics::proposals_applied(n as u64);
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), std::io::Error> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let (last, revision, members) = tokio::task::spawn_blocking(move || install(&shared, &meta, &snapshot))
+            .await
+            .map_err(io_err)??;
+        *self.shared.members.lock().expect("members lock") = members;
+        self.shared.applied_tx.send_replace(last);
+        self.shared.revision_tx.send_replace(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let cur = self.shared.current.lock().expect("snapshot lock").clone();
+        Ok(cur.map(|(meta, path)| Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        }))
+    }
+}
+
+/// Replaces the state machine with a snapshot: load it into a new instance directory, then
+/// switch the `CURRENT_DB` pointer to it (one atomic rename) and retire the old instance.
+/// A crash before the switch leaves the old instance live; after it, the new one.
+fn install(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    file: &SnapshotFile,
+) -> std::io::Result<(u64, i64, BTreeMap<u64, MemberAttributes>)> {
+    let mut generation = shared.generation.lock().expect("generation lock");
+    let next = *generation + 1;
+    let next_dir = db_dir(&shared.root, next);
+    if next_dir.exists() {
+        std::fs::remove_dir_all(&next_dir)?;
+    }
+    let db = crate::mvcc::open_db(&next_dir).map_err(io_err)?;
+    let file_meta = snapshot::load(&file.path, &db)?;
+    if file_meta.last_log_id != meta.last_log_id {
+        return Err(io_err("snapshot file does not match the snapshot meta"));
+    }
+    // Keep the received file as the current snapshot (it may serve other lagging members).
+    let kept = shared.snap_dir.join(snapshot_name(meta));
+    if file.path != kept {
+        std::fs::copy(&file.path, &kept)?;
+        std::fs::File::open(&kept)?.sync_all()?;
+        snapshot::sync_dir(&shared.snap_dir)?;
+    }
+    write_pointer(&shared.root, next)?;
+    let previous = shared.mvcc.swap_db(db);
+    *generation = next;
+    // Let reads still running on the old instance finish before its files go away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Arc::strong_count(&previous) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(previous);
+    std::fs::remove_dir_all(db_dir(&shared.root, next - 1))?;
+    prune_snapshots(&shared.snap_dir, &kept);
+    *shared.current.lock().expect("snapshot lock") = Some((meta.clone(), kept));
+    let m = shared.mvcc.meta().map_err(io_err)?;
+    let s = AppliedState::decode(&m.applied)?;
+    Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let shared = self.shared.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || -> std::io::Result<(SnapshotMeta, PathBuf)> {
+            // The log may be purged up to this snapshot: make the state behind it durable.
+            shared.mvcc.sync().map_err(io_err)?;
+            let db = shared.mvcc.db();
+            let tmp_name = shared.snap_dir.join("building.snap");
+            let meta = snapshot::write(&db, &tmp_name, |raw| {
+                let m: crate::mvcc::Meta = if raw.is_empty() {
+                    crate::mvcc::Meta::default()
+                } else {
+                    bincode::deserialize(raw).map_err(|e| io_err(format!("corrupt meta record: {e}")))?
+                };
+                let s = AppliedState::decode(&m.applied)?;
+                Ok(SnapshotMeta {
+                    last_log_id: s.last_applied,
+                    last_membership: s.membership,
+                })
+            })?;
+            let path = shared.snap_dir.join(snapshot_name(&meta));
+            std::fs::rename(&tmp_name, &path)?;
+            snapshot::sync_dir(&shared.snap_dir)?;
+            prune_snapshots(&shared.snap_dir, &path);
+            *shared.current.lock().expect("snapshot lock") = Some((meta.clone(), path.clone()));
+            Ok((meta, path))
+        })
+        .await
+        .map_err(io_err)??;
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! The metrics and health listener (`--listen-metrics-urls`).
+//!
+//! - `/health`: etcd's shape, `{"health":"true"}`; healthy when a leader exists and a
+//!   linearizable read barrier completes within a second.
+//! - `/livez`: the process serves requests.
+//! - `/readyz`: the member has a leader and has caught up with what it served before a
+//!   restart; Kubernetes routes client traffic only to ready members.
+//! - `/metrics`: Prometheus text format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::Server;
+use crate::metrics;
+
+async fn health(server: Arc<Server>) -> impl IntoResponse {
+    let ok = server.leader().is_some()
+        && tokio::time::timeout(Duration::from_secs(1), server.linearizable_barrier())
+            .await
+            .is_ok_and(|r| r.is_ok());
+    let (code, body) = if ok {
+        (StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"no leader or quorum unreachable"}"#.to_string(),
+        )
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn readyz(server: Arc<Server>) -> impl IntoResponse {
+    let caught_up = tokio::time::timeout(Duration::from_millis(500), server.serializable_barrier())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if server.leader().is_some() && caught_up {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no leader or still recovering\n",
+        )
+    }
+}
+
+async fn render_metrics(server: Arc<Server>) -> impl IntoResponse {
+    let (size, in_use) = server.sm.mvcc.size();
+    metrics::set_db(size, in_use, server.revision());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render())
+}
+
+pub fn router(server: Arc<Server>) -> Router {
+    let (s1, s2, s3) = (server.clone(), server.clone(), server);
+    Router::new()
+        .route("/health", get(move || health(s1.clone())))
+        .route("/readyz", get(move || readyz(s2.clone())))
+        .route("/livez", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/metrics", get(move || render_metrics(s3.clone())))
+}

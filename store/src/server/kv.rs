@@ -1,0 +1,145 @@
+//! The etcd KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes are validated here, before anything is proposed, then replicated; reads wait on
+//! the linearizable barrier unless the client asked for `serializable`, and are served from
+//! a consistent snapshot of the local state machine.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::Server;
+use crate::error::StoreError;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::request_op::Request as Op;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::proto::lodestone::{Command, command::Kind, command_result::Kind as ResKind};
+use crate::validate;
+
+pub struct KvService {
+    pub server: Arc<Server>,
+}
+
+fn unexpected(what: &str) -> Status {
+    StoreError::Internal(format!("unexpected result for {what}")).into()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
+}
+
+/// True when a txn (with everything nested) only reads.
+fn is_read_only(t: &TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
+        Some(Op::RequestRange(_)) | None => true,
+        Some(Op::RequestTxn(n)) => is_read_only(n),
+        _ => false,
+    })
+}
+
+/// True when every range in a read-only txn asked for serializable reads.
+fn all_serializable(t: &TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
+        Some(Op::RequestRange(r)) => r.serializable,
+        Some(Op::RequestTxn(n)) => all_serializable(n),
+        _ => true,
+    })
+}
+
+impl KvService {
+    async fn write(&self, kind: Kind) -> Result<ResKind, Status> {
+        let r = self.server.propose(Command { kind: Some(kind) }).await?;
+        r.kind.ok_or_else(|| unexpected("write"))
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req)?;
+        if req.serializable {
+            self.server.serializable_barrier().await?;
+        } else {
+            self.server.linearizable_barrier().await?;
+        }
+        let sm = self.server.sm.clone();
+        let (out, rev) =
+            blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision)))).await?;
+        Ok(Response::new(RangeResponse {
+            header: self.server.header(rev),
+            kvs: out.kvs,
+            more: out.more,
+            count: out.count,
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_put(&req)?;
+        match self.write(Kind::Put(req)).await? {
+            ResKind::Put(mut r) => {
+                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_delete(&req)?;
+        match self.write(Kind::DeleteRange(req)).await? {
+            ResKind::DeleteRange(mut r) => {
+                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("delete range")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
+        if is_read_only(&req) {
+            if all_serializable(&req) {
+                self.server.serializable_barrier().await?;
+            } else {
+                self.server.linearizable_barrier().await?;
+            }
+            let sm = self.server.sm.clone();
+            let mut r = blocking(move || sm.mvcc.read_only_txn(&req)).await?;
+            r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+            return Ok(Response::new(r));
+        }
+        match self.write(Kind::Txn(req)).await? {
+            ResKind::Txn(mut r) => {
+                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        // Compaction is physical on every member as part of applying it, so `physical`
+        // needs no extra wait.
+        match self.write(Kind::Compaction(req)).await? {
+            ResKind::Compaction(mut r) => {
+                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("compaction")),
+        }
+    }
+}

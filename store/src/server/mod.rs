@@ -1,0 +1,425 @@
+//! The running member: assembles storage, consensus and the gRPC services, and serves them
+//! until shutdown.
+//!
+//! - [`kv`], [`maintenance`], [`cluster`]: the etcd v3 client services.
+//! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
+//! - [`reads`]: the linearizable read barrier (ReadIndex batching).
+//! - [`status`]: domain error → gRPC status, in one place.
+//! - [`http`]: `/health`, `/livez`, `/readyz`, `/metrics`.
+
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+pub mod peer;
+pub mod reads;
+pub mod serve;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::config::{ClusterState, Config};
+use crate::error::{Result, StoreError};
+use crate::metrics;
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::lodestone::peer_client::PeerClient;
+use crate::proto::lodestone::{self as pb, command_result::Kind as ResKind};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, peer_channel};
+use crate::raft::state_machine::{Shared, StateMachine};
+use crate::raft::{Command, MemberNode, NodeId, Raft};
+
+/// Everything a request handler needs. Shared by all services through an `Arc`.
+pub struct Server {
+    pub id: NodeId,
+    pub cfg: Config,
+    pub cluster_id: Arc<AtomicU64>,
+    pub raft: Raft,
+    pub sm: Arc<Shared>,
+    pub log: LogStore,
+    reads: reads::ReadBarrier,
+    peers: Mutex<HashMap<NodeId, (String, PeerClient<Channel>)>>,
+    /// The commit index saved before the last restart: serializable reads wait until the
+    /// state machine is back there, so a restart never shows older data than before.
+    recovered_to: u64,
+    pub shutdown: CancellationToken,
+}
+
+/// Errors that stop a member from starting, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(
+        "--initial-cluster-state existing needs membership support (MemberAdd) in the cluster; \
+         joining an existing cluster is not available in this version"
+    )]
+    JoinUnsupported,
+    #[error("cannot listen on {url}: {err}")]
+    Listen { url: String, err: std::io::Error },
+}
+
+impl Server {
+    /// Opens storage, bootstraps or resumes the member, and starts Raft.
+    pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Arc<Server>, StartError> {
+        let log = LogStore::open(&cfg.wal_dir())?;
+        let sm = StateMachine::open(&cfg.state_machine_dir())?;
+        let barrier_sm = sm.clone();
+        log.set_durability_barrier(Arc::new(move || barrier_sm.sync()));
+
+        let pristine = log.is_pristine()?;
+        let (id, cluster_id, bootstrap) = if pristine {
+            if cfg.initial_cluster_state == ClusterState::Existing {
+                return Err(StartError::JoinUnsupported);
+            }
+            let members = cfg.initial_members()?;
+            let me = cfg.self_member(&members)?;
+            let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+            let cid = crate::config::cluster_id(&ids, &cfg.initial_cluster_token);
+            log.save_identity(cid, me.id).await?;
+            let nodes: BTreeMap<NodeId, MemberNode> = members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        MemberNode {
+                            name: m.name.clone(),
+                            peer_urls: m.peer_urls.clone(),
+                        },
+                    )
+                })
+                .collect();
+            (me.id, cid, Some(nodes))
+        } else {
+            let (cid, id) = log
+                .identity()?
+                .ok_or_else(|| StartError::Raft("write-ahead log has no member identity".into()))?;
+            tracing::info!(member = %format!("{id:x}"), "resuming from existing data; --initial-cluster flags are ignored");
+            (id, cid, None)
+        };
+        let recovered_to = {
+            use openraft::storage::RaftLogStorage;
+            let mut l = log.clone();
+            l.read_committed().await?.map_or(0, |c| c.index)
+        };
+
+        let raft_cfg = openraft::Config {
+            cluster_name: cfg.initial_cluster_token.clone(),
+            heartbeat_interval: cfg.heartbeat_interval,
+            election_timeout_min: cfg.election_timeout,
+            election_timeout_max: cfg.election_timeout * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+            max_in_snapshot_log_to_keep: cfg.experimental_snapshot_catchup_entries,
+            install_snapshot_timeout: 10_000,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let cluster_id = Arc::new(AtomicU64::new(cluster_id));
+        let network = Network {
+            self_id: id,
+            cluster_id: cluster_id.clone(),
+        };
+        let shared = sm.shared.clone();
+        let raft = Raft::new(id, Arc::new(raft_cfg), network, log.clone(), sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if let Some(nodes) = bootstrap {
+            // Every founding member initializes with the same membership; openraft accepts
+            // the identical first entry from each of them.
+            if let Err(e) = raft.initialize(nodes).await {
+                tracing::warn!(error = %e, "initialize");
+            }
+        }
+        let server = Arc::new(Server {
+            id,
+            reads: reads::ReadBarrier::new(),
+            cfg,
+            cluster_id,
+            raft,
+            sm: shared,
+            log,
+            peers: Mutex::new(HashMap::new()),
+            recovered_to,
+            shutdown,
+        });
+        server.reads.start(server.clone());
+        tokio::spawn(watch_raft(server.clone()));
+        tokio::spawn(publish_attributes(server.clone()));
+        Ok(server)
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> crate::raft::RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// etcd's response header for a reply at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id(),
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow_watched().current_term,
+        })
+    }
+
+    /// Current store revision as of the last applied batch.
+    pub fn revision(&self) -> i64 {
+        *self.sm.revision().borrow()
+    }
+
+    /// Waits until some member is leader, up to `timeout`.
+    async fn wait_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow_and_update().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Stopped);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(StoreError::NoLeader))
+    }
+
+    async fn peer(&self, id: NodeId) -> Result<PeerClient<Channel>> {
+        let node = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.membership_config.membership().get_node(&id).cloned()
+        };
+        let url = node
+            .and_then(|n| n.peer_urls.first().cloned())
+            .ok_or(StoreError::NoLeader)?;
+        let mut peers = self.peers.lock().await;
+        if let Some((u, c)) = peers.get(&id) {
+            if *u == url {
+                return Ok(c.clone());
+            }
+        }
+        let ch = peer_channel(&url).map_err(|e| StoreError::Internal(format!("peer {id:x} at {url}: {e}")))?;
+        let c = PeerClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        peers.insert(id, (url, c.clone()));
+        Ok(c)
+    }
+
+    /// Replicates a write through the leader (forwarding when this member is a follower) and
+    /// returns the state machine's answer.
+    pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
+        if cmd.encoded_len() > self.cfg.max_request_bytes {
+            return Err(StoreError::RequestTooLarge);
+        }
+        metrics::proposal_started();
+        let r = tokio::time::timeout(self.cfg.request_timeout(), self.propose_inner(cmd))
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
+        metrics::proposal_finished();
+        if r.is_err() {
+            metrics::proposal_failed();
+        }
+        r
+    }
+
+    async fn propose_inner(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
+        loop {
+            let leader = self.wait_leader(self.cfg.request_timeout()).await?;
+            let r = if leader != self.id {
+                self.forward(leader, cmd.clone()).await
+            } else {
+                self.propose_local(cmd.clone()).await
+            };
+            match r {
+                Err(StoreError::NotLeader) => {
+                    // Leadership moved before the entry was appended: safe to route again.
+                    tokio::time::sleep(self.cfg.heartbeat()).await;
+                    continue;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Proposes on this member, which must be the leader. Apply errors come back as
+    /// [`StoreError`]s.
+    pub async fn propose_local(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
+        match self.raft.client_write(Command(cmd)).await {
+            Ok(resp) => match resp.data.0.kind {
+                Some(ResKind::Error(e)) => Err(StoreError::from_code(e.code, &e.message)),
+                _ => Ok(resp.data.0),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NotLeader),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(StoreError::LeaderChanged),
+            Err(RaftError::APIError(e)) => Err(StoreError::Internal(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, cmd: pb::Command) -> Result<pb::CommandResult> {
+        let mut client = self.peer(leader).await?;
+        match client.propose(cmd).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                match r.kind {
+                    Some(ResKind::Error(e)) => Err(StoreError::from_code(e.code, &e.message)),
+                    _ => Ok(r),
+                }
+            }
+            // The leader may or may not have committed it; the client must decide.
+            Err(_) => Err(StoreError::LeaderChanged),
+        }
+    }
+
+    /// Returns once this member's state reflects every write acknowledged before the call
+    /// (ReadIndex through the leader, shared by concurrent reads).
+    pub async fn linearizable_barrier(&self) -> Result<()> {
+        let index = tokio::time::timeout(self.cfg.request_timeout(), self.reads.read_index())
+            .await
+            .unwrap_or(Err(StoreError::Timeout))?;
+        self.wait_applied(index).await
+    }
+
+    /// The read index, obtained from this member if leader, else from the leader.
+    pub(crate) async fn fetch_read_index(&self) -> Result<u64> {
+        let leader = self.wait_leader(self.cfg.request_timeout()).await?;
+        if leader == self.id {
+            return self.local_read_index().await;
+        }
+        let mut client = self.peer(leader).await?;
+        match client
+            .read_index(pb::ReadIndexRequest {
+                cluster_id: self.cluster_id(),
+            })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().read_index),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
+            Err(_) => Err(StoreError::LeaderChanged),
+        }
+    }
+
+    /// ReadIndex on the leader: confirm leadership with a quorum, return the index to apply.
+    pub async fn local_read_index(&self) -> Result<u64> {
+        match self.raft.get_read_log_id(openraft::raft::ReadPolicy::ReadIndex).await {
+            Ok((read_log_id, _)) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(_))) => {
+                Err(StoreError::NotLeader)
+            }
+            Err(RaftError::APIError(_)) => Err(StoreError::LeaderChanged),
+            Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Waits until the state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<()> {
+        let mut rx = self.sm.applied();
+        let wait = async {
+            while *rx.borrow_and_update() < index {
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Stopped);
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.cfg.request_timeout(), wait)
+            .await
+            .unwrap_or(Err(StoreError::TimeoutWaitAppliedIndex))
+    }
+
+    /// Serializable reads may be stale, but never older than before a restart.
+    pub async fn serializable_barrier(&self) -> Result<()> {
+        self.wait_applied(self.recovered_to).await
+    }
+
+    /// Stops Raft and the storage threads.
+    pub async fn stop(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.sm.mvcc.sync() {
+            tracing::warn!(error = %e, "final state machine sync");
+        }
+        self.log.close();
+    }
+}
+
+/// Follows openraft's metrics: leader changes, gauges.
+async fn watch_raft(server: Arc<Server>) {
+    let mut rx = server.raft.metrics();
+    let mut last_leader = None;
+    loop {
+        let m = rx.borrow_and_update().clone();
+        if m.current_leader != last_leader {
+            if m.current_leader.is_some() {
+                metrics::leader_changed();
+            }
+            tracing::info!(leader = ?m.current_leader.map(|l| format!("{l:x}")), term = m.current_term, "leader");
+            last_leader = m.current_leader;
+        }
+        metrics::set_raft(
+            m.cluster_committed.as_ref().map_or(0, |c| c.index),
+            m.current_leader.is_some(),
+            m.current_leader == Some(server.id),
+        );
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through Raft (etcd's "publish"), retrying
+/// until it is recorded.
+async fn publish_attributes(server: Arc<Server>) {
+    let cmd = pb::Command {
+        kind: Some(pb::command::Kind::MemberAttributes(pb::MemberAttributes {
+            id: server.id,
+            name: server.cfg.name.clone(),
+            client_urls: server.cfg.advertise_client_urls.clone(),
+        })),
+    };
+    loop {
+        let current = server.sm.member_attributes().get(&server.id).cloned();
+        if current.is_some_and(|a| a.name == server.cfg.name && a.client_urls == server.cfg.advertise_client_urls) {
+            return;
+        }
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            r = server.propose(cmd.clone()) => match r {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing member attributes; will retry");
+                    tokio::time::sleep(server.cfg.election()).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Binds the listeners, serves the client, peer and metrics endpoints, and shuts down in
+//! order: stop accepting clients and let in-flight requests finish, stop Raft, stop peers,
+//! close storage.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::ClusterService;
+use super::kv::KvService;
+use super::maintenance::MaintenanceService;
+use super::peer::PeerService;
+use super::{Server, StartError};
+use crate::config::{self, Config};
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::lodestone::peer_server::PeerServer;
+
+/// gRPC allows this much over `--max-request-bytes` for framing, as etcd does.
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+async fn bind_all(urls: &[String]) -> Result<Vec<(String, TcpListener)>, StartError> {
+    let mut out = Vec::new();
+    for url in urls {
+        for addr in config::resolve(url).await? {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|err| StartError::Listen { url: url.clone(), err })?;
+            out.push((url.clone(), l));
+        }
+    }
+    Ok(out)
+}
+
+/// The addresses a running member listens on (useful when ports were chosen by the OS).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub client: Vec<SocketAddr>,
+    pub peer: Vec<SocketAddr>,
+    pub metrics: Vec<SocketAddr>,
+}
+
+/// Runs a member until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let client = bind_all(&cfg.listen_client_urls).await?;
+    let peer = bind_all(&cfg.listen_peer_urls).await?;
+    let metrics = bind_all(&cfg.listen_metrics_urls).await?;
+    let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD;
+    let server = Server::start(cfg, shutdown.clone()).await?;
+    tracing::info!(
+        name = %server.cfg.name,
+        member = %format!("{:x}", server.id),
+        cluster = %format!("{:x}", server.cluster_id()),
+        client = ?client.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+        peer = ?peer.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+        "serving"
+    );
+
+    // Peers keep talking until Raft has stopped.
+    let peers_stop = CancellationToken::new();
+    let mut peer_tasks = Vec::new();
+    for (_, l) in peer {
+        let svc = PeerServer::new(PeerService { server: server.clone() })
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let stop = peers_stop.clone();
+        peer_tasks.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop.cancelled_owned()),
+        ));
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<KvService>>().await;
+    let mut client_tasks = Vec::new();
+    for (_, l) in client {
+        let s = server.clone();
+        let kv = KvServer::new(KvService { server: s.clone() })
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
+        let maint =
+            MaintenanceServer::new(MaintenanceService { server: s.clone() }).max_decoding_message_size(max_recv);
+        let cluster = ClusterServer::new(ClusterService { server: s.clone() }).max_decoding_message_size(max_recv);
+        client_tasks.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(health_service.clone())
+                .add_service(kv)
+                .add_service(maint)
+                .add_service(cluster)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown.clone().cancelled_owned()),
+        ));
+    }
+
+    let mut http_tasks = Vec::new();
+    for (_, l) in metrics {
+        let router = super::http::router(server.clone());
+        let stop = shutdown.clone();
+        http_tasks.push(tokio::spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining client requests");
+    for t in client_tasks {
+        let _ = t.await;
+    }
+    for t in http_tasks {
+        let _ = t.await;
+    }
+    server.stop().await;
+    peers_stop.cancel();
+    for t in peer_tasks {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

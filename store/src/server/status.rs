@@ -1,0 +1,134 @@
+//! The one place where domain errors become gRPC statuses: etcd's codes and messages.
+
+use tonic::{Code, Status};
+
+use crate::error::StoreError;
+
+pub fn to_status(e: StoreError) -> Status {
+    let code = match &e {
+        StoreError::EmptyKey
+        | StoreError::KeyNotFound
+        | StoreError::ValueProvided
+        | StoreError::LeaseProvided
+        | StoreError::TooManyOps
+        | StoreError::DuplicateKey
+        | StoreError::RequestTooLarge => Code::InvalidArgument,
+        StoreError::Compacted | StoreError::FutureRev => Code::OutOfRange,
+        StoreError::NoSpace | StoreError::TooManyRequests => Code::ResourceExhausted,
+        StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
+        StoreError::NotLeader => Code::FailedPrecondition,
+        StoreError::NoLeader
+        | StoreError::LeaderChanged
+        | StoreError::Stopped
+        | StoreError::Timeout
+        | StoreError::TimeoutWaitAppliedIndex
+        | StoreError::NotSupportedForLearner => Code::Unavailable,
+        StoreError::Storage(_) | StoreError::Internal(_) => Code::Unknown,
+    };
+    Status::new(code, e.to_string())
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        to_status(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_codes_and_messages() {
+        let cases = [
+            (
+                StoreError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                StoreError::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                StoreError::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                StoreError::LeaseProvided,
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                StoreError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                StoreError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                StoreError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                StoreError::FutureRev,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                StoreError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                StoreError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                StoreError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                StoreError::TooManyRequests,
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            (StoreError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (
+                StoreError::NotLeader,
+                Code::FailedPrecondition,
+                "etcdserver: not leader",
+            ),
+            (
+                StoreError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
+            ),
+            (StoreError::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+            (StoreError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (
+                StoreError::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                StoreError::NotSupportedForLearner,
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
+        ];
+        for (e, code, msg) in cases {
+            let s = to_status(e);
+            assert_eq!(s.code(), code, "{msg}");
+            assert_eq!(s.message(), msg);
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Test harness: starts real `lodestone` (or, for side-by-side compatibility checks, real
+//! `etcd` 3.4) processes on 127.0.0.1 with ephemeral ports and temporary data directories.
+//! Both binaries take the same etcd flags, so one harness drives either.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+/// Which server implementation a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Lodestone,
+    Etcd,
+}
+
+/// Path of the `lodestone` binary: `$LODESTONE_BIN`, else next to the test executable's
+/// target directory (built by the test command before the suites run).
+pub fn lodestone_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LODESTONE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/lodestone
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("lodestone");
+    assert!(
+        p.exists(),
+        "lodestone binary not found at {}; build it first (`cargo build --bin lodestone`) or set LODESTONE_BIN",
+        p.display()
+    );
+    p
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Path of etcd 3.4 (Debian package `etcd-server`).
+pub fn etcd_bin() -> PathBuf {
+    which("etcd").expect("etcd not found: install the Debian package etcd-server (the README's test command does)")
+}
+
+/// Path of etcdctl 3.4 (Debian package `etcd-client`).
+pub fn etcdctl_bin() -> PathBuf {
+    which("etcdctl")
+        .expect("etcdctl not found: install the Debian package etcd-client (the README's test command does)")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind ephemeral port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One member process.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    kind: Kind,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+
+    fn spawn(&mut self, extra_env: &[(String, String)]) {
+        let bin = match self.kind {
+            Kind::Lodestone => lodestone_bin(),
+            Kind::Etcd => etcd_bin(),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open member log");
+        let mut cmd = Command::new(bin);
+        cmd.args(&self.args)
+            .stdout(Stdio::from(log.try_clone().expect("dup log")))
+            .stderr(Stdio::from(log));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start member process"));
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().expect("wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The member's log so far (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A cluster of real processes in a temporary directory, killed when dropped.
+pub struct Cluster {
+    pub kind: Kind,
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+/// Options for a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub size: usize,
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    /// Extra flags for every member.
+    pub extra: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            size: 1,
+            heartbeat_ms: 50,
+            election_ms: 500,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until it serves a linearizable read.
+    pub async fn start(kind: Kind, opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = format!("test-{}", std::process::id());
+        let mut members = Vec::new();
+        for i in 0..opts.size {
+            let name = format!("m{i}");
+            members.push(Member {
+                client_port: free_port(),
+                peer_port: free_port(),
+                metrics_port: free_port(),
+                data_dir: dir.path().join(format!("{name}.data")),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                args: Vec::new(),
+                kind,
+                child: None,
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let initial = initial.join(",");
+        for m in &mut members {
+            m.args = vec![
+                "--name".into(),
+                m.name.clone(),
+                "--data-dir".into(),
+                m.data_dir.display().to_string(),
+                "--listen-client-urls".into(),
+                m.client_url(),
+                "--advertise-client-urls".into(),
+                m.client_url(),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{}", m.peer_port),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{}", m.peer_port),
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                token.clone(),
+                "--heartbeat-interval".into(),
+                opts.heartbeat_ms.to_string(),
+                "--election-timeout".into(),
+                opts.election_ms.to_string(),
+                "--listen-metrics-urls".into(),
+                m.metrics_url(),
+            ];
+            m.args.extend(opts.extra.iter().cloned());
+            m.spawn(&[]);
+        }
+        let c = Cluster {
+            kind,
+            members,
+            _dir: dir,
+        };
+        c.wait_healthy(Duration::from_secs(30)).await;
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// A client of one member only.
+    pub async fn client_of(&self, i: usize) -> Client {
+        connect(&[self.members[i].endpoint()]).await
+    }
+
+    /// A client of all members.
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoints()).await
+    }
+
+    /// Waits until every running member answers a linearizable read.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            loop {
+                let ok = async {
+                    let mut c = Client::connect([m.endpoint()], Some(opts())).await.ok()?;
+                    c.get("health", None).await.ok()
+                }
+                .await
+                .is_some();
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {i} did not become healthy; log:\n{}",
+                    m.log_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The index of the member that is leader, asked through Maintenance.Status.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_none() {
+                    continue;
+                }
+                if let Ok(mut c) = Client::connect([m.endpoint()], Some(opts())).await {
+                    if let Ok(s) = c.status().await {
+                        if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every member has published its name and client URLs (MemberList shows
+    /// them as started).
+    pub async fn wait_published(&self) {
+        let mut c = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(m) = c.member_list().await {
+                if m.members().len() == self.members.len()
+                    && m.members()
+                        .iter()
+                        .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never published their names and client URLs"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Restarts a stopped member on its data directory with its original flags.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is still running");
+        self.members[i].spawn(&[]);
+    }
+
+    /// Runs `etcdctl` against the given endpoints.
+    pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Output {
+        etcdctl(endpoints, args)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
+}
+
+fn opts() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10))
+}
+
+/// Connects the `etcd-client` crate to `endpoints`.
+pub async fn connect(endpoints: &[String]) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(endpoints, Some(opts())).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to {endpoints:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Runs etcdctl 3.4 (API v3) and returns its output.
+pub fn etcdctl(endpoints: &[String], args: &[&str]) -> Output {
+    Command::new(etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .output()
+        .expect("run etcdctl")
+}
+
+/// Runs etcdctl with `stdin` as its input (for `txn`).
+pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("etcdctl output")
+}
+
+/// Asserts that an `etcd-client` error is a gRPC status with `code` and exactly `message`.
+pub fn assert_status(err: etcd_client::Error, code: tonic::Code, message: &str) {
+    match err {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(
+                s.code(),
+                code,
+                "code for {message:?}: got {:?} {:?}",
+                s.code(),
+                s.message()
+            );
+            assert_eq!(s.message(), message);
+        }
+        other => panic!("expected gRPC status {code:?} {message:?}, got {other:?}"),
+    }
+}

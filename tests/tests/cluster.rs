@@ -1,0 +1,355 @@
+//! Lodestone clusters under real faults: follower forwarding, kill -9 of the leader under a
+//! write load, kill -9 of every member, catch-up by snapshot, graceful shutdown, health and
+//! metrics endpoints, flag defaults and environment variables.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use lodestone_tests::{Cluster, Kind, Options, connect};
+
+fn opts(size: usize) -> Options {
+    Options {
+        size,
+        ..Default::default()
+    }
+}
+
+/// A plain HTTP GET (status code, body).
+fn http_get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(hostport).expect("connect metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_linearizable_reads_through_every_member() {
+    let c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(c.client_of(i).await);
+    }
+    for (i, cl) in clients.iter_mut().enumerate() {
+        cl.put(format!("via/{i}"), format!("{i}"), None).await.unwrap();
+        // Read-your-write through every member, immediately, without serializable.
+        for other in 0..3 {
+            let mut o = c.client_of(other).await;
+            let r = o.get(format!("via/{i}"), None).await.unwrap();
+            assert_eq!(
+                r.kvs().len(),
+                1,
+                "member {other} misses a write acknowledged by member {i}"
+            );
+        }
+    }
+    // Every member reports the same cluster, the same leader and the same member list.
+    let mut ids = BTreeSet::new();
+    let mut leaders = BTreeSet::new();
+    let mut lists = BTreeSet::new();
+    for cl in clients.iter_mut() {
+        let s = cl.status().await.unwrap();
+        leaders.insert(s.leader());
+        ids.insert(s.header().unwrap().cluster_id());
+        let m = cl.member_list().await.unwrap();
+        let mut names: Vec<(u64, String, Vec<String>)> = m
+            .members()
+            .iter()
+            .map(|m| (m.id(), m.name().to_string(), m.client_urls().to_vec()))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3);
+        lists.insert(format!("{names:?}"));
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(lists.len(), 1, "member lists differ: {lists:?}");
+    // Names and client URLs are published once members run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = clients[0].member_list().await.unwrap();
+        if m.members()
+            .iter()
+            .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+        {
+            let names: BTreeSet<&str> = m.members().iter().map(|m| m.name()).collect();
+            assert_eq!(names, BTreeSet::from(["m0", "m1", "m2"]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "members never published their attributes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes sequential keys until `stop`, recording each acknowledged key and its time.
+async fn writer(
+    endpoints: Vec<String>,
+    prefix: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+) {
+    let mut cl = connect(&endpoints).await;
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = format!("{prefix}/{i:08}");
+        let r = tokio::time::timeout(Duration::from_secs(3), cl.put(key.clone(), "v", None)).await;
+        if let Ok(Ok(_)) = r {
+            acked.lock().unwrap().push((key, Instant::now()));
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        i += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_under_write_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        // Each writer talks to one member, so some go through followers.
+        let ep = vec![
+            c.members[w % 3].endpoint(),
+            c.members[(w + 1) % 3].endpoint(),
+            c.members[(w + 2) % 3].endpoint(),
+        ];
+        tasks.push(tokio::spawn(writer(ep, format!("w{w}"), stop.clone(), acked.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = c.leader().await;
+    let killed_at = Instant::now();
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let before = acked.iter().filter(|(_, t)| *t < killed_at).count();
+    let after: Vec<Instant> = acked.iter().filter(|(_, t)| *t >= killed_at).map(|(_, t)| *t).collect();
+    assert!(before > 20, "too little load before the kill: {before}");
+    let first_after = after
+        .iter()
+        .min()
+        .copied()
+        .expect("writes never resumed after the leader was killed");
+    // Election timeout is 500 ms: writes must resume within a few of them.
+    assert!(
+        first_after - killed_at < Duration::from_millis(3000),
+        "writes resumed only after {:?}",
+        first_after - killed_at
+    );
+
+    // Every acknowledged write is there, read through a survivor.
+    let survivor = (leader + 1) % 3;
+    let mut cl = c.client_of(survivor).await;
+    let r = cl
+        .get("w", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
+    let present: BTreeSet<Vec<u8>> = r.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !present.contains(k.as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // The killed member comes back and catches up.
+    c.restart(leader);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let mut back = c.client_of(leader).await;
+    let r = back
+        .get("w", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert!(r.count() as usize >= acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_all_members_and_restart_keeps_every_acknowledged_write() {
+    let mut c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let mut cl = c.client().await;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        let key = format!("crash/{i:05}");
+        cl.put(key.clone(), format!("{i}"), None).await.unwrap();
+        acked.push(key);
+    }
+    let last_rev = cl.get("crash/00000", None).await.unwrap().header().unwrap().revision();
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let mut revs = BTreeSet::new();
+    for i in 0..3 {
+        let mut m = c.client_of(i).await;
+        let r = m.get("crash/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(r.count() as usize, acked.len(), "member {i} lost writes");
+        revs.insert(r.header().unwrap().revision());
+        // Serializable reads after a restart are never older than before it.
+        let s = m
+            .get(
+                "crash/",
+                Some(GetOptions::new().with_prefix().with_count_only().with_serializable()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.count() as usize, acked.len());
+    }
+    assert_eq!(revs.len(), 1, "members disagree on the revision: {revs:?}");
+    assert!(*revs.iter().next().unwrap() >= last_rev);
+    // Writes continue from where they were.
+    let p = cl.put("after", "crash", None).await.unwrap();
+    assert_eq!(p.header().unwrap().revision(), *revs.iter().next().unwrap() + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_behind_the_purged_log_catches_up_by_snapshot() {
+    let extra = vec![
+        "--snapshot-count".into(),
+        "50".into(),
+        "--experimental-snapshot-catchup-entries".into(),
+        "10".into(),
+    ];
+    let mut c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = c.leader().await;
+    let lagger = (leader + 1) % 3;
+    c.kill(lagger);
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != lagger)
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let mut cl = connect(&others).await;
+    for i in 0..400 {
+        cl.put(format!("snap/{i:04}"), vec![b'x'; 100], None).await.unwrap();
+    }
+    cl.delete("snap/0000", None).await.unwrap();
+    c.restart(lagger);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let mut m = c.client_of(lagger).await;
+    let r = m
+        .get("snap/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(r.count(), 399);
+    // The lagging member received a snapshot file rather than the (purged) log.
+    let snaps = c.members[lagger].data_dir.join("member/snap/snapshots");
+    let has_snapshot = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "snap"));
+    assert!(has_snapshot, "no snapshot installed on the lagging member");
+    // And it keeps up afterwards, with the same revision as the leader.
+    cl.put("snap/after", "1", None).await.unwrap();
+    let a = m.get("snap/after", None).await.unwrap();
+    let b = cl.get("snap/after", None).await.unwrap();
+    assert_eq!(a.header().unwrap().revision(), b.header().unwrap().revision());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_data_survives() {
+    let mut c = Cluster::start(Kind::Lodestone, opts(1)).await;
+    let mut cl = c.client().await;
+    cl.put("durable", "yes", None).await.unwrap();
+    let code = c.members[0].terminate();
+    assert_eq!(
+        code,
+        Some(0),
+        "lodestone did not exit cleanly on SIGTERM; log:\n{}",
+        c.members[0].log_tail()
+    );
+    c.restart(0);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let mut cl = c.client().await;
+    assert_eq!(cl.get("durable", None).await.unwrap().kvs()[0].value(), b"yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoints() {
+    let c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let mut cl = c.client().await;
+    for i in 0..20 {
+        cl.put(format!("m/{i}"), "v", None).await.unwrap();
+    }
+    for m in &c.members {
+        let (code, body) = http_get(&format!("{}/health", m.metrics_url()));
+        assert_eq!(code, 200);
+        assert!(body.contains(r#""health":"true""#), "{body}");
+        assert_eq!(http_get(&format!("{}/livez", m.metrics_url())).0, 200);
+        assert_eq!(http_get(&format!("{}/readyz", m.metrics_url())).0, 200);
+        let (code, text) = http_get(&format!("{}/metrics", m.metrics_url()));
+        assert_eq!(code, 200);
+        for name in [
+            "etcd_server_has_leader 1",
+            "etcd_server_proposals_committed_total",
+            "etcd_server_proposals_applied_total",
+            "etcd_server_proposals_pending",
+            "etcd_server_proposals_failed_total",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+            "etcd_disk_backend_commit_duration_seconds_count",
+            "etcd_server_leader_changes_seen_total",
+            "etcd_mvcc_db_total_size_in_bytes",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(text.contains(name), "metrics lack {name}");
+        }
+        let fsyncs: f64 = text
+            .lines()
+            .find(|l| l.starts_with("etcd_disk_wal_fsync_duration_seconds_count"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(fsyncs > 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_raft_state() {
+    let c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let mut cl = c.client().await;
+    cl.put("s", "1", None).await.unwrap();
+    for i in 0..3 {
+        let mut m = c.client_of(i).await;
+        let s = m.status().await.unwrap();
+        assert!(s.version().starts_with("3."));
+        assert!(s.db_size() > 0);
+        assert!(s.leader() != 0);
+        assert!(s.raft_term() >= 1);
+        assert!(s.raft_index() >= 1);
+        assert!(!s.is_learner());
+        assert!(s.errors().is_empty());
+    }
+}
