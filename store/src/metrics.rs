@@ -20,6 +20,10 @@ struct Metrics {
     db_in_use: IntGauge,
     revision: IntGauge,
     resident: IntGauge,
+    read_rounds: IntCounter,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    linearizable_reads: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -91,6 +95,22 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         revision: gauge("etcd_debugging_mvcc_current_revision", "The current revision of store."),
         resident: gauge("process_resident_memory_bytes", "Resident memory size in bytes."),
+        snapshot_index: gauge(
+            "lodestone_raft_snapshot_index",
+            "Last log index covered by the latest snapshot.",
+        ),
+        purged_index: gauge(
+            "lodestone_raft_purged_index",
+            "Highest log index purged from the write-ahead log.",
+        ),
+        read_rounds: counter(
+            "lodestone_read_index_rounds_total",
+            "ReadIndex rounds run; concurrent linearizable reads share one round.",
+        ),
+        linearizable_reads: counter(
+            "lodestone_linearizable_reads_total",
+            "Linearizable reads released by ReadIndex rounds.",
+        ),
         registry,
     }
 });
@@ -119,6 +139,12 @@ pub fn proposal_finished() {
     M.pending.dec();
 }
 
+/// One ReadIndex round that released `reads` waiting linearizable reads.
+pub fn read_index_round(reads: usize) {
+    M.read_rounds.inc();
+    M.linearizable_reads.inc_by(reads as u64);
+}
+
 pub fn leader_changed() {
     M.leader_changes.inc();
 }
@@ -128,6 +154,12 @@ pub fn set_raft(committed: u64, has_leader: bool, is_leader: bool) {
     M.committed.set(committed as i64);
     M.has_leader.set(i64::from(has_leader));
     M.is_leader.set(i64::from(is_leader));
+}
+
+/// Snapshot and purge progress of the Raft log.
+pub fn set_log_compaction(snapshot: u64, purged: u64) {
+    M.snapshot_index.set(snapshot as i64);
+    M.purged_index.set(purged as i64);
 }
 
 pub fn set_db(size: i64, in_use: i64, revision: i64) {

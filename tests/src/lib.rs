@@ -9,6 +9,30 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
+/// For each named `async fn(Kind)`, generates a test against Lodestone (in module
+/// `lodestone`) and the same test against etcd 3.4 (in module `etcd`).
+#[macro_export]
+macro_rules! compat {
+    ($($name:ident),* $(,)?) => {
+        mod lodestone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Kind::Lodestone).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Kind::Etcd).await
+                }
+            )*
+        }
+    };
+}
+
 /// Which server implementation a cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -143,7 +167,12 @@ impl Member {
         }
     }
 
-    /// The member's log so far (for failure messages).
+    /// Everything the member logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The member's last log lines (for failure messages).
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
@@ -292,12 +321,12 @@ impl Cluster {
                 if m.child.is_none() {
                     continue;
                 }
-                if let Ok(mut c) = Client::connect([m.endpoint()], Some(opts())).await {
-                    if let Ok(s) = c.status().await {
-                        if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
-                            return i;
-                        }
-                    }
+                if let Ok(mut c) = Client::connect([m.endpoint()], Some(opts())).await
+                    && let Ok(s) = c.status().await
+                    && s.leader() != 0
+                    && s.leader() == s.header().map_or(0, |h| h.member_id())
+                {
+                    return i;
                 }
             }
             assert!(Instant::now() < deadline, "no leader elected");
@@ -311,14 +340,13 @@ impl Cluster {
         let mut c = self.client().await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(m) = c.member_list().await {
-                if m.members().len() == self.members.len()
-                    && m.members()
-                        .iter()
-                        .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
-                {
-                    return;
-                }
+            if let Ok(m) = c.member_list().await
+                && m.members().len() == self.members.len()
+                && m.members()
+                    .iter()
+                    .all(|m| !m.name().is_empty() && !m.client_urls().is_empty())
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

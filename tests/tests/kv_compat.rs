@@ -9,28 +9,7 @@ use etcd_client::{
 use lodestone_tests::{Cluster, Kind, Options, assert_status};
 use tonic::Code;
 
-macro_rules! compat {
-    ($($name:ident),* $(,)?) => {
-        mod lodestone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Lodestone).await
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Etcd).await
-                }
-            )*
-        }
-    };
-}
-
-compat!(
+lodestone_tests::compat!(
     put_get_revisions,
     range_options,
     sorting,
@@ -563,6 +542,12 @@ async fn bad_input(kind: Kind) {
         ia,
         "etcdserver: request is too large",
     );
+    // Over the transport limit (max-request-bytes + 512 KiB): refused by gRPC itself.
+    let huge = vec![b'x'; 2_300_000];
+    match cl.put("huge", huge, None).await.unwrap_err() {
+        etcd_client::Error::GRpcStatus(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+        other => panic!("expected ResourceExhausted, got {other:?}"),
+    }
     // Nothing above changed the store except the one good txn.
     let after = rev(cl.get("exists", None).await.unwrap().header());
     assert_eq!(after, before + 1);

@@ -234,6 +234,9 @@ pub(crate) fn scan_latest_db(
     Ok(())
 }
 
+/// A key's newest revision at or below the read revision, and whether it is a put.
+type Visible = (Revision, bool);
+
 /// Scans the `index` family over `range` and yields each key's version live at `rev`.
 pub(crate) fn scan_at_db(
     db: &DB,
@@ -251,8 +254,8 @@ pub(crate) fn scan_at_db(
     let (lo, hi) = range.index_bounds();
     let it = db.iterator_cf_opt(&icf, opts(hi), IteratorMode::From(&lo, Direction::Forward));
     // Per encoded user key: the newest revision at or below `rev`, and whether it is a put.
-    let mut group: Option<(Vec<u8>, Option<(Revision, bool)>)> = None;
-    let emit = |best: Option<(Revision, bool)>, f: &mut dyn FnMut(KeyValue) -> bool| -> Result<bool> {
+    let mut group: Option<(Vec<u8>, Option<Visible>)> = None;
+    let emit = |best: Option<Visible>, f: &mut dyn FnMut(KeyValue) -> bool| -> Result<bool> {
         if let Some((r, true)) = best {
             let v = db
                 .get_cf_opt(&kcf, revision_key(r, false), &opts(None))?
@@ -266,10 +269,10 @@ pub(crate) fn scan_at_db(
         let (prefix, r) = split_index_key(&k).ok_or_else(|| StoreError::Storage("corrupt index key".into()))?;
         let same = group.as_ref().is_some_and(|(p, _)| p.as_slice() == prefix);
         if !same {
-            if let Some((_, best)) = group.take() {
-                if !emit(best, f)? {
-                    return Ok(());
-                }
+            if let Some((_, best)) = group.take()
+                && !emit(best, f)?
+            {
+                return Ok(());
             }
             group = Some((prefix.to_vec(), None));
         }

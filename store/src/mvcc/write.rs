@@ -538,17 +538,17 @@ impl KvSource for WriteTxn {
         // Merge RocksDB's view (the batch's starting state) with this batch's overlay.
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
         let overlay_hit = |k: &[u8]| self.overlay.contains_key(k);
-        scan_latest_db(&self.db, |u| bounded(u), range, &mut |kv| {
+        scan_latest_db(&self.db, bounded, range, &mut |kv| {
             if !overlay_hit(&kv.key) {
                 merged.insert(kv.key.to_vec(), kv);
             }
             true
         })?;
         for (k, v) in &self.overlay {
-            if let Some(kv) = v {
-                if range.contains(k) {
-                    merged.insert(k.clone(), kv.clone());
-                }
+            if let Some(kv) = v
+                && range.contains(k)
+            {
+                merged.insert(k.clone(), kv.clone());
             }
         }
         for (_, kv) in merged {
@@ -561,11 +561,11 @@ impl KvSource for WriteTxn {
 
     fn scan_at(&self, range: &KeyRange, rev: i64, f: &mut dyn FnMut(KeyValue) -> bool) -> Result<()> {
         if rev <= self.base_rev {
-            return scan_at_db(&self.db, |u| bounded(u), range, rev, f);
+            return scan_at_db(&self.db, bounded, range, rev, f);
         }
         // A revision made inside this batch: RocksDB's latest state plus the batch history.
         let mut state: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-        scan_latest_db(&self.db, |u| bounded(u), range, &mut |kv| {
+        scan_latest_db(&self.db, bounded, range, &mut |kv| {
             state.insert(kv.key.to_vec(), kv);
             true
         })?;

@@ -134,12 +134,12 @@ impl LogStore {
                 Some(item) => {
                     let (_, v) = item.map_err(io_err)?;
                     let e: Entry = decode(&v, "log entry")?;
-                    Some(e.log_id.clone())
+                    Some(e.log_id)
                 }
                 None => None,
             }
         };
-        let last_log = last_entry.or_else(|| last_purged.clone());
+        let last_log = last_entry.or(last_purged);
 
         let (tx, rx) = std_mpsc::channel::<Job>();
         let (ftx, frx) = std_mpsc::channel::<Waiter>();
@@ -170,11 +170,7 @@ impl LogStore {
 
     /// `(cluster id, member id)` recorded when this member first joined a cluster.
     pub fn identity(&self) -> std::io::Result<Option<(u64, u64)>> {
-        let cf = self.inner.db.cf_handle(CF_META).expect("meta cf");
-        match self.inner.db.get_cf(&cf, KEY_IDENTITY).map_err(io_err)? {
-            Some(b) => decode(&b, "member identity").map(Some),
-            None => Ok(None),
-        }
+        self.read_meta(KEY_IDENTITY, "member identity")
     }
 
     /// Records the cluster and member ids durably, before the member ever votes or appends.
@@ -218,6 +214,15 @@ impl LogStore {
         let (done, rx) = oneshot::channel();
         self.send(Job::Plain { batch, done })?;
         rx.await.map_err(|_| io_err("write-ahead log writer stopped"))?
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> std::io::Result<Option<T>> {
+        let db = &self.inner.db;
+        let cf = db.cf_handle(CF_META).expect("meta cf");
+        db.get_cf(cf, key)
+            .map_err(io_err)?
+            .map(|b| decode(&b, what))
+            .transpose()
     }
 
     fn read_range(&self, start: u64, end: Option<u64>) -> std::io::Result<Vec<Entry>> {
@@ -321,12 +326,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
-        let db = &self.inner.db;
-        let cf = db.cf_handle(CF_META).expect("meta cf");
-        db.get_cf(&cf, KEY_VOTE)
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_meta(KEY_VOTE, "vote"))
+            .await
             .map_err(io_err)?
-            .map(|b| decode(&b, "vote"))
-            .transpose()
     }
 }
 
@@ -334,7 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
-        let (last_purged_log_id, last_log_id) = self.inner.state.lock().expect("state lock").clone();
+        let (last_purged_log_id, last_log_id) = *self.inner.state.lock().expect("state lock");
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -363,12 +366,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
-        let db = &self.inner.db;
-        let cf = db.cf_handle(CF_META).expect("meta cf");
-        db.get_cf(&cf, KEY_COMMITTED)
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_meta(KEY_COMMITTED, "commit record"))
+            .await
             .map_err(io_err)?
-            .map(|b| decode(&b, "commit record"))
-            .transpose()
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
@@ -381,7 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut last = None;
         for e in entries {
             batch.put_cf(&cf, idx_key(e.log_id.index), encode(&e));
-            last = Some(e.log_id.clone());
+            last = Some(e.log_id);
         }
         let Some(last) = last else {
             callback.io_completed(Ok(()));
@@ -410,7 +411,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Truncating after a point past the end leaves the end where it was.
             (Some(keep), Some(cur)) if cur.index <= keep.index => Some(cur),
             (Some(keep), _) => Some(keep),
-            (None, _) => st.0.clone(),
+            (None, _) => st.0,
         };
         Ok(())
     }
@@ -431,7 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit_plain(b).await?;
         let mut st = self.inner.state.lock().expect("state lock");
         if st.1.as_ref().is_none_or(|l| l.index < log_id.index) {
-            st.1 = Some(log_id.clone());
+            st.1 = Some(log_id);
         }
         st.0 = Some(log_id);
         Ok(())

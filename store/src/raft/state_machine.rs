@@ -275,11 +275,11 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
                 apply_command(&mut txn, &mut state, &cmd.0).map_err(io_err)?
             }
             EntryPayload::Membership(m) => {
-                state.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 empty()
             }
         };
-        state.last_applied = Some(entry.log_id.clone());
+        state.last_applied = Some(entry.log_id);
         results.push(r);
     }
     let start = Instant::now();
@@ -295,7 +295,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
-        let meta = self.shared.mvcc.meta().map_err(io_err)?;
+        let shared = self.shared.clone();
+        let meta = tokio::task::spawn_blocking(move || shared.mvcc.meta())
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         let s = AppliedState::decode(&meta.applied)?;
         Ok((s.last_applied, s.membership))
     }
@@ -331,11 +335,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), std::io::Error> {
         let shared = self.shared.clone();
-        let meta = meta.clone();
-        let (last, revision, members) = tokio::task::spawn_blocking(move || install(&shared, &meta, &snapshot))
+        let owned = meta.clone();
+        let (last, revision, members) = tokio::task::spawn_blocking(move || install(&shared, &owned, &snapshot))
             .await
             .map_err(io_err)??;
         *self.shared.members.lock().expect("members lock") = members;
+        tracing::info!(last_log_id = ?meta.last_log_id, revision, "installed snapshot");
         self.shared.applied_tx.send_replace(last);
         self.shared.revision_tx.send_replace(revision);
         Ok(())

@@ -38,7 +38,8 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        self.server.require_leader(&request)?;
         Ok(Response::new(MemberListResponse {
             header: self.server.header(self.server.revision()),
             members: self.members(),

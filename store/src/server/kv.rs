@@ -62,6 +62,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         if req.serializable {
@@ -81,6 +82,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_put(&req)?;
         match self.write(Kind::Put(req)).await? {
@@ -96,6 +98,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_delete(&req)?;
         match self.write(Kind::DeleteRange(req)).await? {
@@ -108,6 +111,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
         if is_read_only(&req) {
@@ -131,6 +135,7 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        self.server.require_leader(&request)?;
         let req = request.into_inner();
         // Compaction is physical on every member as part of applying it, so `physical`
         // needs no extra wait.

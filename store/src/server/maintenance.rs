@@ -19,10 +19,14 @@ pub struct MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.server;
+        s.require_leader(&request)?;
         let m = s.metrics();
-        let (db_size, in_use) = s.sm.mvcc.size();
+        let sm = s.sm.clone();
+        let (db_size, in_use) = tokio::task::spawn_blocking(move || sm.mvcc.size())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mut errors = Vec::new();
         if m.current_leader.is_none() {
             errors.push(crate::error::StoreError::NoLeader.to_string());

@@ -4,12 +4,13 @@
 //! - [`kv`], [`maintenance`], [`cluster`]: the etcd v3 client services.
 //! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching).
-//! - [`status`]: domain error → gRPC status, in one place.
+//! - [`status`]: domain error → gRPC status, in one place; [`limits`]: oversized messages.
 //! - [`http`]: `/health`, `/livez`, `/readyz`, `/metrics`.
 
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod limits;
 pub mod maintenance;
 pub mod peer;
 pub mod reads;
@@ -19,7 +20,6 @@ pub mod status;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -177,6 +177,16 @@ impl Server {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// etcd's require-leader check: a request carrying `hasleader: true` metadata fails at
+    /// once with "no leader" while this member knows no leader.
+    pub fn require_leader<T>(&self, req: &tonic::Request<T>) -> Result<()> {
+        let wanted = req.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
+        if wanted && self.leader().is_none() {
+            return Err(StoreError::NoLeader);
+        }
+        Ok(())
+    }
+
     /// etcd's response header for a reply at `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
@@ -192,22 +202,18 @@ impl Server {
         *self.sm.revision().borrow()
     }
 
-    /// Waits until some member is leader, up to `timeout`.
-    async fn wait_leader(&self, timeout: Duration) -> Result<NodeId> {
+    /// Waits until some member is leader. Callers bound the wait with their request
+    /// timeout, so a member without quorum answers "request timed out" as etcd does.
+    async fn wait_leader(&self) -> Result<NodeId> {
         let mut rx = self.raft.metrics();
-        let wait = async {
-            loop {
-                if let Some(l) = rx.borrow_and_update().current_leader {
-                    return Ok(l);
-                }
-                if rx.changed().await.is_err() {
-                    return Err(StoreError::Stopped);
-                }
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
             }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .unwrap_or(Err(StoreError::NoLeader))
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Stopped);
+            }
+        }
     }
 
     async fn peer(&self, id: NodeId) -> Result<PeerClient<Channel>> {
@@ -219,10 +225,10 @@ impl Server {
             .and_then(|n| n.peer_urls.first().cloned())
             .ok_or(StoreError::NoLeader)?;
         let mut peers = self.peers.lock().await;
-        if let Some((u, c)) = peers.get(&id) {
-            if *u == url {
-                return Ok(c.clone());
-            }
+        if let Some((u, c)) = peers.get(&id)
+            && *u == url
+        {
+            return Ok(c.clone());
         }
         let ch = peer_channel(&url).map_err(|e| StoreError::Internal(format!("peer {id:x} at {url}: {e}")))?;
         let c = PeerClient::new(ch)
@@ -251,7 +257,7 @@ impl Server {
 
     async fn propose_inner(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
         loop {
-            let leader = self.wait_leader(self.cfg.request_timeout()).await?;
+            let leader = self.wait_leader().await?;
             let r = if leader != self.id {
                 self.forward(leader, cmd.clone()).await
             } else {
@@ -309,7 +315,7 @@ impl Server {
 
     /// The read index, obtained from this member if leader, else from the leader.
     pub(crate) async fn fetch_read_index(&self) -> Result<u64> {
-        let leader = self.wait_leader(self.cfg.request_timeout()).await?;
+        let leader = self.wait_leader().await?;
         if leader == self.id {
             return self.local_read_index().await;
         }
@@ -388,6 +394,10 @@ async fn watch_raft(server: Arc<Server>) {
             m.cluster_committed.as_ref().map_or(0, |c| c.index),
             m.current_leader.is_some(),
             m.current_leader == Some(server.id),
+        );
+        metrics::set_log_compaction(
+            m.snapshot.as_ref().map_or(0, |l| l.index),
+            m.purged.as_ref().map_or(0, |l| l.index),
         );
         tokio::select! {
             _ = server.shutdown.cancelled() => return,

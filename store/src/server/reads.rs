@@ -41,18 +41,20 @@ impl ReadBarrier {
                 while let Ok(w) = rx.try_recv() {
                     waiters.push(w);
                 }
-                let mut result = server.fetch_read_index().await;
+                let fetch = || tokio::time::timeout(server.cfg.request_timeout(), server.fetch_read_index());
+                let mut result = fetch().await.unwrap_or(Err(StoreError::Timeout));
                 // Leadership moved between finding the leader and asking it: ask the new one.
                 for _ in 0..3 {
                     if !matches!(result, Err(StoreError::NotLeader)) {
                         break;
                     }
                     tokio::time::sleep(server.cfg.heartbeat()).await;
-                    result = server.fetch_read_index().await;
+                    result = fetch().await.unwrap_or(Err(StoreError::Timeout));
                 }
                 if matches!(result, Err(StoreError::NotLeader)) {
                     result = Err(StoreError::LeaderChanged);
                 }
+                crate::metrics::read_index_round(waiters.len());
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }

@@ -89,6 +89,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         client_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .layer(super::limits::OversizeLayer)
                 .add_service(health_service.clone())
                 .add_service(kv)
                 .add_service(maint)
