@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_from_env("LODESTONE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{},openraft=warn", cfg.log_level)));
+    // Colours only on a terminal: logs redirected to files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         builder.json().init();

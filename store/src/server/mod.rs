@@ -244,6 +244,13 @@ impl Server {
         if cmd.encoded_len() > self.cfg.max_request_bytes {
             return Err(StoreError::RequestTooLarge);
         }
+        let m = self.metrics();
+        if applying_too_far_behind(
+            m.cluster_committed.as_ref().map_or(0, |c| c.index),
+            m.last_applied.as_ref().map_or(0, |c| c.index),
+        ) {
+            return Err(StoreError::TooManyRequests);
+        }
         metrics::proposal_started();
         let r = tokio::time::timeout(self.cfg.request_timeout(), self.propose_inner(cmd))
             .await
@@ -377,6 +384,14 @@ impl Server {
     }
 }
 
+/// etcd refuses new proposals while the state machine trails the commit index by more than
+/// this many entries, so a slow apply cannot let the backlog grow without bound.
+const MAX_APPLY_LAG: u64 = 5_000;
+
+fn applying_too_far_behind(committed: u64, applied: u64) -> bool {
+    committed.saturating_sub(applied) > MAX_APPLY_LAG
+}
+
 /// Follows openraft's metrics: leader changes, gauges.
 async fn watch_raft(server: Arc<Server>) {
     let mut rx = server.raft.metrics();
@@ -431,5 +446,22 @@ async fn publish_attributes(server: Arc<Server>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::applying_too_far_behind;
+
+    #[test]
+    fn proposals_are_refused_only_past_etcds_apply_lag() {
+        assert!(!applying_too_far_behind(0, 0));
+        assert!(!applying_too_far_behind(5_000, 0));
+        assert!(applying_too_far_behind(5_001, 0));
+        assert!(!applying_too_far_behind(10_000, 9_000));
+        assert!(
+            !applying_too_far_behind(3, 7),
+            "applied ahead of a stale commit view is fine"
+        );
     }
 }
