@@ -91,6 +91,11 @@ impl WriteTxn {
         self.meta.revision
     }
 
+    /// The caller's bookkeeping as last committed (see [`WriteTxn::commit`]).
+    pub fn applied(&self) -> &[u8] {
+        &self.meta.applied
+    }
+
     pub fn compacted(&self) -> i64 {
         self.meta.compacted
     }

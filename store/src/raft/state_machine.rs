@@ -262,8 +262,7 @@ type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
 /// Applies a batch of committed entries in one RocksDB write (two around a compaction).
 fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<CommandResult>, u64, i64)> {
     let mut txn = shared.mvcc.write_txn().map_err(io_err)?;
-    let meta = shared.mvcc.meta().map_err(io_err)?;
-    let mut state = AppliedState::decode(&meta.applied)?;
+    let mut state = AppliedState::decode(txn.applied())?;
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let r = match &entry.payload {

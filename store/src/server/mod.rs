@@ -244,11 +244,15 @@ impl Server {
         if cmd.encoded_len() > self.cfg.max_request_bytes {
             return Err(StoreError::RequestTooLarge);
         }
-        let m = self.metrics();
-        if applying_too_far_behind(
-            m.cluster_committed.as_ref().map_or(0, |c| c.index),
-            m.last_applied.as_ref().map_or(0, |c| c.index),
-        ) {
+        let (committed, applied) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            (
+                m.cluster_committed.as_ref().map_or(0, |c| c.index),
+                m.last_applied.as_ref().map_or(0, |c| c.index),
+            )
+        };
+        if applying_too_far_behind(committed, applied) {
             return Err(StoreError::TooManyRequests);
         }
         metrics::proposal_started();
