@@ -183,8 +183,7 @@ impl LogStore {
 
     /// True when the log holds no vote and no entries: a member that never ran.
     pub fn is_pristine(&self) -> std::io::Result<bool> {
-        let cf = self.inner.db.cf_handle(CF_META).expect("meta cf");
-        let vote = self.inner.db.get_cf(&cf, KEY_VOTE).map_err(io_err)?;
+        let vote: Option<Vote> = self.read_meta(KEY_VOTE, "vote")?;
         let state = self.inner.state.lock().expect("state lock");
         Ok(vote.is_none() && state.1.is_none())
     }
