@@ -1,0 +1,153 @@
+//! The `LodestoneCluster` controller: a named pipeline per reconcile,
+//! observe → plan (pure) → apply → status.
+
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod plan;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::crd::LodestoneCluster;
+use crate::members::MemberProbe;
+use crate::metrics::Metrics;
+use build::Names;
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub probe: Arc<dyn MemberProbe>,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per cluster, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, probe: Arc<dyn MemberProbe>, metrics: Arc<Metrics>, instance: String) -> Self {
+        let reporter = Reporter {
+            controller: "lodestone-operator".to_string(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            probe,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn key(cluster: &LodestoneCluster) -> String {
+        format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
+    }
+}
+
+/// One reconcile of one cluster.
+pub async fn reconcile(cluster: Arc<LodestoneCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("failure map poisoned")
+            .remove(&Context::key(&cluster));
+    }
+    result
+}
+
+async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Action, Error> {
+    // Deletion: owner references let Kubernetes collect the owned objects; member volumes
+    // are retained on purpose. Nothing to do.
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let names = Names::of(cluster);
+    if names.namespace.is_empty() {
+        return Err(Error::MissingNamespace);
+    }
+    let observed = observe::observe(&ctx.client, ctx.probe.as_ref(), &names).await?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let plan = plan::plan(cluster, &observed, &now);
+    if let Some(desired) = &plan.desired {
+        apply::apply(&ctx.client, &names.namespace, desired).await?;
+    }
+    if status::changed(cluster, &plan.status) {
+        status::write(&ctx.client, cluster, &plan.status).await?;
+    }
+    apply::publish(&ctx.recorder, cluster, &plan.events).await;
+    ctx.metrics.observe_cluster(&names, &plan.status);
+    Ok(match plan.desired {
+        Some(_) => Action::requeue(plan.requeue_after),
+        None => Action::await_change(),
+    })
+}
+
+/// Transient failures are retried with a backoff that doubles per consecutive failure of the
+/// same cluster, from 1 s up to 5 minutes.
+pub fn error_policy(cluster: Arc<LodestoneCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().expect("failure map poisoned");
+    let count = failures.entry(Context::key(&cluster)).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = backoff(*count);
+    tracing::warn!(cluster = %Context::key(&cluster), error = %error, source = ?std::error::Error::source(error), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay before retry number `failures`.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// Runs the controller until `shutdown` is cancelled. `namespace` limits it to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=lodestone-operator");
+    Controller::new(
+        api::<LodestoneCluster>(&client, &namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+    .owns(api::<Service>(&client, &namespace), owned.clone())
+    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+    .owns(api::<PodDisruptionBudget>(&client, &namespace), owned.clone())
+    .owns(api::<ServiceAccount>(&client, &namespace), owned)
+    .graceful_shutdown_on(async move { shutdown.cancelled().await })
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
+            Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,412 @@
+//! The plan step: from the cluster resource and what was observed, decide the desired owned
+//! objects, the status to report and the Events to publish. Pure: no client, no clock (the
+//! time is passed in), so every decision is a table test.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::build::{self, BootstrapConfig, ClusterState, Names};
+use super::validate::validate;
+use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus};
+use crate::members::{MembersView, format_id};
+
+/// What the observe step found.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The bootstrap decision already written, if any.
+    pub bootstrap: Option<BootstrapConfig>,
+    pub statefulset: Option<StatefulSet>,
+    pub members: MembersView,
+}
+
+/// The owned objects as they should be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub service_account: ServiceAccount,
+    pub peer_service: Service,
+    pub client_service: Service,
+    pub bootstrap: ConfigMap,
+    pub statefulset: StatefulSet,
+    pub pdb: PodDisruptionBudget,
+}
+
+/// An Event to publish on the cluster resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    /// PascalCase reason, shown by `kubectl describe`.
+    pub reason: &'static str,
+    /// PascalCase action the operator took or attempted.
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// Everything the apply and status steps do for one reconcile.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `None` when the spec must not be acted on (invalid, or asks for something unsupported).
+    pub desired: Option<Box<Desired>>,
+    pub status: LodestoneClusterStatus,
+    pub events: Vec<PlannedEvent>,
+    pub requeue_after: Duration,
+}
+
+/// Phases reported in `status.phase`.
+pub mod phase {
+    pub const INVALID: &str = "Invalid";
+    pub const BOOTSTRAPPING: &str = "Bootstrapping";
+    pub const RUNNING: &str = "Running";
+    pub const DEGRADED: &str = "Degraded";
+    pub const UNAVAILABLE: &str = "Unavailable";
+}
+
+/// Condition types.
+pub mod condition {
+    pub const AVAILABLE: &str = "Available";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Re-observe soon while something is changing, less often when all is well.
+const REQUEUE_BUSY: Duration = Duration::from_secs(10);
+const REQUEUE_STEADY: Duration = Duration::from_secs(60);
+
+pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan {
+    let names = Names::of(cluster);
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let mut status = LodestoneClusterStatus {
+        conditions: previous.conditions.clone(),
+        selector: Some(build::selector_string(cluster)),
+        observed_generation: generation,
+        cluster_id: previous.cluster_id.clone(),
+        last_snapshot: previous.last_snapshot.clone(),
+        ..LodestoneClusterStatus::default()
+    };
+    fill_from_observation(&mut status, observed);
+    let mut events = Vec::new();
+    let mut conditions = Conditions {
+        list: &mut status.conditions,
+        generation,
+        now,
+    };
+
+    // Specs that must not be acted on: report and wait for the user to change them.
+    let mut problems = validate(&cluster.spec);
+    let mut reason = "InvalidSpec";
+    if problems.is_empty() && observed.bootstrap.is_none() && restore_requested(cluster) {
+        reason = "RestoreNotSupported";
+        problems.push(
+            "spec.bootstrap.fromSnapshot is not supported by this operator version yet; remove it to create an empty cluster"
+                .to_string(),
+        );
+    }
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        if conditions.set(condition::DEGRADED, true, reason, &message) {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: if reason == "InvalidSpec" {
+                    "InvalidSpec"
+                } else {
+                    "RestoreNotSupported"
+                },
+                action: "Validate",
+                note: message.clone(),
+            });
+        }
+        conditions.set(
+            condition::PROGRESSING,
+            false,
+            reason,
+            "waiting for the spec to be corrected",
+        );
+        let (available, why, text) = availability(observed);
+        conditions.set(condition::AVAILABLE, available, why, &text);
+        status.phase = Some(phase::INVALID.to_string());
+        return Plan {
+            desired: None,
+            status,
+            events,
+            requeue_after: REQUEUE_STEADY,
+        };
+    }
+
+    // The bootstrap decision: founding members are fixed the first time; `existing` is
+    // latched as soon as the cluster has been seen formed, and never goes back.
+    let mut bootstrap = observed.bootstrap.clone().unwrap_or_else(|| {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "Bootstrapping",
+            action: "CreateCluster",
+            note: format!("founding a cluster of {} members", cluster.spec.replicas),
+        });
+        BootstrapConfig::founding(
+            &names,
+            cluster.spec.replicas,
+            cluster.metadata.uid.as_deref().unwrap_or(""),
+        )
+    });
+    if observed.members.formed() {
+        if bootstrap.state == ClusterState::New {
+            bootstrap.state = ClusterState::Existing;
+        }
+        if status.cluster_id.is_none() {
+            let id = format_id(observed.members.cluster_id.unwrap_or_default());
+            events.push(PlannedEvent {
+                warning: false,
+                reason: "ClusterFormed",
+                action: "Bootstrap",
+                note: format!("cluster {id} formed with {} members", observed.members.members.len()),
+            });
+            status.cluster_id = Some(id);
+        }
+    }
+    let members = bootstrap.members();
+    let desired = Desired {
+        service_account: build::service_account(cluster, &names),
+        peer_service: build::peer_service(cluster, &names),
+        client_service: build::client_service(cluster, &names),
+        bootstrap: build::bootstrap_config_map(cluster, &names, &bootstrap),
+        statefulset: build::statefulset(cluster, &names, members),
+        pdb: build::pod_disruption_budget(cluster, &names),
+    };
+
+    // Conditions.
+    let (available, why, text) = availability(observed);
+    if conditions.set(condition::AVAILABLE, available, why, &text) && previous_known(&previous) {
+        events.push(PlannedEvent {
+            warning: !available,
+            reason: if available { "QuorumAvailable" } else { why },
+            action: "Observe",
+            note: text.clone(),
+        });
+    }
+    let unhealthy: Vec<&MemberStatus> = status.members.iter().filter(|m| !m.healthy).collect();
+    let degraded = if members != cluster.spec.replicas && status.cluster_id.is_some() {
+        Some((
+            "ScalingNotAutomated",
+            format!(
+                "spec.replicas is {} but the cluster was founded with {members} members; adding and removing members is not automated by this operator version, so the cluster keeps {members}",
+                cluster.spec.replicas
+            ),
+        ))
+    } else if !unhealthy.is_empty() && status.cluster_id.is_some() {
+        let names: Vec<&str> = unhealthy
+            .iter()
+            .map(|m| {
+                if m.name.is_empty() {
+                    m.id.as_str()
+                } else {
+                    m.name.as_str()
+                }
+            })
+            .collect();
+        Some((
+            "MembersUnhealthy",
+            format!("members not answering or without a leader: {}", names.join(", ")),
+        ))
+    } else {
+        None
+    };
+    match &degraded {
+        Some((reason, message)) => {
+            if conditions.set(condition::DEGRADED, true, reason, message) {
+                events.push(PlannedEvent {
+                    warning: true,
+                    reason,
+                    action: "Observe",
+                    note: message.clone(),
+                });
+            }
+        }
+        None => {
+            conditions.set(condition::DEGRADED, false, "AsExpected", "all members are healthy");
+        }
+    }
+    let bootstrapping = status.cluster_id.is_none();
+    if bootstrapping {
+        conditions.set(
+            condition::PROGRESSING,
+            true,
+            "Bootstrapping",
+            &format!("waiting for {members} founding members to form the cluster"),
+        );
+    } else {
+        let ready = status.ready_replicas;
+        if ready < members {
+            conditions.set(
+                condition::PROGRESSING,
+                true,
+                "MembersStarting",
+                &format!("{ready} of {members} members ready"),
+            );
+        } else {
+            conditions.set(condition::PROGRESSING, false, "Reconciled", "all members are running");
+        }
+    }
+    if let (Some(old), Some(new)) = (&previous.leader, &status.leader)
+        && old != new
+    {
+        events.push(PlannedEvent {
+            warning: false,
+            reason: "LeaderChanged",
+            action: "Observe",
+            note: format!("leader moved from {old} to {new}"),
+        });
+    }
+
+    status.phase = Some(
+        if bootstrapping {
+            phase::BOOTSTRAPPING
+        } else if !available {
+            phase::UNAVAILABLE
+        } else if degraded.is_some() {
+            phase::DEGRADED
+        } else {
+            phase::RUNNING
+        }
+        .to_string(),
+    );
+    let steady = available && degraded.is_none() && !bootstrapping && status.ready_replicas >= members;
+    Plan {
+        desired: Some(Box::new(desired)),
+        status,
+        events,
+        requeue_after: if steady { REQUEUE_STEADY } else { REQUEUE_BUSY },
+    }
+}
+
+fn restore_requested(cluster: &LodestoneCluster) -> bool {
+    cluster
+        .spec
+        .bootstrap
+        .as_ref()
+        .is_some_and(|b| b.from_snapshot.is_some())
+}
+
+/// Whether a status was reported before, so the first observation does not raise an Event.
+fn previous_known(previous: &LodestoneClusterStatus) -> bool {
+    previous.conditions.iter().any(|c| c.type_ == condition::AVAILABLE)
+}
+
+/// Availability from the members' own answers: a leader means a quorum of voters.
+fn availability(observed: &Observed) -> (bool, &'static str, String) {
+    let view = &observed.members;
+    if !view.formed() {
+        return (false, "NoMembersReachable", "no member answered".to_string());
+    }
+    match view.leader_name() {
+        Some(leader) => {
+            let voters = view.members.iter().filter(|m| !m.learner).count();
+            let healthy = view
+                .members
+                .iter()
+                .filter(|m| !m.learner && m.status.as_ref().is_some_and(|s| s.leader != 0))
+                .count();
+            let leader = if leader.is_empty() {
+                "unnamed member".to_string()
+            } else {
+                leader
+            };
+            (
+                true,
+                "QuorumAvailable",
+                format!("{healthy} of {voters} voters healthy; leader {leader}"),
+            )
+        }
+        None => (
+            false,
+            "NoLeader",
+            "members answer but none knows a leader: the cluster has no quorum".to_string(),
+        ),
+    }
+}
+
+fn fill_from_observation(status: &mut LodestoneClusterStatus, observed: &Observed) {
+    if let Some(sts) = &observed.statefulset {
+        let s = sts.status.as_ref();
+        status.replicas = s.map(|s| s.replicas).unwrap_or_default();
+        status.ready_replicas = s.and_then(|s| s.ready_replicas).unwrap_or_default();
+    }
+    let view = &observed.members;
+    status.members = view
+        .members
+        .iter()
+        .map(|m| {
+            let role = if m.learner {
+                "learner"
+            } else if Some(m.id) == view.leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            MemberStatus {
+                name: m.name.clone(),
+                id: format_id(m.id),
+                role: role.to_string(),
+                learner: m.learner,
+                healthy: m.status.as_ref().is_some_and(|s| s.leader != 0 && s.errors.is_empty()),
+                applied_index: m.status.as_ref().map(|s| s.applied_index),
+            }
+        })
+        .collect();
+    status.leader = view.leader_name().filter(|n| !n.is_empty());
+    status.revision = view.revision;
+    status.current_version = view.version.clone();
+}
+
+/// Condition bookkeeping: `lastTransitionTime` moves only when the status flips.
+struct Conditions<'a> {
+    list: &'a mut Vec<Condition>,
+    generation: Option<i64>,
+    now: &'a Time,
+}
+
+impl Conditions<'_> {
+    /// Sets a condition; returns whether its status or reason changed.
+    fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) -> bool {
+        let status = if value { "True" } else { "False" };
+        let existing = self.list.iter_mut().find(|c| c.type_ == type_);
+        match existing {
+            Some(c) => {
+                let changed = c.status != status || c.reason != reason;
+                if c.status != status {
+                    c.last_transition_time = self.now.clone();
+                }
+                c.status = status.to_string();
+                c.reason = reason.to_string();
+                c.message = message.to_string();
+                c.observed_generation = self.generation;
+                changed
+            }
+            None => {
+                self.list.push(Condition {
+                    type_: type_.to_string(),
+                    status: status.to_string(),
+                    reason: reason.to_string(),
+                    message: message.to_string(),
+                    observed_generation: self.generation,
+                    last_transition_time: self.now.clone(),
+                });
+                self.list.sort_by_key(|c| order(&c.type_));
+                true
+            }
+        }
+    }
+}
+
+fn order(type_: &str) -> u8 {
+    match type_ {
+        condition::AVAILABLE => 0,
+        condition::PROGRESSING => 1,
+        _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! The controller against a stand-in API server: the requests a reconcile sends, in order,
+//! and what they carry, for create, update, invalid spec, deletion and API failures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::fixtures::{self, ApiServerVerifier, FakeProbe};
+
+const NS: &str = "/api/v1/namespaces/default";
+const APPS: &str = "/apis/apps/v1/namespaces/default";
+const POLICY: &str = "/apis/policy/v1/namespaces/default";
+const LSC: &str = "/apis/lodestone.dev/v1alpha1/namespaces/default/lodestoneclusters";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+fn spawn(cluster: LodestoneCluster, ctx: Arc<Context>) -> tokio::task::JoinHandle<Result<Action, Error>> {
+    tokio::spawn(reconcile(Arc::new(cluster), ctx))
+}
+
+/// Answers the six server-side applies in order and returns their bodies by kind.
+async fn expect_applies(api: &mut ApiServerVerifier) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for (prefix, resource) in [
+        (NS, "serviceaccounts/example"),
+        (NS, "services/example-peer"),
+        (NS, "services/example"),
+        (NS, "configmaps/example-bootstrap"),
+        (APPS, "statefulsets/example"),
+        (POLICY, "poddisruptionbudgets/example"),
+    ] {
+        let seen = api.expect("PATCH", &format!("{prefix}/{resource}?")).await;
+        assert!(seen.path.contains("fieldManager=lodestone-operator"), "{}", seen.path);
+        assert!(seen.path.contains("force=true"), "{}", seen.path);
+        bodies.push(seen.body.clone());
+        seen.echo();
+    }
+    bodies
+}
+
+fn with_status(cluster: &LodestoneCluster, patch: &Value) -> Value {
+    let mut object = serde_json::to_value(cluster).expect("json");
+    object["status"] = patch["status"].clone();
+    object
+}
+
+#[tokio::test]
+async fn create_applies_every_owned_object_and_reports_bootstrapping() {
+    let probe = Arc::new(FakeProbe::default());
+    let (ctx, mut api) = fixtures::context(probe.clone());
+    let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .not_found();
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .not_found();
+    let bodies = expect_applies(&mut api).await;
+    let kinds: Vec<_> = bodies.iter().map(|b| b["kind"].as_str().unwrap_or_default()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Service",
+            "Service",
+            "ConfigMap",
+            "StatefulSet",
+            "PodDisruptionBudget"
+        ]
+    );
+    for body in &bodies {
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], fixtures::UID);
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "lodestone-operator"
+        );
+    }
+    assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_STATE"], "new");
+    assert_eq!(bodies[4]["spec"]["replicas"], 3);
+    assert_eq!(bodies[4]["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(bodies[4]["spec"]["updateStrategy"]["type"], "OnDelete");
+
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(status.body["status"]["phase"], "Bootstrapping");
+    assert_eq!(status.body["status"]["observedGeneration"], fixtures::GENERATION);
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "Bootstrapping");
+    assert_eq!(event.body["regarding"]["name"], "example");
+    event.echo();
+
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        probe.calls.load(Ordering::SeqCst),
+        0,
+        "no pods exist yet, so no member is asked"
+    );
+}
+
+#[tokio::test]
+async fn formed_cluster_latches_existing_and_records_the_cluster_id() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let (ctx, mut api) = fixtures::context(probe.clone());
+    let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let names = build::Names::of(&cluster);
+    let founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+    let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+    let statefulset = build::statefulset(&cluster, &names, 3);
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&config_map).expect("json"));
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    let bodies = expect_applies(&mut api).await;
+    assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_STATE"], "existing");
+    assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_TOKEN"], founding.token);
+
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(status.body["status"]["clusterId"], "c1a5");
+    assert_eq!(status.body["status"]["leader"], "example-0");
+    assert_eq!(status.body["status"]["members"].as_array().map(Vec::len), Some(3));
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "ClusterFormed");
+    event.echo();
+
+    task.await.expect("task").expect("reconcile succeeds");
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unchanged_status_is_not_rewritten() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let names = build::Names::of(&cluster);
+    let existing = build::BootstrapConfig {
+        state: build::ClusterState::Existing,
+        ..build::BootstrapConfig::founding(&names, 3, fixtures::UID)
+    };
+    let mut statefulset = build::statefulset(&cluster, &names, 3);
+    statefulset.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+        replicas: 3,
+        ready_replicas: Some(3),
+        ..Default::default()
+    });
+    let observed = plan::Observed {
+        bootstrap: Some(existing.clone()),
+        statefulset: Some(statefulset.clone()),
+        members: probe.view.clone(),
+    };
+    // The status a previous reconcile wrote.
+    let previous = plan::plan(&cluster, &observed, &Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    cluster.status = Some(previous.status);
+
+    let (ctx, mut api) = fixtures::context(probe);
+    let task = spawn(cluster.clone(), ctx);
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(
+            StatusCode::OK,
+            serde_json::to_value(build::bootstrap_config_map(&cluster, &names, &existing)).expect("json"),
+        );
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    expect_applies(&mut api).await;
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    api.expect_silence().await;
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_degraded_and_touches_nothing_else() {
+    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.spec.replicas = 9;
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .not_found();
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .not_found();
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(status.body["status"]["phase"], "Invalid");
+    let degraded = status.body["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded condition");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.replicas is 9")
+    );
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "InvalidSpec");
+    assert_eq!(event.body["type"], "Warning");
+    event.echo();
+
+    let action = task
+        .await
+        .expect("task")
+        .expect("an invalid spec is a status, not an error");
+    assert_eq!(action, Action::await_change());
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_deleted_cluster_is_left_to_the_garbage_collector() {
+    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let action = spawn(cluster, ctx).await.expect("task").expect("reconcile succeeds");
+    assert_eq!(action, Action::await_change());
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn api_failures_are_errors_retried_with_growing_backoff() {
+    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let task = spawn(cluster.clone(), ctx.clone());
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .not_found();
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .not_found();
+    api.expect("PATCH", &format!("{NS}/serviceaccounts/example?"))
+        .await
+        .reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is sad"}));
+    let err = task.await.expect("task").expect_err("the apply failed");
+    assert!(
+        matches!(&err, Error::Apply { kind, name, .. } if kind == "ServiceAccount" && name == "example"),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "failed to apply ServiceAccount example");
+
+    let cluster = Arc::new(cluster);
+    let first = error_policy(cluster.clone(), &err, ctx.clone());
+    let second = error_policy(cluster.clone(), &err, ctx.clone());
+    let third = error_policy(cluster, &err, ctx);
+    assert_eq!(first, Action::requeue(std::time::Duration::from_secs(1)));
+    assert_eq!(second, Action::requeue(std::time::Duration::from_secs(2)));
+    assert_eq!(third, Action::requeue(std::time::Duration::from_secs(4)));
+    assert_eq!(backoff(30), std::time::Duration::from_secs(300));
+}

@@ -1,0 +1,44 @@
+//! The operator's error type: one variant per failed action, named after it.
+
+/// Why a reconcile failed. Every variant is transient from the controller's point of view and
+/// is retried with backoff; an invalid spec is not an error but a status (see `plan`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {kind} {name}")]
+    Read {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to apply {kind} {name}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to write the status of {name}")]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to serialize an object")]
+    Serialize(#[source] serde_json::Error),
+    #[error("the resource has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// Stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "read",
+            Error::Apply { .. } => "apply",
+            Error::WriteStatus { .. } => "write_status",
+            Error::Serialize(_) => "serialize",
+            Error::MissingNamespace => "missing_namespace",
+        }
+    }
+}

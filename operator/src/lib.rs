@@ -1,0 +1,23 @@
+//! The Lodestone operator: runs Lodestone clusters on Kubernetes.
+//!
+//! Layout:
+//! - [`crd`]: the `LodestoneCluster` and `LodestoneSnapshot` resources and their CRD YAML.
+//! - [`controller`]: the reconcile pipeline, observe → plan → apply → status, and the pure
+//!   object builders under `controller::build`.
+//! - [`members`]: what the members say about themselves, through the etcd API.
+//! - [`leader`]: leader election over a Lease, so several replicas can run.
+//! - [`http`] and [`metrics`]: health endpoints and Prometheus metrics.
+//! - [`error`]: the crate's error type.
+
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod members;
+pub mod metrics;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use error::Error;

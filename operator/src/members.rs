@@ -1,0 +1,154 @@
+//! What the members themselves say, through the etcd API (`etcd-client`): the same API every
+//! user has. The operator reads MemberList from one member and Status from each.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use futures::future::BoxFuture;
+
+/// How long one member may take to answer before it counts as unreachable.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The cluster as its members report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembersView {
+    /// Cluster ID from the member that answered MemberList; `None` when none answered.
+    pub cluster_id: Option<u64>,
+    pub members: Vec<ObservedMember>,
+    /// Leader ID agreed by the members that answered Status.
+    pub leader: Option<u64>,
+    /// Highest revision any member reported.
+    pub revision: Option<i64>,
+    /// Version reported by the members (the first one seen).
+    pub version: Option<String>,
+}
+
+/// One member from MemberList, with its own Status when it answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedMember {
+    pub id: u64,
+    /// Empty until the member has started and published its name.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+    pub status: Option<MemberHealth>,
+}
+
+/// A member's answer to Status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberHealth {
+    pub leader: u64,
+    pub applied_index: u64,
+    pub raft_term: u64,
+    pub revision: i64,
+    pub version: String,
+    /// Active alarms and other errors the member reports.
+    pub errors: Vec<String>,
+}
+
+impl MembersView {
+    /// Whether the cluster has formed: some member answered with a cluster ID.
+    pub fn formed(&self) -> bool {
+        self.cluster_id.is_some()
+    }
+
+    /// Name of the leader, when known and started.
+    pub fn leader_name(&self) -> Option<String> {
+        let leader = self.leader?;
+        self.members.iter().find(|m| m.id == leader).map(|m| m.name.clone())
+    }
+}
+
+/// Reads the members' view. A trait so controller tests, which run without members, can
+/// supply one; the real implementation is [`EtcdProbe`], tested against real `lodestone`
+/// processes in the `lodestone-tests` crate.
+pub trait MemberProbe: Send + Sync {
+    /// `endpoints` are client URLs to try for MemberList, in order.
+    fn observe(&self, endpoints: Vec<String>) -> BoxFuture<'static, MembersView>;
+}
+
+/// The real probe: `etcd-client` with short timeouts.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdProbe;
+
+impl MemberProbe for EtcdProbe {
+    fn observe(&self, endpoints: Vec<String>) -> BoxFuture<'static, MembersView> {
+        Box::pin(observe(endpoints))
+    }
+}
+
+fn options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(MEMBER_TIMEOUT)
+        .with_timeout(MEMBER_TIMEOUT)
+}
+
+async fn connect(endpoint: &str) -> Option<Client> {
+    tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options())))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Asks the members: MemberList from the first endpoint that answers, then Status from every
+/// member listed, concurrently.
+pub async fn observe(endpoints: Vec<String>) -> MembersView {
+    let mut view = MembersView::default();
+    for endpoint in &endpoints {
+        let Some(mut client) = connect(endpoint).await else {
+            continue;
+        };
+        let Ok(list) = client.member_list().await else { continue };
+        view.cluster_id = list.header().map(|h| h.cluster_id());
+        view.members = list
+            .members()
+            .iter()
+            .map(|m| ObservedMember {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                learner: m.is_learner(),
+                status: None,
+            })
+            .collect();
+        break;
+    }
+    let statuses = futures::future::join_all(view.members.iter().map(|m| member_status(m.client_urls.clone()))).await;
+    for (member, status) in view.members.iter_mut().zip(statuses) {
+        member.status = status;
+    }
+    // The leader is the one named by the member that has seen the newest term.
+    let mut newest_term = 0;
+    for status in view.members.iter().filter_map(|m| m.status.as_ref()) {
+        if status.leader != 0 && status.raft_term >= newest_term {
+            newest_term = status.raft_term;
+            view.leader = Some(status.leader);
+        }
+        view.revision = Some(view.revision.map_or(status.revision, |r| r.max(status.revision)));
+        if view.version.is_none() && !status.version.is_empty() {
+            view.version = Some(status.version.clone());
+        }
+    }
+    view
+}
+
+async fn member_status(client_urls: Vec<String>) -> Option<MemberHealth> {
+    let url = client_urls.first()?;
+    let mut client = connect(url).await?;
+    let status = client.status().await.ok()?;
+    Some(MemberHealth {
+        leader: status.leader(),
+        applied_index: status.raft_applied_index(),
+        raft_term: status.raft_term(),
+        revision: status.header().map(|h| h.revision()).unwrap_or_default(),
+        version: status.version().to_string(),
+        errors: status.errors().to_vec(),
+    })
+}
+
+/// A member ID the way etcd prints it.
+pub fn format_id(id: u64) -> String {
+    format!("{id:x}")
+}

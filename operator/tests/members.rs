@@ -1,0 +1,123 @@
+//! The operator's member probe against real `lodestone` processes: what the reconcile's
+//! observe step reads through `etcd-client` (MemberList, Status), and the status the plan
+//! derives from it when a member dies.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lodestone_operator::controller::build::{BootstrapConfig, ClusterState, Names};
+use lodestone_operator::controller::plan::{Observed, plan};
+use lodestone_operator::crd::LodestoneCluster;
+use lodestone_operator::members::{format_id, observe};
+use lodestone_tests::{Cluster, Kind, Options};
+
+fn urls(cluster: &Cluster) -> Vec<String> {
+    cluster.members.iter().map(|m| m.client_url()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
+    let mut cluster = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    cluster.wait_published().await;
+    let mut client = cluster.client().await;
+    client.put("k", "v", None).await.expect("put");
+    let leader = cluster.leader().await;
+    let mut status = cluster.client_of(leader).await;
+    let leader_id = status
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+
+    // An endpoint that does not answer is skipped.
+    let mut endpoints = vec!["http://127.0.0.1:1".to_string()];
+    endpoints.extend(urls(&cluster));
+    let view = observe(endpoints).await;
+    assert!(view.formed());
+    let list = client.member_list().await.expect("member list");
+    assert_eq!(view.cluster_id, list.header().map(|h| h.cluster_id()));
+    assert_eq!(view.members.len(), 3);
+    let mut names: Vec<_> = view.members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    let mut expected: Vec<_> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(view.leader, Some(leader_id));
+    assert_eq!(
+        view.leader_name().as_deref(),
+        Some(cluster.members[leader].name.as_str())
+    );
+    assert!(view.revision.is_some_and(|r| r >= 2), "{view:?}");
+    assert!(view.version.is_some());
+    for member in &view.members {
+        let health = member
+            .status
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} answered no status", member.name));
+        assert_eq!(health.leader, leader_id);
+        assert!(health.applied_index > 0);
+        assert!(!member.learner);
+    }
+
+    // A follower dies: the probe sees it unanswering, and the plan calls the cluster degraded
+    // but available.
+    let follower = (leader + 1) % 3;
+    let dead = cluster.members[follower].name.clone();
+    cluster.kill(follower);
+    let view = observe(urls(&cluster)).await;
+    let dead_member = view.members.iter().find(|m| m.name == dead).expect("still a member");
+    assert!(dead_member.status.is_none());
+    assert_eq!(view.leader, Some(leader_id));
+
+    let resource: LodestoneCluster = serde_saphyr::from_str(
+        "apiVersion: lodestone.dev/v1alpha1\nkind: LodestoneCluster\nmetadata: {name: live, namespace: default, uid: u1}\nspec: {replicas: 3, version: 0.1.0, storage: {data: {size: 1Gi}}}\n",
+    )
+    .expect("resource");
+    let observed = Observed {
+        bootstrap: Some(BootstrapConfig {
+            state: ClusterState::Existing,
+            ..BootstrapConfig::founding(&Names::of(&resource), 3, "u1")
+        }),
+        statefulset: None,
+        members: view,
+    };
+    let planned = plan(&resource, &observed, &Time(k8s_openapi::jiff::Timestamp::now()));
+    let status = planned.status;
+    assert_eq!(status.cluster_id, observed.members.cluster_id.map(format_id));
+    assert_eq!(status.leader.as_deref(), Some(cluster.members[leader].name.as_str()));
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition")
+            .clone()
+    };
+    assert_eq!(condition("Available").status, "True");
+    assert_eq!(condition("Degraded").reason, "MembersUnhealthy");
+    assert!(condition("Degraded").message.contains(&dead));
+    let dead_status = status.members.iter().find(|m| m.name == dead).expect("member");
+    assert!(!dead_status.healthy);
+    assert_eq!(status.members.iter().filter(|m| m.role == "leader").count(), 1);
+}
+
+#[tokio::test]
+async fn probe_of_nothing_reachable_is_not_formed() {
+    let started = std::time::Instant::now();
+    let view = observe(vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).await;
+    assert!(!view.formed());
+    assert!(view.members.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "unreachable members must fail fast"
+    );
+}
