@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-# The whole workspace, as scripts/test.sh builds it, so the two share one RocksDB build.
-cargo build --workspace --all-targets
+# The same selection as scripts/test.sh, so the two share one RocksDB build.
+cargo build "${STORE_PACKAGES[@]}" --all-targets
 exec "$CARGO_TARGET_DIR/debug/lodestone" "$@"

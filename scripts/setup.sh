@@ -11,16 +11,30 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   # The etcd-server package may start a system etcd on the default ports; Lodestone's
   # defaults are the same ports, so stop it.
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop etcd >/dev/null 2>&1 || true; fi
   pkill -x etcd >/dev/null 2>&1 || true
+fi
+
+# Python packages for the chart tests (the Helm v4 engine and Kubernetes schemas), in a venv
+# beside the build cache so the system Python stays untouched.
+VENV="${LODESTONE_VENV:-$HOME/.cache/lodestone-venv}"
+REQUIREMENTS="$(dirname "$0")/../charts/lodestone-operator/tests/requirements.txt"
+if ! cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" 2>/dev/null; then
+  echo "setup: installing chart-test packages into $VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  cp "$REQUIREMENTS" "$VENV/requirements.txt"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
