@@ -11,26 +11,11 @@ use crate::Error;
 use crate::members::MemberProbe;
 
 pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Names) -> Result<Observed, Error> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
-    let bootstrap = config_maps
-        .get_opt(&names.bootstrap)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "ConfigMap",
-            name: names.bootstrap.clone(),
-            source,
-        })?
+    let bootstrap = read::<ConfigMap>(client, &names.namespace, &names.bootstrap)
+        .await?
         .as_ref()
         .and_then(BootstrapConfig::from_config_map);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
-    let statefulset = statefulsets
-        .get_opt(&names.cluster)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "StatefulSet",
-            name: names.cluster.clone(),
-            source,
-        })?;
+    let statefulset = read::<StatefulSet>(client, &names.namespace, &names.cluster).await?;
     // Only a cluster whose pods may exist is worth asking.
     let members = match (&bootstrap, &statefulset) {
         (Some(bootstrap), Some(_)) => {
@@ -47,5 +32,22 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         bootstrap,
         statefulset,
         members,
+    })
+}
+
+/// One namespaced object, or `None` when it does not exist.
+async fn read<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await.map_err(|source| Error::Read {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        name: name.to_string(),
+        source,
     })
 }

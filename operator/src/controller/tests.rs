@@ -21,6 +21,16 @@ fn spawn(cluster: LodestoneCluster, ctx: Arc<Context>) -> tokio::task::JoinHandl
     tokio::spawn(reconcile(Arc::new(cluster), ctx))
 }
 
+/// Answers the observe step's two reads as "not found": a cluster never reconciled before.
+async fn expect_nothing_observed(api: &mut ApiServerVerifier) {
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .not_found();
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .not_found();
+}
+
 /// Answers the six server-side applies in order and returns their bodies by kind.
 async fn expect_applies(api: &mut ApiServerVerifier) -> Vec<Value> {
     let mut bodies = Vec::new();
@@ -54,12 +64,7 @@ async fn create_applies_every_owned_object_and_reports_bootstrapping() {
     let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     let task = spawn(cluster.clone(), ctx);
 
-    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
-        .await
-        .not_found();
-    api.expect("GET", &format!("{APPS}/statefulsets/example"))
-        .await
-        .not_found();
+    expect_nothing_observed(&mut api).await;
     let bodies = expect_applies(&mut api).await;
     let kinds: Vec<_> = bodies.iter().map(|b| b["kind"].as_str().unwrap_or_default()).collect();
     assert_eq!(
@@ -194,12 +199,7 @@ async fn invalid_spec_sets_degraded_and_touches_nothing_else() {
     cluster.spec.replicas = 9;
     let task = spawn(cluster.clone(), ctx);
 
-    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
-        .await
-        .not_found();
-    api.expect("GET", &format!("{APPS}/statefulsets/example"))
-        .await
-        .not_found();
+    expect_nothing_observed(&mut api).await;
     let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(status.body["status"]["phase"], "Invalid");
     let degraded = status.body["status"]["conditions"]
@@ -244,12 +244,7 @@ async fn api_failures_are_errors_retried_with_growing_backoff() {
     let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
     let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     let task = spawn(cluster.clone(), ctx.clone());
-    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
-        .await
-        .not_found();
-    api.expect("GET", &format!("{APPS}/statefulsets/example"))
-        .await
-        .not_found();
+    expect_nothing_observed(&mut api).await;
     api.expect("PATCH", &format!("{NS}/serviceaccounts/example?"))
         .await
         .reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is sad"}));
