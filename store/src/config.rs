@@ -106,6 +106,25 @@ pub struct Config {
     #[arg(long, env = "LODESTONE_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// Interval of periodic watch progress notifications (Go duration, e.g. `10m`, `500ms`).
+    #[arg(
+        long,
+        env = "LODESTONE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Interpret --auto-compaction-retention as a time span ('periodic') or as a number of
+    /// revisions ('revision').
+    #[arg(long, env = "LODESTONE_AUTO_COMPACTION_MODE", value_enum, default_value_t = CompactionMode::Periodic)]
+    pub auto_compaction_mode: CompactionMode,
+
+    /// Auto compaction retention: for 'periodic', a duration (`1h`, `30m`) or a bare number of
+    /// hours; for 'revision', a number of revisions to keep. 0 disables auto compaction.
+    #[arg(long, env = "LODESTONE_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// List of URLs to listen on for the metrics and health endpoints
     /// (/metrics, /health, /livez, /readyz).
     #[arg(
@@ -123,6 +142,58 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "LODESTONE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// Parses a Go duration as etcd's flags take them: a sequence of number+unit (`ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h`), e.g. `10m`, `1h30m`, `1.5s`, or `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration {s:?} is missing a unit (e.g. 10m, 500ms)"))?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// What auto compaction should keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Disabled,
+    /// Keep this much time of history.
+    Period(Duration),
+    /// Keep this many revisions.
+    Revisions(i64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +221,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("could not resolve {0:?}")]
     Unresolvable(String),
+    #[error("--auto-compaction-retention {0:?}: {1}")]
+    BadRetention(String, String),
 }
 
 /// One member as named in `--initial-cluster`.
@@ -189,6 +262,39 @@ impl Config {
     /// election timeouts).
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.election()
+    }
+
+    /// The auto compaction policy from `--auto-compaction-mode` and `-retention`, read as
+    /// etcd reads them (a bare number in periodic mode is hours).
+    pub fn retention(&self) -> Result<Retention, ConfigError> {
+        let raw = self.auto_compaction_retention.trim();
+        let bad = |why: &str| ConfigError::BadRetention(raw.to_string(), why.to_string());
+        match self.auto_compaction_mode {
+            CompactionMode::Revision => {
+                let n: i64 = raw
+                    .parse()
+                    .map_err(|_| bad("revision mode takes a number of revisions"))?;
+                if n < 0 {
+                    return Err(bad("must not be negative"));
+                }
+                Ok(if n == 0 {
+                    Retention::Disabled
+                } else {
+                    Retention::Revisions(n)
+                })
+            }
+            CompactionMode::Periodic => {
+                let d = match raw.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => parse_duration(raw).map_err(|e| bad(&e))?,
+                };
+                Ok(if d.is_zero() {
+                    Retention::Disabled
+                } else {
+                    Retention::Period(d)
+                })
+            }
+        }
     }
 
     pub fn quota(&self) -> i64 {
@@ -307,6 +413,50 @@ mod tests {
         let mut v = vec!["lodestone"];
         v.extend_from_slice(args);
         Config::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn durations_and_retention_parse_like_etcd() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert_eq!(cfg(&[]).retention().unwrap(), Retention::Disabled);
+        assert_eq!(
+            cfg(&["--auto-compaction-retention", "1"]).retention().unwrap(),
+            Retention::Period(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            cfg(&["--auto-compaction-retention", "30m"]).retention().unwrap(),
+            Retention::Period(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            cfg(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000"
+            ])
+            .retention()
+            .unwrap(),
+            Retention::Revisions(1000)
+        );
+        assert!(
+            cfg(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1h"
+            ])
+            .retention()
+            .is_err()
+        );
+        assert_eq!(
+            cfg(&[]).experimental_watch_progress_notify_interval,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

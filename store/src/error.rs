@@ -47,6 +47,32 @@ pub enum StoreError {
     MemberNotFound,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: watch canceled")]
+    WatchCanceled,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// The local storage engine failed; the text says where.
     #[error("{0}")]
     Storage(String),
@@ -80,6 +106,19 @@ impl StoreError {
             StoreError::TimeoutWaitAppliedIndex => 18,
             StoreError::MemberNotFound => 19,
             StoreError::NotSupportedForLearner => 20,
+            StoreError::LeaseExist => 21,
+            StoreError::LeaseTtlTooLarge => 22,
+            StoreError::MemberExist => 23,
+            StoreError::PeerUrlExist => 24,
+            StoreError::MemberNotEnoughStarted => 25,
+            StoreError::MemberBadUrls => 26,
+            StoreError::MemberNotLearner => 27,
+            StoreError::LearnerNotReady => 28,
+            StoreError::TooManyLearners => 29,
+            StoreError::Corrupt => 30,
+            StoreError::BadLeaderTransferee => 31,
+            StoreError::WatchCanceled => 32,
+            StoreError::Unhealthy => 33,
             StoreError::Storage(_) => 100,
             StoreError::Internal(_) => 101,
         }
@@ -108,6 +147,19 @@ impl StoreError {
             18 => StoreError::TimeoutWaitAppliedIndex,
             19 => StoreError::MemberNotFound,
             20 => StoreError::NotSupportedForLearner,
+            21 => StoreError::LeaseExist,
+            22 => StoreError::LeaseTtlTooLarge,
+            23 => StoreError::MemberExist,
+            24 => StoreError::PeerUrlExist,
+            25 => StoreError::MemberNotEnoughStarted,
+            26 => StoreError::MemberBadUrls,
+            27 => StoreError::MemberNotLearner,
+            28 => StoreError::LearnerNotReady,
+            29 => StoreError::TooManyLearners,
+            30 => StoreError::Corrupt,
+            31 => StoreError::BadLeaderTransferee,
+            32 => StoreError::WatchCanceled,
+            33 => StoreError::Unhealthy,
             100 => StoreError::Storage(message.to_string()),
             _ => StoreError::Internal(message.to_string()),
         }
@@ -149,6 +201,19 @@ mod tests {
             StoreError::TimeoutWaitAppliedIndex,
             StoreError::MemberNotFound,
             StoreError::NotSupportedForLearner,
+            StoreError::LeaseExist,
+            StoreError::LeaseTtlTooLarge,
+            StoreError::MemberExist,
+            StoreError::PeerUrlExist,
+            StoreError::MemberNotEnoughStarted,
+            StoreError::MemberBadUrls,
+            StoreError::MemberNotLearner,
+            StoreError::LearnerNotReady,
+            StoreError::TooManyLearners,
+            StoreError::Corrupt,
+            StoreError::BadLeaderTransferee,
+            StoreError::WatchCanceled,
+            StoreError::Unhealthy,
             StoreError::Storage("disk on fire".into()),
             StoreError::Internal("odd".into()),
         ];

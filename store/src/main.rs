@@ -33,7 +33,35 @@ async fn signals(token: CancellationToken) {
     token.cancel();
 }
 
+/// `lodestone snapshot restore ...`: offline, then exit.
+fn snapshot_tool() -> ! {
+    use lodestone::restore::{SnapshotCli, SnapshotCommand, restore};
+    let args = std::env::args().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| a);
+    let cli = SnapshotCli::parse_from(args);
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    match cli.command {
+        SnapshotCommand::Restore(r) => match restore(&r) {
+            Ok(dir) => {
+                println!(
+                    "restored snapshot {} into {}; start the member with the same --name, --initial-cluster, \
+                     --initial-cluster-token and --initial-advertise-peer-urls and --initial-cluster-state new",
+                    r.file.display(),
+                    dir.display()
+                );
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("lodestone snapshot restore: {e}");
+                std::process::exit(1)
+            }
+        },
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        snapshot_tool();
+    }
     let cfg = Config::parse();
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()

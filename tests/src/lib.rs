@@ -114,6 +114,12 @@ impl Member {
         format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
+    /// The value this member is started with for `flag` (e.g. `--initial-cluster`).
+    pub fn flag(&self, flag: &str) -> Option<&str> {
+        let i = self.args.iter().position(|a| a == flag)?;
+        self.args.get(i + 1).map(|s| s.as_str())
+    }
+
     fn spawn(&mut self, extra_env: &[(String, String)]) {
         let bin = match self.kind {
             Kind::Lodestone => lodestone_bin(),
@@ -211,6 +217,22 @@ impl Default for Options {
 impl Cluster {
     /// Starts a cluster and waits until it serves a linearizable read.
     pub async fn start(kind: Kind, opts: Options) -> Cluster {
+        let mut c = Cluster::prepare(kind, opts);
+        c.launch().await;
+        c
+    }
+
+    /// Starts every member of a [`Cluster::prepare`]d cluster and waits until it is healthy.
+    pub async fn launch(&mut self) {
+        for m in &mut self.members {
+            m.spawn(&[]);
+        }
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    /// Lays out a cluster (ports, directories, flags) without starting it, so a test can
+    /// prepare the members' data directories first.
+    pub fn prepare(kind: Kind, opts: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let token = format!("test-{}", std::process::id());
         let mut members = Vec::new();
@@ -261,15 +283,12 @@ impl Cluster {
                 m.metrics_url(),
             ];
             m.args.extend(opts.extra.iter().cloned());
-            m.spawn(&[]);
         }
-        let c = Cluster {
+        Cluster {
             kind,
             members,
             _dir: dir,
-        };
-        c.wait_healthy(Duration::from_secs(30)).await;
-        c
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {

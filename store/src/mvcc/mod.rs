@@ -11,13 +11,17 @@
 //!   revision,
 //! - `latest`: user key → encoded `KeyValue` of live keys, so reads at the current revision
 //!   are one ordered scan,
-//! - `meta`: the [`Meta`] record, written in the same WriteBatch as every change.
+//! - `meta`: the [`Meta`] record, written in the same WriteBatch as every change, and the
+//!   active alarms,
+//! - `lease`: granted leases and the keys attached to each (see [`lease`]).
 //!
 //! The RocksDB WAL of this instance is written but not fsynced per batch: the Raft log is the
 //! source of truth and replays anything lost. [`Mvcc::sync`] makes everything written so far
 //! durable; the state machine calls it before the Raft log may be purged.
 
+pub mod history;
 mod keys;
+pub mod lease;
 mod read;
 mod write;
 
@@ -41,6 +45,9 @@ pub const CF_KV: &str = "kv";
 pub const CF_INDEX: &str = "index";
 pub const CF_LATEST: &str = "latest";
 pub const CF_META: &str = "meta";
+pub const CF_LEASE: &str = "lease";
+/// Every column family of the state-machine instance, in a fixed order (snapshots rely on it).
+pub const FAMILIES: [&str; 5] = [CF_KV, CF_INDEX, CF_LATEST, CF_META, CF_LEASE];
 const META_KEY: &[u8] = b"meta";
 
 /// The bookkeeping record stored with every applied batch.
@@ -84,7 +91,7 @@ pub(crate) fn db_options() -> Options {
 }
 
 pub(crate) fn open_db(path: &Path) -> Result<DB> {
-    let cfs = [CF_KV, CF_INDEX, CF_LATEST, CF_META]
+    let cfs = FAMILIES
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(DB::open_cf_descriptors(&db_options(), path, cfs)?)
@@ -154,7 +161,7 @@ impl Mvcc {
         let db = self.db();
         let mut total = 0u64;
         let mut live = 0u64;
-        for name in [CF_KV, CF_INDEX, CF_LATEST, CF_META] {
+        for name in FAMILIES {
             if let Some(cf) = db.cf_handle(name) {
                 let sst = db
                     .property_int_value_cf(&cf, "rocksdb.total-sst-files-size")
@@ -176,6 +183,37 @@ impl Mvcc {
             }
         }
         (total as i64, live.min(total) as i64)
+    }
+}
+
+const ALARMS_KEY: &[u8] = b"alarms";
+
+impl Mvcc {
+    /// The active alarms as last applied (an encoded `AlarmResponse`'s `alarms`).
+    pub fn alarms(&self) -> Result<Vec<crate::proto::etcdserverpb::AlarmMember>> {
+        let db = self.db();
+        let cf = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StoreError::Storage("missing meta column family".into()))?;
+        match db.get_cf(&cf, ALARMS_KEY)? {
+            None => Ok(Vec::new()),
+            Some(b) => crate::proto::etcdserverpb::AlarmResponse::decode(b.as_slice())
+                .map(|r| r.alarms)
+                .map_err(|e| StoreError::Storage(format!("corrupt alarm record: {e}"))),
+        }
+    }
+}
+
+impl WriteTxn {
+    /// Stages the set of active alarms (written with the batch).
+    pub fn set_alarms(&mut self, alarms: &[crate::proto::etcdserverpb::AlarmMember]) -> Result<()> {
+        let enc = crate::proto::etcdserverpb::AlarmResponse {
+            header: None,
+            alarms: alarms.to_vec(),
+        }
+        .encode_to_vec();
+        self.stage_raw(CF_META, ALARMS_KEY.to_vec(), enc);
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{KeyRange, Revision, index_key, revision_key, split_index_key};
 use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db};
-use super::{CF_INDEX, CF_KV, CF_LATEST, CF_META, Meta, encode_meta};
+use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, encode_meta, lease};
 use crate::error::{Result, StoreError};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request;
@@ -40,9 +40,9 @@ struct TxnPath {
 
 /// A batch of write requests applied on top of the stored state.
 pub struct WriteTxn {
-    db: Arc<DB>,
+    pub(super) db: Arc<DB>,
     batch: WriteBatch,
-    meta: Meta,
+    pub(super) meta: Meta,
     /// Store revision when the batch started: what RocksDB itself holds.
     base_rev: i64,
     /// Latest value of every key changed in this batch (`None` = deleted).
@@ -52,13 +52,13 @@ pub struct WriteTxn {
     sub: i64,
     /// The request in progress's writes, staged until it succeeds, and how to undo its
     /// overlay changes if it fails: a failed request leaves no trace.
-    staged: Vec<Staged>,
+    pub(super) staged: Vec<Staged>,
     undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
     history_mark: usize,
     commit_lock: Arc<std::sync::RwLock<()>>,
 }
 
-enum Staged {
+pub(super) enum Staged {
     Put(&'static str, Vec<u8>, Vec<u8>),
     Delete(&'static str, Vec<u8>),
 }
@@ -83,6 +83,13 @@ impl WriteTxn {
             undo: Vec::new(),
             history_mark: 0,
             commit_lock,
+        }
+    }
+
+    /// Adds a raw write to the batch (outside any request; used for the alarm record).
+    pub(super) fn stage_raw(&mut self, cf_name: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(h) = self.db.cf_handle(cf_name) {
+            self.batch.put_cf(h, key, value);
         }
     }
 
@@ -129,7 +136,7 @@ impl WriteTxn {
 
     /// Runs one request: its writes reach the batch only if it succeeds, and the revision
     /// moves on only when it changed something.
-    fn request<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub(super) fn request<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.sub = 0;
         self.staged.clear();
         self.undo.clear();
@@ -173,7 +180,7 @@ impl WriteTxn {
         self.meta.revision + i64::from(self.sub > 0)
     }
 
-    fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+    pub(super) fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
@@ -196,6 +203,17 @@ impl WriteTxn {
             lease,
         };
         let enc = kv.encode_to_vec();
+        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if prev_lease != lease {
+            if prev_lease != 0 {
+                self.staged
+                    .push(Staged::Delete(CF_LEASE, lease::attach_key(prev_lease, key)));
+            }
+            if lease != 0 {
+                self.staged
+                    .push(Staged::Put(CF_LEASE, lease::attach_key(lease, key), Vec::new()));
+            }
+        }
         self.staged
             .push(Staged::Put(CF_KV, revision_key(rev, false), enc.clone()));
         self.staged.push(Staged::Put(CF_INDEX, index_key(key, rev), vec![0u8]));
@@ -210,7 +228,12 @@ impl WriteTxn {
         Ok(prev)
     }
 
-    fn delete_key(&mut self, key: &[u8]) -> Result<()> {
+    /// Deletes a live key; `lease` is the lease it was attached to (0 for none).
+    pub(super) fn delete_key(&mut self, key: &[u8], lease: i64) -> Result<()> {
+        if lease != 0 {
+            self.staged
+                .push(Staged::Delete(CF_LEASE, lease::attach_key(lease, key)));
+        }
         let rev = Revision::new(self.meta.revision + 1, self.sub);
         // etcd's tombstone: the key with only its deletion revision set.
         let tomb = KeyValue {
@@ -241,7 +264,7 @@ impl WriteTxn {
         Ok(out)
     }
 
-    fn header(&self) -> Option<ResponseHeader> {
+    pub(super) fn header(&self) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             revision: self.view_rev(),
             ..Default::default()
@@ -341,9 +364,7 @@ impl WriteTxn {
         if (req.ignore_value || req.ignore_lease) && self.latest(&req.key)?.is_none() {
             return Err(StoreError::KeyNotFound);
         }
-        if !req.ignore_lease && req.lease != 0 {
-            // Leases are granted through the Lease service, which this store does not serve
-            // yet; a put naming a lease therefore names one that does not exist.
+        if !req.ignore_lease && req.lease != 0 && !lease::exists(&self.db, req.lease)? {
             return Err(StoreError::LeaseNotFound);
         }
         Ok(())
@@ -442,7 +463,7 @@ impl WriteTxn {
         let kr = KeyRange::new(&req.key, &req.range_end);
         let victims = if kr.is_empty() { Vec::new() } else { self.live_in(&kr)? };
         for kv in &victims {
-            self.delete_key(&kv.key)?;
+            self.delete_key(&kv.key, kv.lease)?;
         }
         Ok(DeleteRangeResponse {
             header: self.header(),

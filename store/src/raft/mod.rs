@@ -49,6 +49,9 @@ impl fmt::Display for Command {
             Some(Kind::Txn(_)) => "txn",
             Some(Kind::Compaction(_)) => "compaction",
             Some(Kind::MemberAttributes(_)) => "member_attributes",
+            Some(Kind::LeaseGrant(_)) => "lease_grant",
+            Some(Kind::LeaseRevoke(_)) => "lease_revoke",
+            Some(Kind::Alarm(_)) => "alarm",
             None => "empty",
         };
         f.write_str(name)

@@ -15,13 +15,12 @@ use rocksdb::{DB, IteratorMode, WriteBatch};
 use sha2::{Digest, Sha256};
 
 use super::SnapshotMeta;
-use crate::mvcc::{CF_INDEX, CF_KV, CF_LATEST, CF_META};
+use crate::mvcc::{CF_META, FAMILIES};
 
 const MAGIC: &[u8; 8] = b"LODESNAP";
 const VERSION: u32 = 1;
 const END: u8 = 0xFF;
 const MAX_FIELD: u32 = 64 << 20;
-const FAMILIES: [&str; 4] = [CF_KV, CF_INDEX, CF_LATEST, CF_META];
 
 /// A snapshot on disk: what openraft hands around as `SnapshotData`.
 #[derive(Debug, Clone)]

@@ -3,8 +3,9 @@
 //!
 //! Every batch of committed entries openraft hands over becomes one MVCC [`WriteTxn`] and
 //! one RocksDB write that also stores the last applied log id, the membership and member
-//! attributes. A compaction is the one exception that splits a batch: it commits what came
-//! before it first, so every member deletes exactly the same history.
+//! attributes. Compactions and lease grants/revokes are the exceptions that split a batch:
+//! they are committed on their own, so a compaction deletes exactly the same history on
+//! every member and lease checks can read committed state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,11 @@ use tokio::sync::watch;
 use super::snapshot::{self, SnapshotFile};
 use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::error::StoreError;
+use crate::lease::Lessor;
 use crate::metrics;
 use crate::mvcc::{Mvcc, WriteTxn};
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
 use crate::proto::lodestone::{self as pb, command::Kind, command_result::Kind as ResKind};
 
 /// What a member published about itself (name and client URLs), keyed by member id.
@@ -47,7 +51,7 @@ impl AppliedState {
         bincode::deserialize(b).map_err(|e| std::io::Error::other(format!("corrupt applied state: {e}")))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         bincode::serialize(self).expect("applied state serializes")
     }
 }
@@ -63,6 +67,9 @@ pub struct Shared {
     revision_tx: watch::Sender<i64>,
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     members: Mutex<BTreeMap<u64, MemberAttributes>>,
+    /// Lease deadlines, fed by applied grants and revokes.
+    pub lessor: Lessor,
+    alarms: Mutex<Vec<AlarmMember>>,
 }
 
 impl Shared {
@@ -79,6 +86,38 @@ impl Shared {
     /// Where snapshot files live (received ones are written here too).
     pub fn snapshot_dir(&self) -> &Path {
         &self.snap_dir
+    }
+
+    /// Writes a consistent image of the state machine to `path` (the snapshot file format)
+    /// and returns the Raft position it reflects.
+    pub fn export(&self, path: &Path) -> std::io::Result<SnapshotMeta> {
+        let db = self.mvcc.db();
+        snapshot::write(&db, path, |raw| {
+            let m: crate::mvcc::Meta = if raw.is_empty() {
+                crate::mvcc::Meta::default()
+            } else {
+                bincode::deserialize(raw).map_err(|e| io_err(format!("corrupt meta record: {e}")))?
+            };
+            let s = AppliedState::decode(&m.applied)?;
+            Ok(SnapshotMeta {
+                last_log_id: s.last_applied,
+                last_membership: s.membership,
+            })
+        })
+    }
+
+    /// Active alarms as of the last applied batch.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms.lock().expect("alarms lock").clone()
+    }
+
+    /// True when an alarm of this type is active on any member.
+    pub fn alarm_active(&self, t: AlarmType) -> bool {
+        self.alarms
+            .lock()
+            .expect("alarms lock")
+            .iter()
+            .any(|a| a.alarm == t as i32)
     }
 
     /// Published member attributes as of the last applied batch.
@@ -134,6 +173,9 @@ impl StateMachine {
         let current = latest_snapshot(&snap_dir)?;
         let (applied_tx, _) = watch::channel(applied.last_applied.as_ref().map_or(0, |l| l.index));
         let (revision_tx, _) = watch::channel(meta.revision);
+        let lessor = Lessor::default();
+        lessor.reset(mvcc.leases().map_err(io_err)?, Instant::now());
+        let alarms = Mutex::new(mvcc.alarms().map_err(io_err)?);
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 mvcc,
@@ -144,6 +186,8 @@ impl StateMachine {
                 revision_tx,
                 current: Mutex::new(current),
                 members: Mutex::new(applied.members),
+                lessor,
+                alarms,
             }),
         })
     }
@@ -179,7 +223,7 @@ fn latest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)
         let ext = p.extension().and_then(|x| x.to_str());
         if ext != Some("snap") {
             // Leftovers of a snapshot build or receive that a crash interrupted.
-            if matches!(ext, Some("tmp") | Some("part")) {
+            if matches!(ext, Some("tmp") | Some("part") | Some("export")) {
                 let _ = std::fs::remove_file(&p);
             }
             continue;
@@ -232,12 +276,37 @@ fn empty() -> CommandResult {
 }
 
 /// Applies one command; domain errors become results, storage errors abort the batch.
-fn apply_command(txn: &mut WriteTxn, state: &mut AppliedState, cmd: &pb::Command) -> Result<CommandResult, StoreError> {
+fn apply_command(
+    txn: &mut WriteTxn,
+    state: &mut AppliedState,
+    alarms: &mut Vec<AlarmMember>,
+    cmd: &pb::Command,
+) -> Result<CommandResult, StoreError> {
+    let has = |alarms: &[AlarmMember], t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
+    // With a CORRUPT alarm nothing changes any more; with NOSPACE, nothing that adds data.
+    let refused = match &cmd.kind {
+        Some(Kind::Put(_) | Kind::DeleteRange(_) | Kind::Txn(_) | Kind::Compaction(_) | Kind::LeaseGrant(_))
+            if has(alarms, AlarmType::Corrupt) =>
+        {
+            Some(StoreError::Corrupt)
+        }
+        Some(Kind::Put(_) | Kind::LeaseGrant(_)) if has(alarms, AlarmType::Nospace) => Some(StoreError::NoSpace),
+        Some(Kind::Txn(t)) if has(alarms, AlarmType::Nospace) && crate::validate::txn_has_put(t) => {
+            Some(StoreError::NoSpace)
+        }
+        _ => None,
+    };
+    if let Some(e) = refused {
+        return Ok(apply_error(e));
+    }
     let res = match &cmd.kind {
         Some(Kind::Put(p)) => txn.put(p).map(ResKind::Put),
         Some(Kind::DeleteRange(d)) => txn.delete_range(d).map(ResKind::DeleteRange),
         Some(Kind::Txn(t)) => txn.txn(t).map(ResKind::Txn),
         Some(Kind::Compaction(c)) => txn.compact(c.revision).map(ResKind::Compaction),
+        Some(Kind::LeaseGrant(g)) => txn.lease_grant(g).map(ResKind::LeaseGrant),
+        Some(Kind::LeaseRevoke(r)) => txn.lease_revoke(r).map(ResKind::LeaseRevoke),
+        Some(Kind::Alarm(a)) => apply_alarm(txn, alarms, a).map(ResKind::Alarm),
         Some(Kind::MemberAttributes(m)) => {
             state.members.insert(
                 m.id,
@@ -257,22 +326,89 @@ fn apply_command(txn: &mut WriteTxn, state: &mut AppliedState, cmd: &pb::Command
     }
 }
 
+/// Activates or deactivates an alarm (replicated, so every member agrees on the set).
+fn apply_alarm(
+    txn: &mut WriteTxn,
+    alarms: &mut Vec<AlarmMember>,
+    a: &AlarmRequest,
+) -> Result<AlarmResponse, StoreError> {
+    let member = AlarmMember {
+        member_id: a.member_id,
+        alarm: a.alarm,
+    };
+    let mut resp = AlarmResponse::default();
+    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
+        AlarmAction::Activate => {
+            if a.alarm != AlarmType::None as i32 && !alarms.contains(&member) {
+                alarms.push(member);
+                txn.set_alarms(alarms)?;
+                resp.alarms.push(member);
+            }
+        }
+        AlarmAction::Deactivate => {
+            if let Some(pos) = alarms.iter().position(|m| *m == member) {
+                alarms.remove(pos);
+                txn.set_alarms(alarms)?;
+                resp.alarms.push(member);
+            }
+        }
+        AlarmAction::Get => {
+            resp.alarms = alarms
+                .iter()
+                .filter(|m| a.alarm == AlarmType::None as i32 || m.alarm == a.alarm)
+                .cloned()
+                .collect();
+        }
+    }
+    Ok(resp)
+}
+
 type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
 
-/// Applies a batch of committed entries in one RocksDB write (two around a compaction).
+/// Commands applied in a RocksDB write of their own (see the module docs).
+fn applies_alone(cmd: &pb::Command) -> bool {
+    matches!(
+        cmd.kind,
+        Some(Kind::Compaction(_) | Kind::LeaseGrant(_) | Kind::LeaseRevoke(_))
+    )
+}
+
+/// A change the in-memory lease clock must learn once the batch is committed.
+enum LeaseChange {
+    Granted(i64, i64),
+    Revoked(i64),
+}
+
+/// Applies a batch of committed entries in one RocksDB write (more around commands that
+/// apply alone).
 fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<CommandResult>, u64, i64)> {
     let mut txn = shared.mvcc.write_txn().map_err(io_err)?;
     let mut state = AppliedState::decode(txn.applied())?;
     let mut results = Vec::with_capacity(entries.len());
+    let mut lease_changes = Vec::new();
+    let mut alarms = shared.alarms();
     for entry in entries {
         let r = match &entry.payload {
             EntryPayload::Blank => empty(),
-            EntryPayload::Normal(cmd) => {
-                if matches!(cmd.0.kind, Some(Kind::Compaction(_))) && txn.is_dirty() {
+            EntryPayload::Normal(cmd) if applies_alone(&cmd.0) => {
+                if txn.is_dirty() {
                     txn.commit(state.encode()).map_err(io_err)?;
                 }
-                apply_command(&mut txn, &mut state, &cmd.0).map_err(io_err)?
+                let r = apply_command(&mut txn, &mut state, &mut alarms, &cmd.0).map_err(io_err)?;
+                match (&cmd.0.kind, &r.0.kind) {
+                    (Some(Kind::LeaseGrant(g)), Some(ResKind::LeaseGrant(_))) => {
+                        lease_changes.push(LeaseChange::Granted(g.id, g.ttl))
+                    }
+                    (Some(Kind::LeaseRevoke(v)), Some(ResKind::LeaseRevoke(_))) => {
+                        lease_changes.push(LeaseChange::Revoked(v.id))
+                    }
+                    _ => {}
+                }
+                state.last_applied = Some(entry.log_id);
+                txn.commit(state.encode()).map_err(io_err)?;
+                r
             }
+            EntryPayload::Normal(cmd) => apply_command(&mut txn, &mut state, &mut alarms, &cmd.0).map_err(io_err)?,
             EntryPayload::Membership(m) => {
                 state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 empty()
@@ -285,6 +421,14 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
     txn.commit(state.encode()).map_err(io_err)?;
     metrics::observe_backend_commit(start.elapsed());
     *shared.members.lock().expect("members lock") = state.members;
+    *shared.alarms.lock().expect("alarms lock") = alarms;
+    let now = Instant::now();
+    for c in lease_changes {
+        match c {
+            LeaseChange::Granted(id, ttl) => shared.lessor.granted(id, ttl, now),
+            LeaseChange::Revoked(id) => shared.lessor.revoked(id),
+        }
+    }
     let last = state.last_applied.as_ref().map_or(0, |l| l.index);
     Ok((results, last, txn.revision()))
 }
@@ -394,6 +538,10 @@ fn install(
     *shared.current.lock().expect("snapshot lock") = Some((meta.clone(), kept));
     let m = shared.mvcc.meta().map_err(io_err)?;
     let s = AppliedState::decode(&m.applied)?;
+    shared
+        .lessor
+        .reset(shared.mvcc.leases().map_err(io_err)?, Instant::now());
+    *shared.alarms.lock().expect("alarms lock") = shared.mvcc.alarms().map_err(io_err)?;
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
 
@@ -405,20 +553,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, path) = tokio::task::spawn_blocking(move || -> std::io::Result<(SnapshotMeta, PathBuf)> {
             // The log may be purged up to this snapshot: make the state behind it durable.
             shared.mvcc.sync().map_err(io_err)?;
-            let db = shared.mvcc.db();
             let tmp_name = shared.snap_dir.join("building.snap");
-            let meta = snapshot::write(&db, &tmp_name, |raw| {
-                let m: crate::mvcc::Meta = if raw.is_empty() {
-                    crate::mvcc::Meta::default()
-                } else {
-                    bincode::deserialize(raw).map_err(|e| io_err(format!("corrupt meta record: {e}")))?
-                };
-                let s = AppliedState::decode(&m.applied)?;
-                Ok(SnapshotMeta {
-                    last_log_id: s.last_applied,
-                    last_membership: s.membership,
-                })
-            })?;
+            let meta = shared.export(&tmp_name)?;
             let path = shared.snap_dir.join(snapshot_name(&meta));
             std::fs::rename(&tmp_name, &path)?;
             snapshot::sync_dir(&shared.snap_dir)?;

@@ -54,7 +54,7 @@ fn all_serializable(t: &TxnRequest) -> bool {
 
 impl KvService {
     async fn write(&self, kind: Kind) -> Result<ResKind, Status> {
-        let r = self.server.propose(Command { kind: Some(kind) }).await?;
+        let r = self.server.propose_write(Command { kind: Some(kind) }).await?;
         r.kind.ok_or_else(|| unexpected("write"))
     }
 }
@@ -65,6 +65,7 @@ impl Kv for KvService {
         self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
+        self.server.check_corrupt()?;
         if req.serializable {
             self.server.serializable_barrier().await?;
         } else {
@@ -115,6 +116,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
         if is_read_only(&req) {
+            self.server.check_corrupt()?;
             if all_serializable(&req) {
                 self.server.serializable_barrier().await?;
             } else {

@@ -1,7 +1,7 @@
 //! The running member: assembles storage, consensus and the gRPC services, and serves them
 //! until shutdown.
 //!
-//! - [`kv`], [`maintenance`], [`cluster`]: the etcd v3 client services.
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the etcd v3 client services.
 //! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching).
 //! - [`status`]: domain error → gRPC status, in one place; [`limits`]: oversized messages.
@@ -10,12 +10,14 @@
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod limits;
 pub mod maintenance;
 pub mod peer;
 pub mod reads;
 pub mod serve;
 pub mod status;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,7 +33,8 @@ use tonic::transport::Channel;
 use crate::config::{ClusterState, Config};
 use crate::error::{Result, StoreError};
 use crate::metrics;
-use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::{AlarmType, ResponseHeader};
 use crate::proto::lodestone::peer_client::PeerClient;
 use crate::proto::lodestone::{self as pb, command_result::Kind as ResKind};
 use crate::raft::log_store::LogStore;
@@ -52,6 +55,8 @@ pub struct Server {
     /// The commit index saved before the last restart: serializable reads wait until the
     /// state machine is back there, so a restart never shows older data than before.
     recovered_to: u64,
+    lease_clock: lease::LeaseClock,
+    db_size: std::sync::Mutex<(Option<std::time::Instant>, (i64, i64))>,
     pub shutdown: CancellationToken,
 }
 
@@ -157,11 +162,14 @@ impl Server {
             log,
             peers: Mutex::new(HashMap::new()),
             recovered_to,
+            lease_clock: lease::LeaseClock::default(),
+            db_size: std::sync::Mutex::new((None, (0, 0))),
             shutdown,
         });
         server.reads.start(server.clone());
         tokio::spawn(watch_raft(server.clone()));
         tokio::spawn(publish_attributes(server.clone()));
+        tokio::spawn(lease::expire_leases(server.clone()));
         Ok(server)
     }
 
@@ -236,6 +244,60 @@ impl Server {
             .max_encoding_message_size(usize::MAX);
         peers.insert(id, (url, c.clone()));
         Ok(c)
+    }
+
+    /// Refuses every KV request while a CORRUPT alarm is active.
+    pub fn check_corrupt(&self) -> Result<()> {
+        if self.sm.alarm_active(AlarmType::Corrupt) {
+            return Err(StoreError::Corrupt);
+        }
+        Ok(())
+    }
+
+    /// `(dbSize, dbSizeInUse)`, refreshed at most every 100 ms (the quota check runs on the
+    /// write path).
+    pub fn db_size(&self) -> (i64, i64) {
+        let mut g = self.db_size.lock().expect("db size lock");
+        if g.0.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100)) {
+            *g = (Some(std::time::Instant::now()), self.sm.mvcc.size());
+        }
+        g.1
+    }
+
+    /// etcd's space quota: a request that adds data is refused while NOSPACE is active, and
+    /// raises NOSPACE (cluster-wide, through Raft) when it would push the store past
+    /// `--quota-backend-bytes`.
+    fn check_quota(self: &Arc<Self>, cmd: &pb::Command) -> Result<()> {
+        let cost = crate::validate::quota_cost(cmd);
+        if cost == 0 {
+            return Ok(());
+        }
+        if self.sm.alarm_active(AlarmType::Nospace) {
+            return Err(StoreError::NoSpace);
+        }
+        if self.db_size().0 + cost > self.cfg.quota() {
+            let s = self.clone();
+            tokio::spawn(async move {
+                let r = s
+                    .propose(alarm_command(AlarmAction::Activate, s.id, AlarmType::Nospace))
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "raising the NOSPACE alarm");
+                } else {
+                    tracing::warn!(quota = s.cfg.quota(), "database space exceeded: NOSPACE alarm raised");
+                }
+            });
+            return Err(StoreError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Like [`Server::propose`], for client writes: checks the CORRUPT alarm and the space
+    /// quota first.
+    pub async fn propose_write(self: &Arc<Self>, cmd: pb::Command) -> Result<pb::CommandResult> {
+        self.check_corrupt()?;
+        self.check_quota(&cmd)?;
+        self.propose(cmd).await
     }
 
     /// Replicates a write through the leader (forwarding when this member is a follower) and
@@ -385,6 +447,17 @@ impl Server {
             tracing::warn!(error = %e, "final state machine sync");
         }
         self.log.close();
+    }
+}
+
+/// A replicated alarm change.
+pub(crate) fn alarm_command(action: AlarmAction, member: u64, alarm: AlarmType) -> pb::Command {
+    pb::Command {
+        kind: Some(pb::command::Kind::Alarm(crate::proto::etcdserverpb::AlarmRequest {
+            action: action as i32,
+            member_id: member,
+            alarm: alarm as i32,
+        })),
     }
 }
 

@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Server;
 use crate::proto::lodestone::peer_server::Peer;
 use crate::proto::lodestone::{
-    ApplyError, Command, CommandResult, RaftEnvelope, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
-    command_result::Kind,
+    ApplyError, Command, CommandResult, LeaseAnswer, LeaseQuery, RaftEnvelope, RaftReply, ReadIndexReply,
+    ReadIndexRequest, SnapshotChunk, command_result::Kind,
 };
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::{Snapshot, SnapshotMeta, TypeConfig, Vote};
@@ -138,6 +138,18 @@ impl Peer for PeerService {
         }
         match self.server.local_read_index().await {
             Ok(read_index) => Ok(Response::new(ReadIndexReply { read_index })),
+            Err(crate::error::StoreError::NotLeader) => Err(Status::failed_precondition("etcdserver: not leader")),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn lease(&self, request: Request<LeaseQuery>) -> Result<Response<LeaseAnswer>, Status> {
+        let cid = request.get_ref().cluster_id;
+        if cid != 0 && cid != self.server.cluster_id() {
+            return Err(Status::failed_precondition("lease query from another cluster"));
+        }
+        match self.server.lease_query_local(request.get_ref()).await {
+            Ok(a) => Ok(Response::new(a)),
             Err(crate::error::StoreError::NotLeader) => Err(Status::failed_precondition("etcdserver: not leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }

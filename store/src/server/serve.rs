@@ -10,13 +10,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterService;
 use super::kv::KvService;
+use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
 use super::peer::PeerService;
+use super::watch::WatchService;
 use super::{Server, StartError};
 use crate::config::{self, Config};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::lodestone::peer_server::PeerServer;
 
 /// gRPC allows this much over `--max-request-bytes` for framing, as etcd does.
@@ -86,6 +90,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let maint =
             MaintenanceServer::new(MaintenanceService { server: s.clone() }).max_decoding_message_size(max_recv);
         let cluster = ClusterServer::new(ClusterService { server: s.clone() }).max_decoding_message_size(max_recv);
+        let lease = LeaseServer::new(LeaseService { server: s.clone() }).max_decoding_message_size(max_recv);
+        let watch = WatchServer::new(WatchService { server: s.clone() })
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
         client_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -94,6 +102,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 .add_service(kv)
                 .add_service(maint)
                 .add_service(cluster)
+                .add_service(lease)
+                .add_service(watch)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown.clone().cancelled_owned()),
         ));
     }

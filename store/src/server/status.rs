@@ -12,17 +12,29 @@ pub fn to_status(e: StoreError) -> Status {
         | StoreError::LeaseProvided
         | StoreError::TooManyOps
         | StoreError::DuplicateKey
-        | StoreError::RequestTooLarge => Code::InvalidArgument,
-        StoreError::Compacted | StoreError::FutureRev => Code::OutOfRange,
+        | StoreError::RequestTooLarge
+        | StoreError::MemberBadUrls => Code::InvalidArgument,
+        StoreError::Compacted | StoreError::FutureRev | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
         StoreError::NoSpace | StoreError::TooManyRequests => Code::ResourceExhausted,
         StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
-        StoreError::NotLeader => Code::FailedPrecondition,
+        StoreError::NotLeader
+        | StoreError::LeaseExist
+        | StoreError::MemberExist
+        | StoreError::PeerUrlExist
+        | StoreError::MemberNotEnoughStarted
+        | StoreError::MemberNotLearner
+        | StoreError::LearnerNotReady
+        | StoreError::TooManyLearners
+        | StoreError::BadLeaderTransferee => Code::FailedPrecondition,
+        StoreError::Corrupt => Code::DataLoss,
+        StoreError::WatchCanceled => Code::Cancelled,
         StoreError::NoLeader
         | StoreError::LeaderChanged
         | StoreError::Stopped
         | StoreError::Timeout
         | StoreError::TimeoutWaitAppliedIndex
-        | StoreError::NotSupportedForLearner => Code::Unavailable,
+        | StoreError::NotSupportedForLearner
+        | StoreError::Unhealthy => Code::Unavailable,
         StoreError::Storage(_) | StoreError::Internal(_) => Code::Unknown,
     };
     Status::new(code, e.to_string())
@@ -123,6 +135,63 @@ mod tests {
                 StoreError::NotSupportedForLearner,
                 Code::Unavailable,
                 "etcdserver: rpc not supported for learner",
+            ),
+            (
+                StoreError::LeaseExist,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                StoreError::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+            (
+                StoreError::MemberExist,
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                StoreError::PeerUrlExist,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                StoreError::MemberNotEnoughStarted,
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                StoreError::MemberBadUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                StoreError::MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                StoreError::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                StoreError::TooManyLearners,
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            (StoreError::Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),
+            (
+                StoreError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (StoreError::WatchCanceled, Code::Cancelled, "etcdserver: watch canceled"),
+            (
+                StoreError::Unhealthy,
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
             ),
         ];
         for (e, code, msg) in cases {

@@ -1,0 +1,154 @@
+//! The replicated half of leases: which leases exist, with the TTL they were granted, and
+//! which keys each one holds. When a lease expires is decided elsewhere (`crate::lease`, on
+//! the leader's clock); expiry reaches the state machine as a replicated revoke.
+//!
+//! Layout of the `lease` column family:
+//! - `l` ++ id (8 bytes BE) → granted TTL (8 bytes BE),
+//! - `k` ++ id (8 bytes BE) ++ user key → empty: the key is attached to the lease.
+//!
+//! Lease commands run in a batch of their own (the state machine commits around them), so
+//! the checks here can read RocksDB directly and never miss a same-batch change.
+
+use rocksdb::{DB, IteratorMode, ReadOptions};
+
+use super::write::{Staged, WriteTxn};
+use super::{CF_LEASE, Mvcc};
+use crate::error::{Result, StoreError};
+use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse};
+
+const RECORD: u8 = b'l';
+const ATTACHED: u8 = b'k';
+
+fn prefixed(tag: u8, id: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+fn record_key(id: i64) -> Vec<u8> {
+    prefixed(RECORD, id)
+}
+
+/// The key that records `key` as attached to lease `id`.
+pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = prefixed(ATTACHED, id);
+    k.extend_from_slice(key);
+    k
+}
+
+fn cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {
+    db.cf_handle(CF_LEASE)
+        .ok_or_else(|| StoreError::Storage("missing lease column family".into()))
+}
+
+/// True when lease `id` is granted and not revoked.
+pub(crate) fn exists(db: &DB, id: i64) -> Result<bool> {
+    Ok(db.get_cf(cf(db)?, record_key(id))?.is_some())
+}
+
+/// Every granted lease as `(id, granted TTL)`.
+pub fn leases(db: &DB) -> Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(vec![RECORD + 1]);
+    for item in db.iterator_cf_opt(
+        cf(db)?,
+        opts,
+        IteratorMode::From(&[RECORD], rocksdb::Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        if k.len() != 9 || v.len() != 8 {
+            return Err(StoreError::Storage("corrupt lease record".into()));
+        }
+        let id = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")) as i64;
+        let ttl = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        out.push((id, ttl));
+    }
+    Ok(out)
+}
+
+/// The keys attached to lease `id`, in key order.
+pub fn attached_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>> {
+    let prefix = prefixed(ATTACHED, id);
+    let mut upper = prefixed(ATTACHED, id);
+    // The id's bytes + 1 as a number bounds the prefix; id u64::MAX cannot occur (ids are
+    // positive int64s), so this never overflows.
+    let next = (id as u64).wrapping_add(1).to_be_bytes();
+    upper[1..9].copy_from_slice(&next);
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(upper);
+    let mut out = Vec::new();
+    for item in db.iterator_cf_opt(cf(db)?, opts, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+        let (k, _) = item?;
+        out.push(k[9..].to_vec());
+    }
+    Ok(out)
+}
+
+impl Mvcc {
+    /// Every granted lease as `(id, granted TTL)`, as of the last applied batch.
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        leases(&self.db())
+    }
+
+    /// The keys attached to lease `id`, as of the last applied batch.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        attached_keys(&self.db(), id)
+    }
+}
+
+impl WriteTxn {
+    /// Records a granted lease. The TTL was already bounded by the proposer, so every
+    /// member stores the same value whatever its own election timeout.
+    pub fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        self.expect_clean("lease grant")?;
+        if exists(&self.db, req.id)? {
+            return Err(StoreError::LeaseExist);
+        }
+        let (id, ttl) = (req.id, req.ttl);
+        self.request(|t| {
+            t.staged
+                .push(Staged::Put(CF_LEASE, record_key(id), ttl.to_be_bytes().to_vec()));
+            Ok(())
+        })?;
+        Ok(LeaseGrantResponse {
+            header: self.header(),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Revokes a lease: every attached key is deleted, all at one revision, and the lease is
+    /// forgotten.
+    pub fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        self.expect_clean("lease revoke")?;
+        let id = req.id;
+        if !exists(&self.db, id)? {
+            return Err(StoreError::LeaseNotFound);
+        }
+        let keys = attached_keys(&self.db, id)?;
+        self.request(|t| {
+            for key in &keys {
+                // An attachment always names a live key holding this lease; check anyway so a
+                // damaged index can never delete a key that moved to another lease.
+                if t.latest(key)?.is_some_and(|kv| kv.lease == id) {
+                    t.delete_key(key, id)?;
+                } else {
+                    t.staged.push(Staged::Delete(CF_LEASE, attach_key(id, key)));
+                }
+            }
+            t.staged.push(Staged::Delete(CF_LEASE, record_key(id)));
+            Ok(())
+        })?;
+        Ok(LeaseRevokeResponse { header: self.header() })
+    }
+
+    fn expect_clean(&self, what: &str) -> Result<()> {
+        if self.is_dirty() {
+            return Err(StoreError::Internal(format!("{what} inside a dirty batch")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! The etcd Lease service and the leader's side of leases.
+//!
+//! Grants and revokes are replicated commands. Renewals (KeepAlive) and TTL queries are
+//! answered by the leader, whose clock alone decides expiry; followers forward them over
+//! the peer transport. The leader turns expired leases into replicated revokes, at most
+//! [`REVOKES_PER_TICK`] per tick (etcd's 1000 per second).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Server;
+use crate::error::{Result, StoreError};
+use crate::lease::MAX_LEASE_TTL;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use crate::proto::lodestone::{self as pb, LeaseAnswer, LeaseQuery, command::Kind, command_result::Kind as ResKind};
+
+const TICK: Duration = Duration::from_millis(500);
+const REVOKES_PER_TICK: usize = 500;
+
+/// Leader-side lease state that is not replicated.
+#[derive(Default)]
+pub struct LeaseClock {
+    /// The term in which this member last restarted every lease's TTL as the new leader.
+    promoted_term: std::sync::Mutex<u64>,
+    ids: AtomicU64,
+}
+
+/// A well-mixed 64-bit value (splitmix64's finalizer).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+impl Server {
+    /// The smallest TTL a lease gets: etcd's `ceil(1.5 × election timeout)` in seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.cfg.election().as_millis() as i64 * 3 / 2;
+        ((ms + 999) / 1000).max(1)
+    }
+
+    fn new_lease_id(&self) -> i64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let n = self.lease_clock.ids.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let id = (mix(self.id ^ nanos.rotate_left(17) ^ mix(n)) & (i64::MAX as u64)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// LeaseGrant: bounds the TTL, picks an ID when the client left it 0, and replicates.
+    pub async fn lease_grant(self: &Arc<Self>, req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(StoreError::LeaseTtlTooLarge);
+        }
+        let ttl = req.ttl.max(self.min_lease_ttl());
+        let chosen = req.id != 0;
+        for _ in 0..8 {
+            let id = if chosen { req.id } else { self.new_lease_id() };
+            let cmd = pb::Command {
+                kind: Some(Kind::LeaseGrant(LeaseGrantRequest { ttl, id })),
+            };
+            match self.propose_write(cmd).await {
+                Ok(pb::CommandResult {
+                    kind: Some(ResKind::LeaseGrant(mut r)),
+                }) => {
+                    r.header = self.header(r.header.map_or(0, |h| h.revision));
+                    return Ok(r);
+                }
+                Ok(_) => return Err(StoreError::Internal("unexpected result for lease grant".into())),
+                // A server-chosen ID that collided: pick another.
+                Err(StoreError::LeaseExist) if !chosen => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::LeaseExist)
+    }
+
+    /// LeaseRevoke through Raft: the attached keys go at one revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
+        let cmd = pb::Command {
+            kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
+        };
+        match self.propose(cmd).await? {
+            pb::CommandResult {
+                kind: Some(ResKind::LeaseRevoke(mut r)),
+            } => {
+                r.header = self.header(r.header.map_or(0, |h| h.revision));
+                Ok(r)
+            }
+            _ => Err(StoreError::Internal("unexpected result for lease revoke".into())),
+        }
+    }
+
+    /// Renews or reports a lease on the leader, forwarding when this member is a follower.
+    pub async fn lease_query(&self, q: LeaseQuery) -> Result<LeaseAnswer> {
+        let fut = async {
+            loop {
+                let leader = self.wait_leader().await?;
+                let r = if leader == self.id {
+                    self.lease_query_local(&q).await
+                } else {
+                    self.forward_lease_query(leader, q).await
+                };
+                match r {
+                    // Renewals and queries are idempotent: route again until the request
+                    // timeout while leadership settles.
+                    Err(StoreError::NotLeader | StoreError::LeaderChanged) => {
+                        tokio::time::sleep(self.cfg.heartbeat()).await
+                    }
+                    r => return r,
+                }
+            }
+        };
+        tokio::time::timeout(self.cfg.request_timeout(), fut)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    async fn forward_lease_query(&self, leader: u64, mut q: LeaseQuery) -> Result<LeaseAnswer> {
+        q.cluster_id = self.cluster_id();
+        let mut client = self.peer(leader).await?;
+        match client.lease(q).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
+            Err(_) => Err(StoreError::LeaderChanged),
+        }
+    }
+
+    /// The leader's answer. Every lease's TTL restarts the first time a new leader is asked
+    /// (or its expiry loop runs) in its term, before any deadline is read.
+    pub async fn lease_query_local(&self, q: &LeaseQuery) -> Result<LeaseAnswer> {
+        let committed = self.lease_leader_ready()?;
+        // A grant the previous leader committed may not be applied here yet.
+        self.wait_applied(committed).await?;
+        let now = Instant::now();
+        let lessor = &self.sm.lessor;
+        if q.renew {
+            return Ok(match lessor.renew(q.id, now) {
+                Some(ttl) => LeaseAnswer {
+                    ttl,
+                    granted_ttl: ttl,
+                    keys: Vec::new(),
+                },
+                None => LeaseAnswer {
+                    ttl: -1,
+                    ..Default::default()
+                },
+            });
+        }
+        let Some(t) = lessor.time_to_live(q.id, now) else {
+            return Ok(LeaseAnswer {
+                ttl: -1,
+                ..Default::default()
+            });
+        };
+        let keys = if q.keys {
+            let sm = self.sm.clone();
+            let id = q.id;
+            tokio::task::spawn_blocking(move || sm.mvcc.lease_keys(id))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??
+                .into_iter()
+                .map(Into::into)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(LeaseAnswer {
+            ttl: t.remaining,
+            granted_ttl: t.granted,
+            keys,
+        })
+    }
+
+    /// Checks that this member leads and that its lease clock was restarted in this term;
+    /// returns the commit index to wait for.
+    fn lease_leader_ready(&self) -> Result<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(StoreError::NotLeader);
+        }
+        let mut promoted = self.lease_clock.promoted_term.lock().expect("lease clock lock");
+        if *promoted != m.current_term {
+            self.sm.lessor.promote(Instant::now());
+            *promoted = m.current_term;
+            tracing::info!(term = m.current_term, "leader: restarted every lease's TTL");
+        }
+        Ok(m.cluster_committed.as_ref().map_or(0, |c| c.index))
+    }
+}
+
+/// The leader's expiry loop: proposes revokes for expired leases until shutdown.
+pub(super) async fn expire_leases(server: Arc<Server>) {
+    let retry = server.cfg.election() * 2;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if server.lease_leader_ready().is_err() {
+            continue;
+        }
+        let expired = server.sm.lessor.take_expired(Instant::now(), REVOKES_PER_TICK, retry);
+        if expired.is_empty() {
+            continue;
+        }
+        tracing::debug!(count = expired.len(), "revoking expired leases");
+        let revokes = expired.into_iter().map(|id| {
+            let s = server.clone();
+            async move {
+                match s.lease_revoke(id).await {
+                    Ok(_) | Err(StoreError::LeaseNotFound) => {}
+                    Err(e) => tracing::debug!(lease = %format!("{id:x}"), error = %e, "revoke of expired lease failed; will retry"),
+                }
+            }
+        });
+        futures::future::join_all(revokes).await;
+    }
+}
+
+pub struct LeaseService {
+    pub server: Arc<Server>,
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.server.require_leader(&request)?;
+        Ok(Response::new(self.server.lease_grant(request.into_inner()).await?))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.server.require_leader(&request)?;
+        Ok(Response::new(self.server.lease_revoke(request.get_ref().id).await?))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        self.server.require_leader(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    _ = server.shutdown.cancelled() => return,
+                    r = inbound.next() => match r {
+                        Some(Ok(r)) => r,
+                        _ => return,
+                    },
+                };
+                // The header is taken before the renewal, so its revision never postdates a
+                // revoke the renewal could have raced with.
+                let header = server.header(server.revision());
+                let q = LeaseQuery {
+                    id: req.id,
+                    renew: true,
+                    ..Default::default()
+                };
+                let out = match server.lease_query(q).await {
+                    Ok(a) => Ok(LeaseKeepAliveResponse {
+                        header,
+                        id: req.id,
+                        ttl: a.ttl.max(0),
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = out.is_err();
+                if tx.send(out).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.server.require_leader(&request)?;
+        let req = request.into_inner();
+        let header = self.server.header(self.server.revision());
+        let a = self
+            .server
+            .lease_query(LeaseQuery {
+                id: req.id,
+                keys: req.keys,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl: a.ttl,
+            granted_ttl: a.granted_ttl,
+            keys: a.keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.server.require_leader(&request)?;
+        self.server.linearizable_barrier().await?;
+        let leases = self
+            .server
+            .sm
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.server.header(self.server.revision()),
+            leases,
+        }))
+    }
+}

@@ -1,0 +1,333 @@
+//! The Maintenance API side by side with etcd 3.4 (Status, HashKV, Defragment, Alarm and the
+//! NOSPACE cycle, MoveLeader errors), and Lodestone-only: snapshot save → restore into a new
+//! cluster, HashKV agreement across members, MoveLeader on a 3-member cluster.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType, GetOptions, PutOptions};
+use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl};
+use tonic::Code;
+
+lodestone_tests::compat!(status_hashkv_defrag_errors, nospace_alarm_cycle);
+
+async fn status_hashkv_defrag_errors(kind: Kind) {
+    let c = Cluster::start(kind, Options::default()).await;
+    let mut cl = c.client().await;
+    for i in 0..10 {
+        cl.put(format!("k{i}"), "v", None).await.unwrap(); // revs 2..=11
+    }
+    let s = cl.status().await.unwrap();
+    assert!(!s.version().is_empty());
+    assert!(s.db_size() > 0);
+    assert!(s.raft_used_db_size() > 0 && s.raft_used_db_size() <= s.db_size());
+    assert_eq!(s.leader(), s.header().unwrap().member_id());
+
+    let h1 = cl.hash_kv(0).await.unwrap();
+    let h2 = cl.hash_kv(0).await.unwrap();
+    assert_eq!(h1.hash(), h2.hash(), "HashKV is stable without writes");
+    assert_eq!(h1.header().unwrap().revision(), 11);
+    let at5 = cl.hash_kv(5).await.unwrap().hash();
+    cl.put("k0", "changed", None).await.unwrap();
+    assert_ne!(cl.hash_kv(0).await.unwrap().hash(), h1.hash());
+    assert_eq!(
+        cl.hash_kv(5).await.unwrap().hash(),
+        at5,
+        "history up to 5 did not change"
+    );
+    assert_status(
+        cl.hash_kv(100).await.unwrap_err(),
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    );
+    cl.compact(6, None).await.unwrap();
+    assert_status(
+        cl.hash_kv(5).await.unwrap_err(),
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    assert_eq!(cl.hash_kv(0).await.unwrap().compact_version(), 6);
+
+    cl.defragment().await.unwrap();
+    assert_eq!(
+        cl.get("k", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap()
+            .count(),
+        10
+    );
+
+    let alarms = cl.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+    assert!(alarms.alarms().is_empty());
+
+    // MoveLeader to a member that does not exist.
+    assert_status(
+        cl.move_leader(0xdead).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: bad leader transferee",
+    );
+}
+
+async fn nospace_alarm_cycle(kind: Kind) {
+    let c = Cluster::start(
+        kind,
+        Options {
+            extra: vec!["--quota-backend-bytes".into(), "3000000".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut cl = c.client().await;
+    let value = vec![b'x'; 100_000];
+    let mut refused = None;
+    for i in 0..100 {
+        if let Err(e) = cl.put(format!("big/{i:03}"), value.clone(), None).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert_status(
+        refused.expect("the quota was never reached"),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    // The alarm is raised cluster-wide (asynchronously, as in etcd).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = cl.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+        if a.alarms().iter().any(|m| m.alarm() == AlarmType::Nospace) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "NOSPACE alarm never raised");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = cl.status().await.unwrap();
+    assert!(
+        status.errors().iter().any(|e| e.contains("NOSPACE")),
+        "{:?}",
+        status.errors()
+    );
+    // Small puts and lease grants are refused too; reads and deletes work.
+    assert_status(
+        cl.put("small", "v", None).await.unwrap_err(),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    assert_status(
+        cl.lease_grant(60, None).await.unwrap_err(),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let n = cl
+        .get("big/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap()
+        .count();
+    assert!(n > 5);
+    let del = cl
+        .delete("big/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(del.deleted(), n);
+    // Recovery: compact, defragment, disarm.
+    let rev = del.header().unwrap().revision();
+    cl.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    cl.defragment().await.unwrap();
+    let a = cl.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+    for m in a.alarms() {
+        let mut o = AlarmOptions::new();
+        o.with_member(m.member_id());
+        cl.alarm(AlarmAction::Deactivate, m.alarm(), Some(o)).await.unwrap();
+    }
+    assert!(
+        cl.alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .unwrap()
+            .alarms()
+            .is_empty()
+    );
+    cl.put("small", "v", None).await.unwrap();
+    cl.lease_grant(60, None).await.unwrap();
+}
+
+/// A key-value as plain data: key, value, create/mod revision, version, lease.
+type Flat = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
+/// HashKV of member `i` at `rev`, once that member has applied `rev` (HashKV is answered
+/// from the member's own state, so a follower may still be behind).
+async fn hash_kv_at(c: &Cluster, i: usize, rev: i64) -> (u32, i64) {
+    let mut cl = c.client_of(i).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cl.hash_kv(rev).await {
+            Ok(h) => return (h.hash(), h.compact_version()),
+            Err(e) => assert!(Instant::now() < deadline, "HashKV on member {i}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn three() -> Options {
+    Options {
+        size: 3,
+        ..Default::default()
+    }
+}
+
+/// Lodestone only: `etcdctl snapshot save` from one member of a cluster with history, a
+/// compaction and a lease; `lodestone snapshot restore` into three new data directories;
+/// the new cluster serves the same data at the same revision with the same HashKV on every
+/// member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_save_restore_into_a_new_cluster() {
+    let old = Cluster::start(Kind::Lodestone, three()).await;
+    old.wait_published().await;
+    let mut cl = old.client().await;
+    for i in 0..50 {
+        cl.put(format!("data/{i:02}"), format!("v{i}"), None).await.unwrap();
+    }
+    for i in 0..10 {
+        cl.put(format!("data/{i:02}"), format!("v{i}-2"), None).await.unwrap();
+    }
+    cl.compact(30, None).await.unwrap();
+    let lease = cl.lease_grant(3600, None).await.unwrap().id();
+    cl.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    cl.delete("data/49", None).await.unwrap();
+    let rev = cl.get("x", None).await.unwrap().header().unwrap().revision();
+
+    // HashKV agrees on every member at the same revision.
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        hashes.push(hash_kv_at(&old, i, rev).await.0);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members disagree: {hashes:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let out = etcdctl(
+        &[old.members[1].endpoint()],
+        &["snapshot", "save", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(size % 512, 32, "etcd's snapshot file shape");
+
+    let mut new = Cluster::prepare(Kind::Lodestone, three());
+    for m in &new.members {
+        let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+            .args(["snapshot", "restore", file.to_str().unwrap()])
+            .args(["--name", &m.name])
+            .args(["--data-dir", m.data_dir.to_str().unwrap()])
+            .args(["--initial-cluster", m.flag("--initial-cluster").unwrap()])
+            .args(["--initial-cluster-token", m.flag("--initial-cluster-token").unwrap()])
+            .args([
+                "--initial-advertise-peer-urls",
+                m.flag("--initial-advertise-peer-urls").unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Restoring over an existing data directory is refused.
+    let m = &new.members[0];
+    let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+        .args(["snapshot", "restore", file.to_str().unwrap()])
+        .args(["--name", &m.name, "--data-dir", m.data_dir.to_str().unwrap()])
+        .args(["--initial-cluster", m.flag("--initial-cluster").unwrap()])
+        .args([
+            "--initial-advertise-peer-urls",
+            m.flag("--initial-advertise-peer-urls").unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    // A damaged file is refused.
+    let damaged = dir.path().join("damaged.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+        .args(["snapshot", "restore", damaged.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SHA-256"));
+
+    new.launch().await;
+    new.wait_published().await;
+    let mut ncl = new.client().await;
+    let a = cl.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let b = ncl.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let flat = |r: &etcd_client::GetResponse| -> Vec<Flat> {
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key().to_vec(),
+                    kv.value().to_vec(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                    kv.lease(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(flat(&a), flat(&b), "same keys, values, revisions and leases");
+    assert_eq!(b.header().unwrap().revision(), rev);
+    assert_ne!(
+        b.header().unwrap().cluster_id(),
+        a.header().unwrap().cluster_id(),
+        "a new cluster"
+    );
+    for i in 0..3 {
+        let (hash, compacted) = hash_kv_at(&new, i, rev).await;
+        assert_eq!(hash, hashes[0], "member {i} of the restored cluster");
+        assert_eq!(compacted, 30);
+    }
+    // The lease came along, and the compaction point too.
+    let ttl = ncl.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 3600);
+    assert_status(
+        ncl.get("data/00", Some(GetOptions::new().with_revision(10)))
+            .await
+            .unwrap_err(),
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    // And it takes writes.
+    let p = ncl.put("after", "restore", None).await.unwrap();
+    assert_eq!(p.header().unwrap().revision(), rev + 1);
+}
+
+/// Lodestone only: MoveLeader through etcdctl (which finds the leader with Status first),
+/// and "not leader" from a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_on_three_members() {
+    let c = Cluster::start(Kind::Lodestone, three()).await;
+    c.wait_published().await;
+    let leader = c.leader().await;
+    let target = (leader + 1) % 3;
+    let mut tcl = c.client_of(target).await;
+    let target_id = tcl.status().await.unwrap().header().unwrap().member_id();
+    let other = (leader + 2) % 3;
+    assert_status(
+        c.client_of(other).await.move_leader(target_id).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: not leader",
+    );
+    let out = etcdctl(&c.endpoints(), &["move-leader", &format!("{target_id:x}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Leadership transferred"));
+    assert_eq!(c.leader().await, target);
+    tcl.put("after-move", "v", None).await.unwrap();
+}
