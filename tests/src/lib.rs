@@ -379,6 +379,54 @@ impl Cluster {
         self.members[i].kill();
     }
 
+    /// Lays out one more member (ports, directories; not started, not yet in the cluster)
+    /// and returns its index. Its peer URL is `http://127.0.0.1:<peer_port>`.
+    pub fn add_member_slot(&mut self) -> usize {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        let template = self.members[0].args.clone();
+        let mut m = Member {
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            data_dir: self._dir.path().join(format!("{name}.data")),
+            log: self._dir.path().join(format!("{name}.log")),
+            name,
+            args: template,
+            kind: self.kind,
+            child: None,
+        };
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        for (flag, value) in [
+            ("--name", m.name.clone()),
+            ("--data-dir", m.data_dir.display().to_string()),
+            ("--listen-client-urls", m.client_url()),
+            ("--advertise-client-urls", m.client_url()),
+            ("--listen-peer-urls", peer.clone()),
+            ("--initial-advertise-peer-urls", peer),
+            ("--listen-metrics-urls", m.metrics_url()),
+        ] {
+            let at = m.args.iter().position(|a| a == flag).expect("flag in template") + 1;
+            m.args[at] = value;
+        }
+        self.members.push(m);
+        i
+    }
+
+    /// Starts member `i` so that it joins the running cluster (`--initial-cluster-state
+    /// existing`) with the `--initial-cluster` that `etcdctl member add` printed.
+    pub fn start_joining(&mut self, i: usize, initial_cluster: &str) {
+        let m = &mut self.members[i];
+        for (flag, value) in [
+            ("--initial-cluster", initial_cluster.to_string()),
+            ("--initial-cluster-state", "existing".to_string()),
+        ] {
+            let at = m.args.iter().position(|a| a == flag).expect("flag in template") + 1;
+            m.args[at] = value;
+        }
+        m.spawn(&[]);
+    }
+
     /// Restarts a stopped member on its data directory with its original flags.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is still running");

@@ -289,8 +289,10 @@ async fn watch_survives_leader_kill_without_gap_or_duplicate() {
         let start = std::time::Instant::now();
         let mut i = 0;
         while start.elapsed() < Duration::from_secs(6) {
-            if let Ok(r) = cl.put(format!("load/{i:05}"), format!("{i}"), None).await {
-                acked.push((format!("load/{i:05}"), r.header().unwrap().revision()));
+            match cl.put(format!("load/{i:05}"), format!("{i}"), None).await {
+                Ok(r) => acked.push((format!("load/{i:05}"), r.header().unwrap().revision())),
+                // Failures can be immediate: never spin without yielding.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
             i += 1;
         }

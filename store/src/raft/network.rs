@@ -32,7 +32,13 @@ pub struct Network {
     pub self_id: NodeId,
     /// 0 until the member knows its cluster (set at bootstrap or join).
     pub cluster_id: Arc<AtomicU64>,
+    /// Cancelled when a peer answers that this member was removed from the cluster.
+    pub removed: tokio_util::sync::CancellationToken,
 }
+
+/// What a member answers a vote request from a member no longer in the cluster (etcd's
+/// peers answer a removed member likewise, and it stops).
+pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// A connection to one peer.
 pub struct PeerConnection {
@@ -41,6 +47,7 @@ pub struct PeerConnection {
     cluster_id: Arc<AtomicU64>,
     client: Option<PeerClient<Channel>>,
     url: String,
+    removed: tokio_util::sync::CancellationToken,
 }
 
 /// Connects lazily to the first reachable form of a peer URL.
@@ -63,6 +70,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id.clone(),
             client: None,
             url: node.peer_urls.first().cloned().unwrap_or_default(),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -116,6 +124,10 @@ impl PeerConnection {
                 ))));
             }
             Ok(Err(status)) => {
+                if status.code() == tonic::Code::FailedPrecondition && status.message() == MEMBER_REMOVED {
+                    tracing::warn!(peer = %format!("{:x}", self.target), "{MEMBER_REMOVED}");
+                    self.removed.cancel();
+                }
                 if status.code() == tonic::Code::Unavailable {
                     // Connection trouble: reconnect next time.
                     self.client = None;

@@ -56,6 +56,8 @@ pub struct Server {
     /// state machine is back there, so a restart never shows older data than before.
     recovered_to: u64,
     lease_clock: lease::LeaseClock,
+    /// Held by the leader while it runs a membership change: one at a time.
+    membership_lock: Mutex<()>,
     db_size: std::sync::Mutex<(Option<std::time::Instant>, (i64, i64))>,
     pub shutdown: CancellationToken,
 }
@@ -69,11 +71,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("raft: {0}")]
     Raft(String),
-    #[error(
-        "--initial-cluster-state existing needs membership support (MemberAdd) in the cluster; \
-         joining an existing cluster is not available in this version"
-    )]
-    JoinUnsupported,
+    #[error("cannot join the existing cluster: {0}")]
+    Join(String),
     #[error("cannot listen on {url}: {err}")]
     Listen { url: String, err: std::io::Error },
 }
@@ -87,10 +86,12 @@ impl Server {
         log.set_durability_barrier(Arc::new(move || barrier_sm.sync()));
 
         let pristine = log.is_pristine()?;
-        let (id, cluster_id, bootstrap) = if pristine {
-            if cfg.initial_cluster_state == ClusterState::Existing {
-                return Err(StartError::JoinUnsupported);
-            }
+        let (id, cluster_id, bootstrap) = if pristine && cfg.initial_cluster_state == ClusterState::Existing {
+            let (cid, id) = join_existing(&cfg).await?;
+            log.save_identity(cid, id).await?;
+            tracing::info!(member = %format!("{id:x}"), cluster = %format!("{cid:x}"), "joining the existing cluster");
+            (id, cid, None)
+        } else if pristine {
             let members = cfg.initial_members()?;
             let me = cfg.self_member(&members)?;
             let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
@@ -137,9 +138,11 @@ impl Server {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let cluster_id = Arc::new(AtomicU64::new(cluster_id));
+        let removed = CancellationToken::new();
         let network = Network {
             self_id: id,
             cluster_id: cluster_id.clone(),
+            removed: removed.clone(),
         };
         let shared = sm.shared.clone();
         let raft = Raft::new(id, Arc::new(raft_cfg), network, log.clone(), sm)
@@ -163,6 +166,7 @@ impl Server {
             peers: Mutex::new(HashMap::new()),
             recovered_to,
             lease_clock: lease::LeaseClock::default(),
+            membership_lock: Mutex::new(()),
             db_size: std::sync::Mutex::new((None, (0, 0))),
             shutdown,
         });
@@ -170,6 +174,18 @@ impl Server {
         tokio::spawn(watch_raft(server.clone()));
         tokio::spawn(publish_attributes(server.clone()));
         tokio::spawn(lease::expire_leases(server.clone()));
+        {
+            let s = server.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = s.shutdown.cancelled() => {}
+                    _ = removed.cancelled() => {
+                        tracing::warn!("this member was removed from the cluster; shutting down");
+                        s.shutdown.cancel();
+                    }
+                }
+            });
+        }
         Ok(server)
     }
 
@@ -450,6 +466,51 @@ impl Server {
     }
 }
 
+/// Asks the members named in `--initial-cluster` (other than this one) which cluster they
+/// form, and finds this member in it by its peer URLs, as `etcdctl member add` registered
+/// them.
+async fn join_existing(cfg: &Config) -> Result<(u64, NodeId), StartError> {
+    let members = cfg.initial_members()?;
+    let me = cfg.self_member(&members)?;
+    let mut last_err = String::from("--initial-cluster names no other member");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for m in members.iter().filter(|m| m.name != me.name) {
+            for url in &m.peer_urls {
+                let Ok(ch) = peer_channel(url) else { continue };
+                let mut c = PeerClient::new(ch);
+                match tokio::time::timeout(cfg.request_timeout(), c.cluster_info(pb::ClusterInfoRequest {})).await {
+                    Ok(Ok(info)) => {
+                        let info = info.into_inner();
+                        let found = info
+                            .members
+                            .iter()
+                            .find(|x| x.peer_ur_ls.iter().any(|u| me.peer_urls.contains(u)));
+                        return match found {
+                            Some(x) => Ok((info.cluster_id, x.id)),
+                            None => Err(StartError::Join(format!(
+                                "the cluster at {url} has no member with peer URLs {:?}; add it first with \
+                                 `etcdctl member add {} --peer-urls={}`",
+                                me.peer_urls,
+                                me.name,
+                                me.peer_urls.join(",")
+                            ))),
+                        };
+                    }
+                    Ok(Err(e)) => last_err = format!("{url}: {}", e.message()),
+                    Err(_) => last_err = format!("{url}: timed out"),
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(StartError::Join(format!(
+                "no member of --initial-cluster answered ({last_err})"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// A replicated alarm change.
 pub(crate) fn alarm_command(action: AlarmAction, member: u64, alarm: AlarmType) -> pb::Command {
     pb::Command {
@@ -473,8 +534,22 @@ fn applying_too_far_behind(committed: u64, applied: u64) -> bool {
 async fn watch_raft(server: Arc<Server>) {
     let mut rx = server.raft.metrics();
     let mut last_leader = None;
+    // A joining member replays memberships from before it was added; only leaving a
+    // membership it was part of means it was removed. The leader stops replicating to a
+    // removed member, so it may never see the removal committed: the uniform (non-joint)
+    // membership entry without it is the signal, as etcd's removed member stops when it
+    // applies its own removal.
+    let mut was_member = false;
     loop {
         let m = rx.borrow_and_update().clone();
+        let latest = m.membership_config.membership();
+        if latest.get_node(&server.id).is_some() {
+            was_member = true;
+        } else if was_member && latest.get_joint_config().len() == 1 {
+            tracing::warn!("this member was removed from the cluster; shutting down");
+            server.shutdown.cancel();
+            return;
+        }
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {
                 metrics::leader_changed();

@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Server;
 use crate::proto::lodestone::peer_server::Peer;
 use crate::proto::lodestone::{
-    ApplyError, Command, CommandResult, LeaseAnswer, LeaseQuery, RaftEnvelope, RaftReply, ReadIndexReply,
-    ReadIndexRequest, SnapshotChunk, command_result::Kind,
+    ApplyError, ClusterInfoRequest, ClusterView, Command, CommandResult, LeaseAnswer, LeaseQuery, MemberChange,
+    MemberChangeReply, RaftEnvelope, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk, command_result::Kind,
 };
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::{Snapshot, SnapshotMeta, TypeConfig, Vote};
@@ -64,6 +64,17 @@ impl Peer for PeerService {
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftReply>, Status> {
         let req: VoteRequest<TypeConfig> = self.open(request.get_ref())?;
+        // A candidate missing from our membership whose log ends at or before the entry that
+        // dropped it was removed (a new member would know a later membership): tell it.
+        let from = request.get_ref().from;
+        let m = self.server.metrics();
+        let stored = m.membership_config.clone();
+        if let Some(at) = stored.log_id()
+            && stored.membership().get_node(&from).is_none()
+            && req.last_log_id.as_ref().is_none_or(|l| l.index <= at.index)
+        {
+            return Err(Status::failed_precondition(crate::raft::network::MEMBER_REMOVED));
+        }
         let resp = self.server.raft.vote(req).await.map_err(stopped)?;
         reply(&resp)
     }
@@ -153,5 +164,27 @@ impl Peer for PeerService {
             Err(crate::error::StoreError::NotLeader) => Err(Status::failed_precondition("etcdserver: not leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn change_membership(&self, request: Request<MemberChange>) -> Result<Response<MemberChangeReply>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != 0 && req.cluster_id != self.server.cluster_id() {
+            return Err(Status::failed_precondition("membership change from another cluster"));
+        }
+        let change = req
+            .change
+            .ok_or_else(|| Status::invalid_argument("membership change without a change"))?;
+        match self.server.change_membership_local(change).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(crate::error::StoreError::NotLeader) => Err(Status::failed_precondition("etcdserver: not leader")),
+            Err(e) => Ok(Response::new(super::cluster::refused(e))),
+        }
+    }
+
+    async fn cluster_info(&self, _request: Request<ClusterInfoRequest>) -> Result<Response<ClusterView>, Status> {
+        Ok(Response::new(ClusterView {
+            cluster_id: self.server.cluster_id(),
+            members: self.server.members(),
+        }))
     }
 }

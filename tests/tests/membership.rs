@@ -1,0 +1,335 @@
+//! The Cluster API: every refusal side by side with etcd 3.4, and Lodestone-only the full
+//! cycle under live write traffic: learner add → join → catch up → promote → remove, with no
+//! acknowledged write lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, MemberAddOptions};
+use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl};
+use tonic::Code;
+
+lodestone_tests::compat!(membership_errors_and_learner_bookkeeping);
+
+async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
+    let c = Cluster::start(kind, Options::default()).await;
+    let mut cl = c.client().await;
+    let me = cl.member_list().await.unwrap().members()[0].clone();
+
+    assert_status(
+        cl.member_add(["http://127.0.0.1"], None).await.unwrap_err(),
+        Code::InvalidArgument,
+        "etcdserver: given member URLs are invalid",
+    );
+    assert_status(
+        cl.member_add(me.peer_urls(), None).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    let added = cl
+        .member_add(["http://127.0.0.1:2"], Some(MemberAddOptions::new().with_is_learner()))
+        .await
+        .unwrap();
+    let learner = added.member().unwrap().clone();
+    assert!(learner.is_learner());
+    assert!(learner.name().is_empty(), "unstarted");
+    assert_eq!(added.member_list().len(), 2);
+    assert_status(
+        cl.member_add(["http://127.0.0.1:3"], Some(MemberAddOptions::new().with_is_learner()))
+            .await
+            .unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: too many learner members in cluster",
+    );
+    assert_status(
+        cl.member_promote(learner.id()).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    );
+    assert_status(
+        cl.member_promote(me.id()).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    );
+    assert_status(
+        cl.member_promote(0xbad).await.unwrap_err(),
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_status(
+        cl.member_remove(0xbad).await.unwrap_err(),
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_status(
+        cl.member_update(0xbad, vec!["http://127.0.0.1:9".to_string()])
+            .await
+            .unwrap_err(),
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_status(
+        cl.member_update(learner.id(), me.peer_urls().to_vec())
+            .await
+            .unwrap_err(),
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    cl.member_update(learner.id(), vec!["http://127.0.0.1:4".to_string()])
+        .await
+        .unwrap();
+    let list = cl.member_list().await.unwrap();
+    let l = list.members().iter().find(|m| m.id() == learner.id()).unwrap();
+    assert_eq!(l.peer_urls(), ["http://127.0.0.1:4"]);
+    cl.member_remove(learner.id()).await.unwrap();
+    assert_eq!(cl.member_list().await.unwrap().members().len(), 1);
+    // The cluster still takes writes.
+    cl.put("after", "membership changes", None).await.unwrap();
+}
+
+/// What `etcdctl member add` prints for the new member's `--initial-cluster`.
+fn initial_cluster(list: &[etcd_client::Member], new_name: &str, new_id: u64) -> String {
+    list.iter()
+        .flat_map(|m| {
+            let name = if m.id() == new_id { new_name } else { m.name() };
+            m.peer_urls().iter().map(move |u| format!("{name}={u}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn retry<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lodestone only: the learner life cycle under a continuous write load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_add_catch_up_promote_remove_under_load() {
+    let mut c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            // Snapshot after 200 entries so the learner also catches up through a snapshot.
+            extra: vec![
+                "--snapshot-count".into(),
+                "200".into(),
+                "--experimental-snapshot-catchup-entries".into(),
+                "50".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    c.wait_published().await;
+    let founders = c.endpoints();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let eps = founders.clone();
+        tokio::spawn(async move {
+            let mut cl = lodestone_tests::connect(&eps).await;
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = format!("load/{i:06}");
+                if cl.put(k.clone(), i.to_string(), None).await.is_ok() {
+                    acked.push(k);
+                } else {
+                    // Failures can be immediate: never spin without yielding.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut cl = c.client().await;
+    let slot = c.add_member_slot();
+    let peer = format!("http://127.0.0.1:{}", c.members[slot].peer_port);
+    let added = cl
+        .member_add([peer.as_str()], Some(MemberAddOptions::new().with_is_learner()))
+        .await
+        .unwrap();
+    let new_id = added.member().unwrap().id();
+    let ic = initial_cluster(added.member_list(), &c.members[slot].name, new_id);
+    c.start_joining(slot, &ic);
+
+    // Promotion is refused until the learner caught up, then it succeeds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = cl.member_promote(new_id).await {
+        assert!(
+            Instant::now() < deadline,
+            "promote the learner: {e}\nlearner log:\n{}",
+            c.members[slot].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // MemberList is served from each member's own view (as in etcd 3.4): every member shows
+    // four voters once the change reached it.
+    for i in 0..4 {
+        let m = c.client_of(i).await;
+        retry("four voters in the member list", Duration::from_secs(10), || {
+            let mut m = m.clone();
+            async move {
+                let l = m.member_list().await?;
+                if l.members().len() == 4 && l.members().iter().all(|m| !m.is_learner()) {
+                    Ok(())
+                } else {
+                    Err(etcd_client::Error::InvalidArgs(format!("{:?}", l.members())))
+                }
+            }
+        })
+        .await;
+    }
+    // The new member serves linearizable reads and writes.
+    let newcl = c.client_of(slot).await;
+    retry("write through the new member", Duration::from_secs(15), || {
+        let mut n = newcl.clone();
+        async move { n.put("via-new-member", "v", None).await }
+    })
+    .await;
+    let names = retry("the new member publishes its name", Duration::from_secs(15), || {
+        let mut n = newcl.clone();
+        async move {
+            let l = n.member_list().await?;
+            match l.members().iter().find(|m| m.id() == new_id) {
+                Some(m) if !m.name().is_empty() => Ok(m.name().to_string()),
+                _ => Err(etcd_client::Error::InvalidArgs("not published yet".into())),
+            }
+        }
+    })
+    .await;
+    assert_eq!(names, c.members[slot].name);
+
+    // Remove one of the founders (not the leader) while writes continue.
+    let leader = c.leader().await;
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let victim_id = c
+        .client_of(victim)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    cl.member_remove(victim_id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.members[victim].is_running() {
+        assert!(Instant::now() < deadline, "a removed member keeps running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 50, "too few writes acknowledged: {}", acked.len());
+
+    // Every acknowledged write is on every remaining member.
+    let remaining: Vec<usize> = (0..c.members.len()).filter(|i| *i != victim).collect();
+    for i in remaining {
+        let mut m: Client = c.client_of(i).await;
+        let r = m
+            .get(
+                "load/",
+                Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .unwrap();
+        let have: std::collections::HashSet<&[u8]> = r.kvs().iter().map(|kv| kv.key()).collect();
+        for k in &acked {
+            assert!(have.contains(k.as_bytes()), "member {i} lost acknowledged write {k}");
+        }
+    }
+    assert_eq!(cl.member_list().await.unwrap().members().len(), 3);
+}
+
+/// Lodestone only: etcdctl's member commands, including the environment block `member add`
+/// prints and the "not enough started members" refusal after a member died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_commands() {
+    let mut c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    c.wait_published().await;
+    let eps = c.endpoints();
+    let out = etcdctl(
+        &eps,
+        &["member", "add", "m9", "--learner", "--peer-urls=http://127.0.0.1:9"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ETCD_NAME=\"m9\""), "{text}");
+    assert!(text.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{text}");
+    assert!(text.contains("m9=http://127.0.0.1:9"), "{text}");
+    let list = etcdctl(&eps, &["member", "list", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let learner = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["isLearner"].as_bool() == Some(true))
+        .expect("learner listed")["ID"]
+        .as_u64()
+        .unwrap();
+    let out = etcdctl(&eps, &["member", "promote", &format!("{learner:x}")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in sync with leader"));
+    let out = etcdctl(
+        &eps,
+        &[
+            "member",
+            "update",
+            &format!("{learner:x}"),
+            "--peer-urls=http://127.0.0.1:19",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = etcdctl(&eps, &["member", "remove", &format!("{learner:x}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed from cluster"));
+
+    // With one of three voters dead, removing another would leave one started voter of two.
+    let leader = c.leader().await;
+    let dead = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let other_id = c
+        .client_of(other)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    c.kill(dead);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = etcdctl(
+        &[c.members[leader].endpoint()],
+        &["member", "remove", &format!("{other_id:x}")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not enough started members"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
