@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/auth.proto",
         "proto/rpc.proto",
         "proto/lodestone.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,5 +1,5 @@
 //! Generated protobuf and gRPC code: etcd's v3 client API (`etcdserverpb`, `mvccpb`,
-//! `authpb`) and Lodestone's internal peer protocol (`lodestone`).
+//! `authpb`, `v3lockpb`, `v3electionpb`) and Lodestone's internal peer protocol (`lodestone`).
 
 #![allow(clippy::all, missing_docs, rust_2018_idioms)]
 
@@ -14,4 +14,10 @@ pub mod etcdserverpb {
 }
 pub mod lodestone {
     tonic::include_proto!("lodestone");
+}
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }

@@ -1,13 +1,15 @@
 //! The running member: assembles storage, consensus and the gRPC services, and serves them
 //! until shutdown.
 //!
-//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the etcd v3 client services.
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the etcd v3 client services;
+//!   [`concurrency`]: etcd's v3lock and v3election services.
 //! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching).
 //! - [`status`]: domain error → gRPC status, in one place; [`limits`]: oversized messages.
 //! - [`http`]: `/health`, `/livez`, `/readyz`, `/metrics`.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -9,6 +9,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterService;
+use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
@@ -22,6 +23,8 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::lodestone::peer_server::PeerServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 
 /// gRPC allows this much over `--max-request-bytes` for framing, as etcd does.
 const GRPC_OVERHEAD: usize = 512 * 1024;
@@ -91,6 +94,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             MaintenanceServer::new(MaintenanceService { server: s.clone() }).max_decoding_message_size(max_recv);
         let cluster = ClusterServer::new(ClusterService { server: s.clone() }).max_decoding_message_size(max_recv);
         let lease = LeaseServer::new(LeaseService { server: s.clone() }).max_decoding_message_size(max_recv);
+        let lock = LockServer::new(LockService { server: s.clone() }).max_decoding_message_size(max_recv);
+        let election = ElectionServer::new(ElectionService { server: s.clone() }).max_decoding_message_size(max_recv);
         let watch = WatchServer::new(WatchService { server: s.clone() })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
@@ -104,6 +109,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 .add_service(cluster)
                 .add_service(lease)
                 .add_service(watch)
+                .add_service(lock)
+                .add_service(election)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown.clone().cancelled_owned()),
         ));
     }
