@@ -125,6 +125,16 @@ pub struct Config {
     #[arg(long, env = "LODESTONE_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
+    /// How often revision-mode auto compaction checks (etcd checks every 5 minutes; this
+    /// flag is Lodestone's).
+    #[arg(
+        long,
+        env = "LODESTONE_AUTO_COMPACTION_CHECK_INTERVAL",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
+    pub auto_compaction_check_interval: Duration,
+
     /// List of URLs to listen on for the metrics and health endpoints
     /// (/metrics, /health, /livez, /readyz).
     #[arg(

@@ -331,3 +331,107 @@ async fn move_leader_on_three_members() {
     assert_eq!(c.leader().await, target);
     tcl.put("after-move", "v", None).await.unwrap();
 }
+
+/// Lodestone only: both auto-compaction modes compact on their own (the leader decides, the
+/// compaction is replicated), and a bad retention stops the member at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_compaction_modes() {
+    let start = |extra: &[&str]| {
+        Cluster::start(
+            Kind::Lodestone,
+            Options {
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+    };
+    let compacted_error = |e: etcd_client::Error| {
+        assert_status(
+            e,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )
+    };
+
+    let c = start(&[
+        "--auto-compaction-mode",
+        "revision",
+        "--auto-compaction-retention",
+        "5",
+        "--auto-compaction-check-interval",
+        "200ms",
+    ])
+    .await;
+    let mut cl = c.client().await;
+    let mut rev = 0;
+    for i in 0..20 {
+        rev = cl
+            .put("k", format!("{i}"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cl
+        .get("k", Some(GetOptions::new().with_revision(rev - 10)))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "revision-mode auto compaction never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    compacted_error(cl.get("k", Some(GetOptions::new().with_revision(2))).await.unwrap_err());
+    let kept = cl
+        .get("k", Some(GetOptions::new().with_revision(rev - 4)))
+        .await
+        .unwrap();
+    assert_eq!(kept.kvs()[0].mod_revision(), rev - 4, "the last 5 revisions are kept");
+    drop(c);
+
+    let c = start(&[
+        "--auto-compaction-mode",
+        "periodic",
+        "--auto-compaction-retention",
+        "2s",
+    ])
+    .await;
+    let mut cl = c.client().await;
+    let first = cl.put("p", "0", None).await.unwrap().header().unwrap().revision();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while cl.get("p", Some(GetOptions::new().with_revision(first))).await.is_ok() {
+        assert!(Instant::now() < deadline, "periodic auto compaction never ran");
+        i += 1;
+        cl.put("p", format!("{i}"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(i >= 15, "compacted after {i} × 100 ms, before 2 s of history existed");
+    // The newest revisions are still readable.
+    let now = cl.get("p", None).await.unwrap().header().unwrap().revision();
+    cl.get("p", Some(GetOptions::new().with_revision(now - 1)))
+        .await
+        .unwrap();
+    drop(c);
+
+    let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+        .args([
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1h",
+        ])
+        .args([
+            "--data-dir",
+            tempfile::tempdir().unwrap().path().join("x").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--auto-compaction-retention"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -168,6 +168,37 @@ async fn learner_add_catch_up_promote_remove_under_load() {
     let ic = initial_cluster(added.member_list(), &c.members[slot].name, new_id);
     c.start_joining(slot, &ic);
 
+    // A learner serves Status and serializable reads, and refuses everything else.
+    let learner_cl = c.client_of(slot).await;
+    retry("serializable read on the learner", Duration::from_secs(20), || {
+        let mut l = learner_cl.clone();
+        async move {
+            l.get(
+                "load/",
+                Some(etcd_client::GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+        }
+    })
+    .await;
+    let mut l = learner_cl.clone();
+    assert!(l.status().await.unwrap().is_learner());
+    assert_status(
+        l.put("via-learner", "v", None).await.unwrap_err(),
+        Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
+    assert_status(
+        l.get("load/", None).await.unwrap_err(),
+        Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
+    assert_status(
+        l.member_list().await.unwrap_err(),
+        Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
+
     // Promotion is refused until the learner caught up, then it succeeds.
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(e) = cl.member_promote(new_id).await {

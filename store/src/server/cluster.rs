@@ -283,7 +283,6 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        self.server.require_leader(&request)?;
         let r = self.change(Change::Add(request.into_inner())).await?;
         Ok(Response::new(MemberAddResponse {
             header: self.server.header(self.server.revision()),
@@ -296,7 +295,6 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.server.require_leader(&request)?;
         let r = self.change(Change::Remove(request.into_inner())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.server.header(self.server.revision()),
@@ -308,7 +306,6 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.server.require_leader(&request)?;
         let r = self.change(Change::Update(request.into_inner())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.server.header(self.server.revision()),
@@ -316,8 +313,7 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        self.server.require_leader(&request)?;
+    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: self.server.header(self.server.revision()),
             members: self.server.members(),
@@ -328,7 +324,6 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.server.require_leader(&request)?;
         let r = self.change(Change::Promote(request.into_inner())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.server.header(self.server.revision()),

@@ -185,7 +185,6 @@ pub struct LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let req = request.into_inner();
         let me = s.join_queue(&req.name, req.lease, b"").await?;
         let (prefix, _) = contender_key(&req.name, req.lease);
@@ -198,7 +197,6 @@ impl Lock for LockService {
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let key = request.into_inner().key;
         let r = s
             .propose_write(Command {
@@ -245,7 +243,6 @@ fn guarded(leader: &LeaderKey, op: RequestOp) -> TxnRequest {
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let req = request.into_inner();
         let mut me = s.join_queue(&req.name, req.lease, &req.value).await?;
         if me.value != req.value {
@@ -282,7 +279,6 @@ impl Election for ElectionService {
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let req = request.into_inner();
         let leader = leader_key(req.leader)?;
         let put = RequestOp {
@@ -304,7 +300,6 @@ impl Election for ElectionService {
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         s.linearizable_barrier().await?;
         let (kv, rev) = s.election_leader(&request.get_ref().name).await?;
         let kv = kv.ok_or_else(|| Status::unknown(ERR_ELECTION_NO_LEADER))?;
@@ -316,7 +311,6 @@ impl Election for ElectionService {
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
         let s = self.server.clone();
-        s.require_leader(&request)?;
         s.linearizable_barrier().await?;
         let name = request.into_inner().name;
         let (tx, rx) = mpsc::channel(8);
@@ -358,7 +352,6 @@ impl Election for ElectionService {
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let leader = leader_key(request.into_inner().leader)?;
         let del = RequestOp {
             request: Some(Op::RequestDeleteRange(DeleteRangeRequest {

@@ -62,10 +62,12 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         self.server.check_corrupt()?;
+        if !req.serializable && self.server.is_learner() {
+            return Err(StoreError::NotSupportedForLearner.into());
+        }
         if req.serializable {
             self.server.serializable_barrier().await?;
         } else {
@@ -83,7 +85,6 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_put(&req)?;
         match self.write(Kind::Put(req)).await? {
@@ -99,7 +100,6 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_delete(&req)?;
         match self.write(Kind::DeleteRange(req)).await? {
@@ -112,7 +112,6 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
         if is_read_only(&req) {
@@ -137,7 +136,6 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         // Compaction is physical on every member as part of applying it, so `physical`
         // needs no extra wait.

@@ -247,7 +247,6 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        self.server.require_leader(&request)?;
         Ok(Response::new(self.server.lease_grant(request.into_inner()).await?))
     }
 
@@ -255,7 +254,6 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        self.server.require_leader(&request)?;
         Ok(Response::new(self.server.lease_revoke(request.get_ref().id).await?))
     }
 
@@ -263,7 +261,6 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        self.server.require_leader(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let server = self.server.clone();
@@ -305,7 +302,6 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        self.server.require_leader(&request)?;
         let req = request.into_inner();
         let header = self.server.header(self.server.revision());
         let a = self
@@ -327,9 +323,8 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        request: Request<LeaseLeasesRequest>,
+        _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.server.require_leader(&request)?;
         self.server.linearizable_barrier().await?;
         let leases = self
             .server

@@ -108,7 +108,6 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let req = request.into_inner();
         if AlarmAction::try_from(req.action) == Ok(AlarmAction::Get) {
             s.linearizable_barrier().await?;
@@ -136,9 +135,8 @@ impl Maintenance for MaintenanceService {
         }
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let m = s.metrics();
         let server = s.clone();
         let (db_size, in_use) = tokio::task::spawn_blocking(move || server.db_size())
@@ -164,9 +162,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let sm = s.sm.clone();
         let started = std::time::Instant::now();
         blocking(move || sm.mvcc.defragment()).await?;
@@ -178,9 +175,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let sm = s.sm.clone();
         let (hash, rev) = blocking(move || sm.mvcc.hash_all()).await?;
         Ok(Response::new(HashResponse {
@@ -191,7 +187,6 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let rev = request.get_ref().revision;
         let sm = s.sm.clone();
         let h = blocking(move || sm.mvcc.hash_kv(rev)).await?;
@@ -202,9 +197,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let sm = s.sm.clone();
         let path = s.sm.snapshot_dir().join(format!(
             "client-{}-{}.export",
@@ -227,7 +221,6 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         let s = &self.server;
-        s.require_leader(&request)?;
         let target = request.get_ref().target_id;
         let m = s.metrics();
         if m.current_leader != Some(s.id) {

@@ -3,13 +3,17 @@
 //!
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the etcd v3 client services;
 //!   [`concurrency`]: etcd's v3lock and v3election services.
+//! - [`compactor`]: auto compaction on the leader.
 //! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching).
+//! - [`guard`]: require-leader and learner checks for every client RPC.
 //! - [`status`]: domain error → gRPC status, in one place; [`limits`]: oversized messages.
 //! - [`http`]: `/health`, `/livez`, `/readyz`, `/metrics`.
 
 pub mod cluster;
+pub mod compactor;
 pub mod concurrency;
+pub mod guard;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -82,6 +86,7 @@ pub enum StartError {
 impl Server {
     /// Opens storage, bootstraps or resumes the member, and starts Raft.
     pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Arc<Server>, StartError> {
+        let retention = cfg.retention()?;
         let log = LogStore::open(&cfg.wal_dir())?;
         let sm = StateMachine::open(&cfg.state_machine_dir())?;
         let barrier_sm = sm.clone();
@@ -176,6 +181,7 @@ impl Server {
         tokio::spawn(watch_raft(server.clone()));
         tokio::spawn(publish_attributes(server.clone()));
         tokio::spawn(lease::expire_leases(server.clone()));
+        tokio::spawn(compactor::run(server.clone(), retention));
         {
             let s = server.clone();
             tokio::spawn(async move {
@@ -203,14 +209,15 @@ impl Server {
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    /// etcd's require-leader check: a request carrying `hasleader: true` metadata fails at
-    /// once with "no leader" while this member knows no leader.
-    pub fn require_leader<T>(&self, req: &tonic::Request<T>) -> Result<()> {
-        let wanted = req.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
-        if wanted && self.leader().is_none() {
-            return Err(StoreError::NoLeader);
-        }
-        Ok(())
+    /// True while this member is a learner (non-voting).
+    pub fn is_learner(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == self.id)
     }
 
     /// etcd's response header for a reply at `revision`.

@@ -52,6 +52,8 @@ pub struct Bound {
 
 /// Runs a member until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    // Flag errors first, before anything is bound or opened.
+    cfg.retention()?;
     let client = bind_all(&cfg.listen_client_urls).await?;
     let peer = bind_all(&cfg.listen_peer_urls).await?;
     let metrics = bind_all(&cfg.listen_metrics_urls).await?;
@@ -103,6 +105,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .layer(super::limits::OversizeLayer)
+                .layer(super::guard::GuardLayer { server: s.clone() })
                 .add_service(health_service.clone())
                 .add_service(kv)
                 .add_service(maint)

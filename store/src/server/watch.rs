@@ -385,7 +385,6 @@ async fn run_stream(
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Outbound>, Status> {
-        self.server.require_leader(&request)?;
         let require_leader = request
             .metadata()
             .get("hasleader")
