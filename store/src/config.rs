@@ -115,6 +115,16 @@ pub struct Config {
     )]
     pub experimental_watch_progress_notify_interval: Duration,
 
+    /// How often the leader compares HashKV across members and raises a CORRUPT alarm on a
+    /// mismatch (Go duration; 0 disables, as in etcd).
+    #[arg(
+        long,
+        env = "LODESTONE_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0",
+        value_parser = parse_duration
+    )]
+    pub experimental_corrupt_check_time: Duration,
+
     /// Interpret --auto-compaction-retention as a time span ('periodic') or as a number of
     /// revisions ('revision').
     #[arg(long, env = "LODESTONE_AUTO_COMPACTION_MODE", value_enum, default_value_t = CompactionMode::Periodic)]

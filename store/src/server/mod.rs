@@ -3,7 +3,7 @@
 //!
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the etcd v3 client services;
 //!   [`concurrency`]: etcd's v3lock and v3election services.
-//! - [`compactor`]: auto compaction on the leader.
+//! - [`compactor`]: auto compaction on the leader; [`corruption`]: the periodic HashKV check.
 //! - [`peer`]: the peer transport's server side (Raft RPCs, forwarded writes, ReadIndex).
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching).
 //! - [`guard`]: require-leader and learner checks for every client RPC.
@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod compactor;
 pub mod concurrency;
+pub mod corruption;
 pub mod guard;
 pub mod http;
 pub mod kv;
@@ -182,6 +183,10 @@ impl Server {
         tokio::spawn(publish_attributes(server.clone()));
         tokio::spawn(lease::expire_leases(server.clone()));
         tokio::spawn(compactor::run(server.clone(), retention));
+        tokio::spawn(corruption::run(
+            server.clone(),
+            server.cfg.experimental_corrupt_check_time,
+        ));
         {
             let s = server.clone();
             tokio::spawn(async move {

@@ -187,4 +187,17 @@ impl Peer for PeerService {
             members: self.server.members(),
         }))
     }
+
+    async fn hash_kv(
+        &self,
+        request: Request<crate::proto::etcdserverpb::HashKvRequest>,
+    ) -> Result<Response<crate::proto::etcdserverpb::HashKvResponse>, Status> {
+        let rev = request.get_ref().revision;
+        let h = self.server.hash_kv_at(rev).await.map_err(Status::from)?;
+        Ok(Response::new(crate::proto::etcdserverpb::HashKvResponse {
+            header: self.server.header(h.revision),
+            hash: h.hash,
+            compact_revision: h.compacted,
+        }))
+    }
 }
