@@ -80,12 +80,44 @@ pub fn etcdctl_bin() -> PathBuf {
         .expect("etcdctl not found: install the Debian package etcd-client (the README's test command does)")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind ephemeral port")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A TCP port on 127.0.0.1 that nothing listens on, for a test process to bind.
+///
+/// Ports come from below the kernel's ephemeral range, never from it: the outgoing
+/// connections of every process on the machine take ephemeral ports, so a port probed free
+/// there can be taken by a client socket before the server binds it (a CI run failed with
+/// "Address already in use" that way). Within this process an atomic cursor hands each port
+/// out once; across test processes the cursor starts at a pid-derived offset and every
+/// candidate is probed before it is returned.
+pub fn free_port() -> u16 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static POOL: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let &(first, len, start) = POOL.get_or_init(|| {
+        let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .unwrap_or((32768, 60999));
+        let (first, last) = if low > 12_000 {
+            (10_000, low - 1)
+        } else {
+            (high + 1, 65_535)
+        };
+        let len = last - first + 1;
+        (first, len, (std::process::id() * 997) % len)
+    });
+    for _ in 0..len {
+        let n = CURSOR.fetch_add(1, Ordering::Relaxed);
+        let port = (first + (start + n) % len) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between {first} and {}", first + len - 1)
 }
 
 /// One member process.

@@ -137,19 +137,36 @@ async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
 
     let list = json(etcdctl(&ep, &["member", "list", "-w", "json"]));
     assert_eq!(list["members"].as_array().unwrap().len(), 3);
-    // Every member named explicitly: `--cluster` makes etcdctl 3.4 dial the advertised
-    // `http://` URLs with a malformed HTTP/2 :authority that Lodestone's HTTP/2 stack refuses
-    // (a known gap, see ARCHITECTURE.md).
-    let status = json(etcdctl(&ep, &["endpoint", "status", "-w", "json"]));
-    let status = status.as_array().unwrap();
-    assert_eq!(status.len(), 3);
-    let leaders: Vec<u64> = status.iter().map(|s| s["Status"]["leader"].as_u64().unwrap()).collect();
-    assert!(leaders.windows(2).all(|w| w[0] == w[1]), "one leader: {leaders:?}");
-    let health = etcdctl(&ep, &["endpoint", "health"]);
-    assert!(health.status.success());
-    // etcdctl 3.4 prints health results on stderr.
-    let health = String::from_utf8_lossy(&health.stderr).to_string() + &String::from_utf8_lossy(&health.stdout);
-    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    // Endpoint commands three ways: members named without a scheme, named by URL, and found
+    // through `--cluster` (which dials the advertised client URLs). Given a URL, etcdctl 3.4
+    // sends it whole as the HTTP/2 :authority, which Lodestone repairs on the way in.
+    let urls: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
+    let one_url = [urls[0].clone()];
+    let ways: [(&[String], &[&str]); 3] = [(&ep, &[]), (&urls, &[]), (&one_url, &["--cluster"])];
+    let mut leaders = Vec::new();
+    for (endpoints, extra) in ways {
+        let run = |args: &[&str]| etcdctl(endpoints, &[args, extra].concat());
+        let status = json(run(&["endpoint", "status", "-w", "json"]));
+        let status = status.as_array().unwrap();
+        assert_eq!(status.len(), 3, "{extra:?}: {status:?}");
+        leaders = status.iter().map(|s| s["Status"]["leader"].as_u64().unwrap()).collect();
+        assert!(leaders.windows(2).all(|w| w[0] == w[1]), "one leader: {leaders:?}");
+        let table = ok(run(&["endpoint", "status"]));
+        assert_eq!(table.lines().count(), 3, "{table}");
+        let health = run(&["endpoint", "health"]);
+        assert!(health.status.success(), "{extra:?}: {health:?}");
+        // etcdctl 3.4 prints health results on stderr.
+        let health = String::from_utf8_lossy(&health.stderr).to_string() + &String::from_utf8_lossy(&health.stdout);
+        assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+        let hashes = json(run(&["endpoint", "hashkv", "-w", "json"]));
+        assert_eq!(hashes.as_array().unwrap().len(), 3, "{extra:?}: {hashes}");
+        let defrag = ok(run(&["defrag"]));
+        assert_eq!(
+            defrag.matches("Finished defragmenting etcd member").count(),
+            3,
+            "{defrag}"
+        );
+    }
 
     for i in 0..20 {
         ok(etcdctl(&ep, &["put", &format!("k{i}"), "v"]));
@@ -173,7 +190,7 @@ async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.db");
-    let saved = etcdctl(&[ep[0].clone()], &["snapshot", "save", file.to_str().unwrap()]);
+    let saved = etcdctl(&one_url, &["snapshot", "save", file.to_str().unwrap()]);
     assert!(ok(saved).contains("Snapshot saved at"));
     assert_eq!(std::fs::metadata(&file).unwrap().len() % 512, 32);
 
@@ -227,6 +244,6 @@ async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
         .map(|m| m["ID"].as_u64().unwrap())
         .find(|id| *id != leader_id)
         .unwrap();
-    let moved = ok(etcdctl(&ep, &["move-leader", &format!("{target:x}")]));
+    let moved = ok(etcdctl(&urls, &["move-leader", &format!("{target:x}")]));
     assert!(moved.contains("Leadership transferred"), "{moved}");
 }

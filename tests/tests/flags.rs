@@ -4,15 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lodestone_tests::{connect, lodestone_bin};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use lodestone_tests::{connect, free_port, lodestone_bin};
 
 struct Proc(Child);
 

@@ -9,12 +9,16 @@
 //! - [`guard`]: require-leader and learner checks for every client RPC.
 //! - [`status`]: domain error → gRPC status, in one place; [`limits`]: oversized messages.
 //! - [`http`]: `/health`, `/livez`, `/readyz`, `/metrics`.
+//! - [`authority`] (with [`hpack`]): accepted client connections, repairing the HTTP/2
+//!   `:authority` etcdctl 3.4 sends when it dials an endpoint URL.
 
+pub mod authority;
 pub mod cluster;
 pub mod compactor;
 pub mod concurrency;
 pub mod corruption;
 pub mod guard;
+pub mod hpack;
 pub mod http;
 pub mod kv;
 pub mod lease;

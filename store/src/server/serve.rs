@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
+use super::authority::ClientStream;
 use super::cluster::ClusterService;
 use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
@@ -40,6 +42,13 @@ async fn bind_all(urls: &[String]) -> Result<Vec<(String, TcpListener)>, StartEr
         }
     }
     Ok(out)
+}
+
+/// Accepted connections with Nagle's algorithm off: a response or a Raft message goes out
+/// as soon as it is written. (The server builder's `tcp_nodelay` applies only to listeners
+/// it binds itself.)
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
 }
 
 /// The addresses a running member listens on (useful when ports were chosen by the OS).
@@ -78,9 +87,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let stop = peers_stop.clone();
         peer_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop.cancelled_owned()),
+                .serve_with_incoming_shutdown(incoming(l), stop.cancelled_owned()),
         ));
     }
 
@@ -101,9 +109,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let watch = WatchServer::new(WatchService { server: s.clone() })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
+        // Client connections go through the :authority repair (see `authority`).
+        let conns = incoming(l).map(|conn| conn.map(ClientStream::new));
         client_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .layer(super::limits::OversizeLayer)
                 .layer(super::guard::GuardLayer { server: s.clone() })
                 .add_service(health_service.clone())
@@ -114,7 +123,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 .add_service(watch)
                 .add_service(lock)
                 .add_service(election)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown.clone().cancelled_owned()),
+                .serve_with_incoming_shutdown(conns, shutdown.clone().cancelled_owned()),
         ));
     }
 
