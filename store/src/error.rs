@@ -73,6 +73,19 @@ pub enum StoreError {
     WatchCanceled,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// v3election: Proclaim or Resign by a contender that no longer leads.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// v3election: Leader of an election nobody campaigns in.
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// v3election: Proclaim or Resign without the `leader` field.
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// v3lock / v3election: the contender's key vanished while it waited (its lease expired,
+    /// or it was deleted), so the wait won nothing.
+    #[error("session expired")]
+    SessionExpired,
     /// The local storage engine failed; the text says where.
     #[error("{0}")]
     Storage(String),
@@ -119,6 +132,10 @@ impl StoreError {
             StoreError::BadLeaderTransferee => 31,
             StoreError::WatchCanceled => 32,
             StoreError::Unhealthy => 33,
+            StoreError::ElectionNotLeader => 34,
+            StoreError::ElectionNoLeader => 35,
+            StoreError::MissingLeaderKey => 36,
+            StoreError::SessionExpired => 37,
             StoreError::Storage(_) => 100,
             StoreError::Internal(_) => 101,
         }
@@ -160,6 +177,10 @@ impl StoreError {
             31 => StoreError::BadLeaderTransferee,
             32 => StoreError::WatchCanceled,
             33 => StoreError::Unhealthy,
+            34 => StoreError::ElectionNotLeader,
+            35 => StoreError::ElectionNoLeader,
+            36 => StoreError::MissingLeaderKey,
+            37 => StoreError::SessionExpired,
             100 => StoreError::Storage(message.to_string()),
             _ => StoreError::Internal(message.to_string()),
         }
@@ -214,6 +235,10 @@ mod tests {
             StoreError::BadLeaderTransferee,
             StoreError::WatchCanceled,
             StoreError::Unhealthy,
+            StoreError::ElectionNotLeader,
+            StoreError::ElectionNoLeader,
+            StoreError::MissingLeaderKey,
+            StoreError::SessionExpired,
             StoreError::Storage("disk on fire".into()),
             StoreError::Internal("odd".into()),
         ];

@@ -7,9 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
-use lodestone_tests::{Cluster, Kind, Options, etcdctl};
+use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl};
+use tonic::Code;
 
-lodestone_tests::compat!(lock_mutual_exclusion, election_campaign_observe_resign);
+lodestone_tests::compat!(
+    lock_mutual_exclusion,
+    election_campaign_observe_resign,
+    abandoned_waiters_withdraw
+);
 
 async fn lock_mutual_exclusion(kind: Kind) {
     let c = Cluster::start(kind, Options::default()).await;
@@ -125,4 +130,132 @@ async fn election_campaign_observe_resign(kind: Kind) {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("election: not leader"), "{e}");
+}
+
+/// A Lock or Campaign whose client gives up while waiting withdraws its key, so it does not
+/// block the contenders queued behind it until its lease expires.
+async fn abandoned_waiters_withdraw(kind: Kind) {
+    let c = Cluster::start(kind, Options::default()).await;
+    let mut cl = c.client().await;
+    let mut impatient = c.client().await;
+    let holder = cl.lease_grant(30, None).await.unwrap().id();
+    let waiter = cl.lease_grant(30, None).await.unwrap().id();
+    let watcher = cl.clone();
+    let gone = |key: String| {
+        let mut cl = watcher.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cl.get(key.as_str(), None).await.unwrap().count() != 0 {
+                assert!(std::time::Instant::now() < deadline, "{key} was not withdrawn");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let held = cl
+        .lock("busy", Some(LockOptions::new().with_lease(holder)))
+        .await
+        .unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        impatient.lock("busy", Some(LockOptions::new().with_lease(waiter))),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the lock is held, the waiter must wait");
+    gone(format!("busy/{waiter:x}")).await;
+    assert_eq!(
+        cl.get(held.key(), None).await.unwrap().count(),
+        1,
+        "the holder keeps its key"
+    );
+    // The next contender gets the lock as soon as the holder releases it.
+    let next = cl.lease_grant(30, None).await.unwrap().id();
+    let mut patient = c.client().await;
+    let queued = tokio::spawn(async move {
+        patient
+            .lock("busy", Some(LockOptions::new().with_lease(next)))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cl.unlock(held.key()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the next contender is not blocked by the abandoned one")
+        .unwrap();
+
+    cl.campaign("post", "first", holder).await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), impatient.campaign("post", "second", waiter)).await;
+    assert!(gave_up.is_err(), "the election has a leader, the candidate must wait");
+    gone(format!("post/{waiter:x}")).await;
+    assert_eq!(cl.leader("post").await.unwrap().kv().unwrap().value(), b"first");
+}
+
+/// Lodestone only (etcd 3.4's server-side recipe goes on waiting, and later reports a lock
+/// whose key is gone as held): a Lock or Campaign whose own key vanishes while it waits,
+/// here because its lease is revoked, fails at once with "session expired" and never
+/// reports success, so mutual exclusion holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_key_vanishes_wins_nothing() {
+    let c = Cluster::start(Kind::Lodestone, Options::default()).await;
+    let mut cl = c.client().await;
+    let holder = cl.lease_grant(30, None).await.unwrap().id();
+    let held = cl
+        .lock("job", Some(LockOptions::new().with_lease(holder)))
+        .await
+        .unwrap();
+    cl.campaign("seat", "first", holder).await.unwrap();
+
+    let waiter = cl.lease_grant(30, None).await.unwrap().id();
+    let mut other = c.client().await;
+    let lock_wait = tokio::spawn(async move {
+        let l = other.lock("job", Some(LockOptions::new().with_lease(waiter))).await;
+        let e = other.campaign("seat", "second", waiter).await;
+        (l, e)
+    });
+    // Both contender keys exist before the lease goes (the campaign queues after the lock
+    // fails, so wait for the lock's key first).
+    let reader = cl.clone();
+    let queued = |key: String| {
+        let mut cl = reader.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cl.get(key.as_str(), None).await.unwrap().count() == 0 {
+                assert!(std::time::Instant::now() < deadline, "{key} never queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    queued(format!("job/{waiter:x}")).await;
+    let gone = cl.lease_grant(30, None).await.unwrap().id();
+    // The waiter's lease is revoked: its lock key goes. It must not wait for the holder.
+    cl.lease_revoke(waiter).await.unwrap();
+    let (lock, campaign) = tokio::time::timeout(Duration::from_secs(5), lock_wait)
+        .await
+        .expect("the waits end at once, not when the holder lets go")
+        .unwrap();
+    assert_status(lock.unwrap_err(), Code::Unknown, "session expired");
+    // Campaigning on a revoked lease cannot even queue.
+    assert_status(
+        campaign.unwrap_err(),
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+    assert_eq!(
+        cl.get(held.key(), None).await.unwrap().count(),
+        1,
+        "the holder keeps the lock"
+    );
+
+    // A campaign whose key is deleted while it waits ends the same way.
+    let mut other = c.client().await;
+    let campaign_wait = tokio::spawn(async move { other.campaign("seat", "third", gone).await });
+    queued(format!("seat/{gone:x}")).await;
+    cl.delete(format!("seat/{gone:x}"), None).await.unwrap();
+    let campaign = tokio::time::timeout(Duration::from_secs(5), campaign_wait)
+        .await
+        .expect("the campaign ends at once")
+        .unwrap();
+    assert_status(campaign.unwrap_err(), Code::Unknown, "session expired");
+    assert_eq!(cl.leader("seat").await.unwrap().kv().unwrap().value(), b"first");
 }

@@ -8,7 +8,10 @@
 //!   (released, resigned, or deleted with an expired lease).
 //!
 //! Every wait starts from a linearizable read on this member and then follows the local
-//! state machine revision by revision, so no deletion can be missed.
+//! state machine revision by revision, so no deletion can be missed. A wait that does not
+//! finish (the client canceled or timed out, the member lost its leader) deletes the
+//! contender key it created, as etcd's recipes do, so an abandoned waiter never blocks the
+//! contenders queued behind it until its lease expires.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::Server;
 use crate::error::{Result, StoreError};
+use crate::mvcc::RangeOutcome;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::request_op::Request as Op;
@@ -36,11 +40,6 @@ use crate::proto::v3electionpb::{
 };
 use crate::proto::v3lockpb::lock_server::Lock;
 use crate::proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
-
-/// etcd's election errors (gRPC code Unknown, as etcd returns them).
-const ERR_ELECTION_NOT_LEADER: &str = "election: not leader";
-const ERR_ELECTION_NO_LEADER: &str = "election: no leader";
-const ERR_MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -94,16 +93,13 @@ impl Server {
         }
     }
 
-    /// A Range on this member's state (after the caller's barrier).
-    async fn local_range(&self, req: RangeRequest) -> Result<(Vec<KeyValue>, i64)> {
+    /// A Range on this member's state (after the caller's barrier), with the store revision
+    /// it was read at.
+    async fn local_range(&self, req: RangeRequest) -> Result<(RangeOutcome, i64)> {
         let sm = self.sm.clone();
-        tokio::task::spawn_blocking(move || {
-            sm.mvcc
-                .read_view()?
-                .with(|v| Ok((v.range(&req)?.kvs, v.meta().revision)))
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision))))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
     /// Creates (or re-joins) the contender key `<name>/<lease>` with `value`; returns it.
@@ -135,23 +131,37 @@ impl Server {
             .ok_or_else(|| StoreError::Internal("contender key vanished".into()))
     }
 
-    /// Waits until no key of `prefix` was created before `rev` (etcd's `waitDeletes`).
-    async fn wait_turn(&self, prefix: &[u8], rev: i64) -> Result<()> {
+    /// Waits until no key of `prefix` was created before contender `me` (etcd's
+    /// `waitDeletes`). Fails with [`StoreError::SessionExpired`] as soon as `me` no longer
+    /// owns its key (its lease expired, someone deleted it, or an abandoned retry of the same
+    /// session withdrew it): such a wait can win nothing, and reporting the lock as held
+    /// would break mutual exclusion.
+    async fn wait_turn(&self, prefix: &[u8], me: &KeyValue) -> Result<()> {
         self.linearizable_barrier().await?;
         let mut revision = self.sm.revision();
         loop {
             revision.borrow_and_update();
-            let older = RangeRequest {
+            // The newest contender created no later than `me`, and (`more`) whether any
+            // other is older. (`count` would not do: like etcd's, it ignores the revision
+            // filters.)
+            let upto_me = RangeRequest {
                 key: prefix.to_vec().into(),
                 range_end: prefix_end(prefix).into(),
-                max_create_revision: rev - 1,
+                max_create_revision: me.create_revision,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Create as i32,
                 limit: 1,
                 keys_only: true,
                 ..Default::default()
             };
-            let (kvs, _) = self.local_range(older).await?;
-            if kvs.is_empty() {
-                return Ok(());
+            let (found, _) = self.local_range(upto_me).await?;
+            match found.kvs.first() {
+                Some(kv) if kv.key == me.key && kv.create_revision == me.create_revision => {
+                    if !found.more {
+                        return Ok(());
+                    }
+                }
+                _ => return Err(StoreError::SessionExpired),
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(StoreError::Stopped),
@@ -172,8 +182,57 @@ impl Server {
             limit: 1,
             ..Default::default()
         };
-        let (kvs, rev) = self.local_range(req).await?;
-        Ok((kvs.into_iter().next(), rev))
+        let (found, rev) = self.local_range(req).await?;
+        Ok((found.kvs.into_iter().next(), rev))
+    }
+}
+
+/// A contender key whose wait has not finished. Dropped armed (the RPC was canceled, or
+/// failed), it withdraws the key, but only the incarnation this wait created or joined: the
+/// delete is guarded by the key's create revision.
+struct Waiting {
+    server: Arc<Server>,
+    leader: Option<LeaderKey>,
+}
+
+impl Waiting {
+    fn new(server: &Arc<Server>, name: &[u8], me: &KeyValue) -> Waiting {
+        Waiting {
+            server: server.clone(),
+            leader: Some(LeaderKey {
+                name: name.to_vec().into(),
+                key: me.key.clone(),
+                rev: me.create_revision,
+                lease: me.lease,
+            }),
+        }
+    }
+
+    /// The wait finished: the key stays.
+    fn done(mut self) {
+        self.leader = None;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(leader) = self.leader.take() else { return };
+        if self.server.shutdown.is_cancelled() {
+            return;
+        }
+        let server = self.server.clone();
+        // The handler's future is being dropped, so the delete runs on its own.
+        tokio::spawn(async move {
+            let del = RequestOp {
+                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: leader.key.clone(),
+                    ..Default::default()
+                })),
+            };
+            if let Err(e) = server.txn(guarded(&leader, del)).await {
+                tracing::debug!(error = %e, "withdrawing an abandoned lock or campaign key");
+            }
+        });
     }
 }
 
@@ -187,8 +246,10 @@ impl Lock for LockService {
         let s = &self.server;
         let req = request.into_inner();
         let me = s.join_queue(&req.name, req.lease, b"").await?;
+        let waiting = Waiting::new(s, &req.name, &me);
         let (prefix, _) = contender_key(&req.name, req.lease);
-        s.wait_turn(&prefix, me.create_revision).await?;
+        s.wait_turn(&prefix, &me).await?;
+        waiting.done();
         Ok(Response::new(LockResponse {
             header: s.header(s.revision()),
             key: me.key,
@@ -221,7 +282,7 @@ pub struct ElectionService {
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
 fn leader_key(l: Option<LeaderKey>) -> Result<LeaderKey, Status> {
-    l.ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))
+    l.ok_or_else(|| StoreError::MissingLeaderKey.into())
 }
 
 /// A txn that runs `op` only while `leader` still owns its key at its revision.
@@ -245,6 +306,7 @@ impl Election for ElectionService {
         let s = &self.server;
         let req = request.into_inner();
         let mut me = s.join_queue(&req.name, req.lease, &req.value).await?;
+        let waiting = Waiting::new(s, &req.name, &me);
         if me.value != req.value {
             // Re-joining with a new value: proclaim it in place.
             let put = RequestOp {
@@ -265,7 +327,8 @@ impl Election for ElectionService {
             me.value = req.value.clone();
         }
         let (prefix, _) = contender_key(&req.name, req.lease);
-        s.wait_turn(&prefix, me.create_revision).await?;
+        s.wait_turn(&prefix, &me).await?;
+        waiting.done();
         Ok(Response::new(CampaignResponse {
             header: s.header(s.revision()),
             leader: Some(LeaderKey {
@@ -291,7 +354,7 @@ impl Election for ElectionService {
         };
         let r = s.txn(guarded(&leader, put)).await?;
         if !r.succeeded {
-            return Err(Status::unknown(ERR_ELECTION_NOT_LEADER));
+            return Err(StoreError::ElectionNotLeader.into());
         }
         Ok(Response::new(ProclaimResponse {
             header: s.header(r.header.map_or(0, |h| h.revision)),
@@ -302,7 +365,7 @@ impl Election for ElectionService {
         let s = &self.server;
         s.linearizable_barrier().await?;
         let (kv, rev) = s.election_leader(&request.get_ref().name).await?;
-        let kv = kv.ok_or_else(|| Status::unknown(ERR_ELECTION_NO_LEADER))?;
+        let kv = kv.ok_or(StoreError::ElectionNoLeader)?;
         Ok(Response::new(LeaderResponse {
             header: s.header(rev),
             kv: Some(kv),

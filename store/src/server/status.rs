@@ -35,7 +35,13 @@ pub fn to_status(e: StoreError) -> Status {
         | StoreError::TimeoutWaitAppliedIndex
         | StoreError::NotSupportedForLearner
         | StoreError::Unhealthy => Code::Unavailable,
-        StoreError::Storage(_) | StoreError::Internal(_) => Code::Unknown,
+        // etcd's concurrency recipes return plain errors, which gRPC reports as Unknown.
+        StoreError::ElectionNotLeader
+        | StoreError::ElectionNoLeader
+        | StoreError::MissingLeaderKey
+        | StoreError::SessionExpired
+        | StoreError::Storage(_)
+        | StoreError::Internal(_) => Code::Unknown,
     };
     Status::new(code, e.to_string())
 }
