@@ -10,7 +10,10 @@ use etcd_client::{Client, MemberAddOptions};
 use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl};
 use tonic::Code;
 
-lodestone_tests::compat!(membership_errors_and_learner_bookkeeping);
+lodestone_tests::compat!(
+    membership_errors_and_learner_bookkeeping,
+    a_founder_that_lost_its_data_does_not_found_again
+);
 
 async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
     let c = Cluster::start(kind, Options::default()).await;
@@ -86,6 +89,43 @@ async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
     assert_eq!(cl.member_list().await.unwrap().members().len(), 1);
     // The cluster still takes writes.
     cl.put("after", "membership changes", None).await.unwrap();
+}
+
+/// A founding member whose data directory is lost, restarted with its original flags
+/// (`--initial-cluster-state new`), must not come back under its old identity: the running
+/// members know it as started, so it refuses to start and says why (etcd's
+/// `isMemberBootstrapped`). The others go on serving.
+async fn a_founder_that_lost_its_data_does_not_found_again(kind: Kind) {
+    let mut c = Cluster::start(
+        kind,
+        Options {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    c.wait_published().await;
+    let victim = (c.leader().await + 1) % 3;
+    c.kill(victim);
+    std::fs::remove_dir_all(&c.members[victim].data_dir).unwrap();
+    c.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.members[victim].is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "a founder that lost its data started again:\n{}",
+            c.members[victim].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.members[victim].log_text();
+    assert!(log.contains("has already been bootstrapped"), "{log}");
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let mut cl = lodestone_tests::connect(&survivors).await;
+    cl.put("still", "serving", None).await.unwrap();
 }
 
 /// What `etcdctl member add` prints for the new member's `--initial-cluster`.

@@ -147,7 +147,7 @@ impl Maintenance for MaintenanceService {
             errors.push(StoreError::NoLeader.to_string());
         }
         errors.extend(s.sm.alarms().iter().map(alarm_text));
-        let is_learner = m.membership_config.membership().learner_ids().any(|id| id == s.id);
+        let is_learner = s.is_learner();
         Ok(Response::new(StatusResponse {
             header: s.header(s.revision()),
             version: ETCD_API_VERSION.to_string(),

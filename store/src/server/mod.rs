@@ -70,6 +70,9 @@ pub struct Server {
     /// Held by the leader while it runs a membership change: one at a time.
     membership_lock: Mutex<()>,
     db_size: std::sync::Mutex<(Option<std::time::Instant>, (i64, i64))>,
+    /// What the cluster said when this member joined it: whether it was added as a learner.
+    /// Stands in for the membership until the first replicated one names this member.
+    joined_as_learner: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -84,6 +87,18 @@ pub enum StartError {
     Raft(String),
     #[error("cannot join the existing cluster: {0}")]
     Join(String),
+    #[error(
+        "member {member} has already been bootstrapped: the cluster at {peer} knows it as a started member, \
+         so its data was lost and it must not found the cluster again under its old identity. Remove it \
+         (`etcdctl member remove {member}`), add it back (`etcdctl member add {name} --peer-urls={peer_urls}`) \
+         and start it on an empty data directory with --initial-cluster-state existing"
+    )]
+    AlreadyBootstrapped {
+        member: String,
+        name: String,
+        peer_urls: String,
+        peer: String,
+    },
     #[error("cannot listen on {url}: {err}")]
     Listen { url: String, err: std::io::Error },
 }
@@ -98,16 +113,19 @@ impl Server {
         log.set_durability_barrier(Arc::new(move || barrier_sm.sync()));
 
         let pristine = log.is_pristine()?;
+        let mut joined_as_learner = false;
         let (id, cluster_id, bootstrap) = if pristine && cfg.initial_cluster_state == ClusterState::Existing {
-            let (cid, id) = join_existing(&cfg).await?;
+            let (cid, id, learner) = join_existing(&cfg).await?;
             log.save_identity(cid, id).await?;
-            tracing::info!(member = %format!("{id:x}"), cluster = %format!("{cid:x}"), "joining the existing cluster");
+            tracing::info!(member = %format!("{id:x}"), cluster = %format!("{cid:x}"), learner, "joining the existing cluster");
+            joined_as_learner = learner;
             (id, cid, None)
         } else if pristine {
             let members = cfg.initial_members()?;
             let me = cfg.self_member(&members)?;
             let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
             let cid = crate::config::cluster_id(&ids, &cfg.initial_cluster_token);
+            refuse_if_bootstrapped(&members, &me, cid).await?;
             log.save_identity(cid, me.id).await?;
             let nodes: BTreeMap<NodeId, MemberNode> = members
                 .iter()
@@ -180,6 +198,7 @@ impl Server {
             lease_clock: lease::LeaseClock::default(),
             membership_lock: Mutex::new(()),
             db_size: std::sync::Mutex::new((None, (0, 0))),
+            joined_as_learner,
             shutdown,
         });
         server.reads.start(server.clone());
@@ -218,15 +237,19 @@ impl Server {
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    /// True while this member is a learner (non-voting).
+    /// True while this member is a learner (non-voting). A member that just joined knows
+    /// it from the cluster's answer before its first replicated membership arrives.
     pub fn is_learner(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .learner_ids()
-            .any(|id| id == self.id)
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        if membership.learner_ids().any(|id| id == self.id) {
+            return true;
+        }
+        if membership.voter_ids().any(|id| id == self.id) {
+            return false;
+        }
+        self.joined_as_learner
     }
 
     /// etcd's response header for a reply at `revision`.
@@ -484,13 +507,52 @@ impl Server {
     }
 }
 
+/// etcd's `isMemberBootstrapped`: before a member founds a cluster on empty storage, it asks
+/// the other founders whether that cluster already runs with this member in it as a started
+/// member (one that published its client URLs). If so, this member lost its data: coming
+/// back under its old identity would let it vote and acknowledge as if it still held the
+/// entries it forgot, which can lose committed writes. Founders that are not up yet, or that
+/// have never seen this member start, let it through.
+async fn refuse_if_bootstrapped(
+    members: &[crate::config::InitialMember],
+    me: &crate::config::InitialMember,
+    cluster_id: u64,
+) -> Result<(), StartError> {
+    let asks = members
+        .iter()
+        .filter(|m| m.name != me.name)
+        .flat_map(|m| m.peer_urls.iter())
+        .map(|url| async move {
+            let mut c = PeerClient::new(peer_channel(url).ok()?);
+            let ask = c.cluster_info(pb::ClusterInfoRequest {});
+            let info = tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
+            let started = info.cluster_id == cluster_id
+                && info.members.iter().any(|x| x.id == me.id && !x.client_ur_ls.is_empty());
+            started.then(|| url.clone())
+        });
+    match futures::future::join_all(asks).await.into_iter().flatten().next() {
+        Some(peer) => Err(StartError::AlreadyBootstrapped {
+            member: format!("{:x}", me.id),
+            name: me.name.clone(),
+            peer_urls: me.peer_urls.join(","),
+            peer,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Asks the members named in `--initial-cluster` (other than this one) which cluster they
 /// form, and finds this member in it by its peer URLs, as `etcdctl member add` registered
-/// them.
-async fn join_existing(cfg: &Config) -> Result<(u64, NodeId), StartError> {
+/// them. Returns the cluster ID, this member's ID, and whether it was added as a learner.
+async fn join_existing(cfg: &Config) -> Result<(u64, NodeId, bool), StartError> {
     let members = cfg.initial_members()?;
     let me = cfg.self_member(&members)?;
     let mut last_err = String::from("--initial-cluster names no other member");
+    let mut not_found_since: Option<std::time::Instant> = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         for m in members.iter().filter(|m| m.name != me.name) {
@@ -504,16 +566,22 @@ async fn join_existing(cfg: &Config) -> Result<(u64, NodeId), StartError> {
                             .members
                             .iter()
                             .find(|x| x.peer_ur_ls.iter().any(|u| me.peer_urls.contains(u)));
-                        return match found {
-                            Some(x) => Ok((info.cluster_id, x.id)),
-                            None => Err(StartError::Join(format!(
+                        if let Some(x) = found {
+                            return Ok((info.cluster_id, x.id, x.is_learner));
+                        }
+                        // A member that has not applied the MemberAdd yet answers without
+                        // this one; ask again (others, later) before blaming the user.
+                        let since = *not_found_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() > std::time::Duration::from_secs(5) {
+                            return Err(StartError::Join(format!(
                                 "the cluster at {url} has no member with peer URLs {:?}; add it first with \
                                  `etcdctl member add {} --peer-urls={}`",
                                 me.peer_urls,
                                 me.name,
                                 me.peer_urls.join(",")
-                            ))),
-                        };
+                            )));
+                        }
+                        last_err = format!("{url}: this member is not in the cluster's member list yet");
                     }
                     Ok(Err(e)) => last_err = format!("{url}: {}", e.message()),
                     Err(_) => last_err = format!("{url}: timed out"),
