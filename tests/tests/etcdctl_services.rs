@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use lodestone_tests::{Cluster, Kind, Options, etcdctl, etcdctl_bin};
 
-lodestone_tests::compat!(lease_watch_and_lock_commands, member_endpoint_snapshot_alarm_commands);
+lodestone_tests::compat!(
+    lease_watch_and_lock_commands,
+    member_endpoint_snapshot_alarm_commands,
+    interactive_watch_exec_watch_keep_alive_and_mirror
+);
 
 fn three() -> Options {
     Options {
@@ -33,10 +37,20 @@ fn json(out: std::process::Output) -> serde_json::Value {
 
 /// Starts a long-running etcdctl and returns it with a reader of its stdout lines.
 fn spawn(endpoints: &[String], args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_with_stdin(endpoints, args, Stdio::null())
+}
+
+/// [`spawn`], with the given standard input (`Stdio::piped()` for interactive commands).
+fn spawn_with_stdin(
+    endpoints: &[String],
+    args: &[&str],
+    stdin: Stdio,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -246,4 +260,109 @@ async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
         .unwrap();
     let moved = ok(etcdctl(&urls, &["move-leader", &format!("{target:x}")]));
     assert!(moved.contains("Leadership transferred"), "{moved}");
+}
+
+/// The long-running etcdctl commands: `watch -i` (interactive watches and `progress`),
+/// `watch ... -- command` (runs a command per event with the event in its environment),
+/// `lease keep-alive` (renews until stopped) and `make-mirror` (Range, then Watch from the
+/// next revision, into a second cluster).
+async fn interactive_watch_exec_watch_keep_alive_and_mirror(kind: Kind) {
+    let c = Cluster::start(kind, three()).await;
+    c.wait_published().await;
+    let ep = c.endpoints();
+    let put_rev = |value: &str| {
+        json(etcdctl(&ep, &["put", "iw", value, "-w", "json"]))["header"]["revision"]
+            .as_i64()
+            .unwrap()
+    };
+    let first = put_rev("first");
+    let rev = put_rev("second");
+
+    // watch -i: a watch from history typed at the prompt, then a progress request, whose
+    // answer is the current revision.
+    let (mut w, rx) = spawn_with_stdin(&ep, &["watch", "-i"], Stdio::piped());
+    let mut stdin = w.stdin.take().unwrap();
+    use std::io::Write as _;
+    writeln!(stdin, "watch iw --rev=1").unwrap();
+    assert_eq!(lines(&rx, 6), ["PUT", "iw", "first", "PUT", "iw", "second"]);
+    writeln!(stdin, "progress").unwrap();
+    assert_eq!(lines(&rx, 1), [format!("progress notify: {rev}")]);
+    ok(etcdctl(&[ep[1].clone()], &["put", "iw", "third"]));
+    assert_eq!(lines(&rx, 3), ["PUT", "iw", "third"]);
+    drop(stdin);
+    let _ = w.kill();
+    let _ = w.wait();
+
+    // watch ... -- command: etcdctl prints each event and runs the command with
+    // ETCD_WATCH_* set from it (the command's output may come after later events).
+    let (mut w, rx) = spawn(
+        &ep,
+        &[
+            "watch",
+            "iw",
+            &format!("--rev={first}"),
+            "--",
+            "sh",
+            "-c",
+            "echo exec $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE",
+        ],
+    );
+    let got = lines(&rx, 12);
+    let _ = w.kill();
+    let _ = w.wait();
+    let (ran, printed): (Vec<&String>, Vec<&String>) = got.iter().partition(|l| l.starts_with("exec "));
+    assert_eq!(
+        printed,
+        ["PUT", "iw", "first", "PUT", "iw", "second", "PUT", "iw", "third"],
+        "{got:?}"
+    );
+    let mut ran: Vec<&str> = ran.iter().map(|l| l.as_str()).collect();
+    ran.sort_unstable();
+    assert_eq!(
+        ran,
+        [
+            "exec \"PUT\" \"iw\" \"first\"",
+            "exec \"PUT\" \"iw\" \"second\"",
+            "exec \"PUT\" \"iw\" \"third\""
+        ],
+        "{got:?}"
+    );
+
+    // lease keep-alive: renews every TTL/3 until stopped (two renewals of a 3 s lease).
+    let granted = ok(etcdctl(&ep, &["lease", "grant", "3"]));
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    let (mut k, rx) = spawn(&ep, &["lease", "keep-alive", &id]);
+    let renewed = lines(&rx, 2);
+    assert_eq!(
+        renewed,
+        vec![format!("lease {id} keepalived with TTL(3)"); 2],
+        "{renewed:?}"
+    );
+    // Past the granted TTL, the lease lives because it is kept alive.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        ok(etcdctl(&ep, &["lease", "timetolive", &id])).contains("granted with TTL(3s)"),
+        "a kept-alive lease expired"
+    );
+    let _ = k.kill();
+    let _ = k.wait();
+
+    // make-mirror: existing keys, then live changes, arrive in the destination cluster.
+    let dest = Cluster::start(kind, Options::default()).await;
+    ok(etcdctl(&ep, &["put", "mm/a", "1"]));
+    let (mut m, _rx) = spawn(&ep, &["make-mirror", "--prefix=mm/", &dest.endpoints()[0]]);
+    std::thread::sleep(Duration::from_millis(700));
+    ok(etcdctl(&ep, &["put", "mm/b", "2"]));
+    ok(etcdctl(&ep, &["del", "mm/a"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mirrored = loop {
+        let got = ok(etcdctl(&dest.endpoints(), &["get", "mm/", "--prefix"]));
+        if got == "mm/b\n2\n" || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = m.kill();
+    let _ = m.wait();
+    assert_eq!(mirrored, "mm/b\n2\n");
 }

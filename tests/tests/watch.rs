@@ -3,16 +3,20 @@
 
 use std::time::Duration;
 
+use etcd_client::{Client, ConnectOptions};
 use etcd_client::{
     Compare, CompareOp, EventType, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
-use lodestone_tests::{Cluster, Kind, Options};
+use lodestone_tests::{Cluster, Kind, Options, assert_status};
+use tonic::Code;
 
 lodestone_tests::compat!(
     history_then_live,
     errors_and_cancel,
     filters_ids_and_progress,
-    future_start_revision
+    future_start_revision,
+    periodic_progress_notifications,
+    require_leader_watch_ends_without_leader
 );
 
 async fn one(kind: Kind) -> Cluster {
@@ -256,6 +260,77 @@ async fn future_start_revision(kind: Kind) {
     let got = collect(&mut s, 1).await;
     assert_eq!(got[0].3, 5, "the first event is the start revision, never an older one");
     assert_eq!(got.len(), 1);
+}
+
+/// `--experimental-watch-progress-notify-interval`: a quiet watcher created with
+/// `progress_notify` gets empty responses at the current revision; one created without it
+/// gets none.
+async fn periodic_progress_notifications(kind: Kind) {
+    let c = Cluster::start(
+        kind,
+        Options {
+            extra: vec!["--experimental-watch-progress-notify-interval".into(), "300ms".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut cl = c.client().await;
+    let rev = cl.put("k", "v", None).await.unwrap().header().unwrap().revision();
+    let mut notified = cl
+        .watch("k", Some(WatchOptions::new().with_progress_notify()))
+        .await
+        .unwrap();
+    let created = next(&mut notified).await;
+    assert!(created.created());
+    let mut quiet = cl.watch("k", None).await.unwrap();
+    assert!(next(&mut quiet).await.created());
+    for _ in 0..2 {
+        let r = next(&mut notified).await;
+        assert!(r.events().is_empty() && !r.created() && !r.canceled(), "{r:?}");
+        assert_eq!(r.watch_id(), created.watch_id());
+        assert_eq!(r.header().unwrap().revision(), rev);
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(1200), quiet.message()).await;
+    assert!(nothing.is_err(), "a watcher without progress_notify got {nothing:?}");
+}
+
+/// A watch stream opened with `hasleader` metadata ends with "no leader" once its member has
+/// lost its leader (after three election timeouts).
+async fn require_leader_watch_ends_without_leader(kind: Kind) {
+    let mut c = Cluster::start(
+        kind,
+        Options {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let opts = ConnectOptions::new().with_require_leader(true);
+    let mut cl = Client::connect([c.members[0].endpoint()], Some(opts)).await.unwrap();
+    let mut s = cl.watch("k", None).await.unwrap();
+    assert!(next(&mut s).await.created());
+    c.kill(1);
+    c.kill(2);
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.message().await {
+                Ok(Some(r)) if r.canceled() => panic!("canceled instead of ended: {}", r.cancel_reason()),
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream closed without a status"),
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 20 s");
+    assert_status(end, Code::Unavailable, "etcdserver: no leader");
+    // Three election timeouts (500 ms each) without a leader, not at the first missed beat.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Lodestone only: watchers on a follower and on the leader while the leader is killed
