@@ -24,6 +24,7 @@ struct Metrics {
     snapshot_index: IntGauge,
     purged_index: IntGauge,
     linearizable_reads: IntCounter,
+    watch_storage_reads: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -111,6 +112,10 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "lodestone_linearizable_reads_total",
             "Linearizable reads released by ReadIndex rounds.",
         ),
+        watch_storage_reads: counter(
+            "lodestone_watch_storage_reads_total",
+            "Watch catch-up rounds that read history from storage; caught-up streams share the watch cache instead.",
+        ),
         registry,
     }
 });
@@ -143,6 +148,10 @@ pub fn proposal_finished() {
 pub fn read_index_round(reads: usize) {
     M.read_rounds.inc();
     M.linearizable_reads.inc_by(reads as u64);
+}
+
+pub fn watch_storage_read() {
+    M.watch_storage_reads.inc();
 }
 
 pub fn leader_changed() {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, WatchOptions};
 use lodestone_tests::{Cluster, Kind, Options, connect};
 
 fn opts(size: usize) -> Options {
@@ -359,6 +359,60 @@ fn metric(text: &str, name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// Caught-up watch streams take new revisions from the member's shared watch cache: 20
+/// streams (half with `prev_kv`) following 50 puts each see every event, in order, with the
+/// right previous versions, while storage is read far less than once per stream and put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_watch_streams_share_the_watch_cache() {
+    let c = Cluster::start(Kind::Lodestone, opts(1)).await;
+    let url = format!("{}/metrics", c.members[0].metrics_url());
+    let mut cl = c.client().await;
+    let first = cl
+        .put("shared/k", "0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let o = WatchOptions::new().with_prefix();
+        let o = if i % 2 == 0 { o.with_prev_key() } else { o };
+        let mut s = cl.watch("shared/", Some(o)).await.unwrap();
+        assert!(s.message().await.unwrap().unwrap().created());
+        streams.push((i % 2 == 0, s));
+    }
+    let before = metric(&http_get(&url).1, "lodestone_watch_storage_reads_total");
+    let puts: i64 = 50;
+    for i in 1..=puts {
+        cl.put("shared/k", i.to_string(), None).await.unwrap();
+    }
+    for (with_prev, s) in &mut streams {
+        let mut seen = Vec::new();
+        while (seen.len() as i64) < puts {
+            let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .expect("events arrive")
+                .unwrap()
+                .unwrap();
+            for e in r.events() {
+                let kv = e.kv().unwrap();
+                let value: i64 = kv.value_str().unwrap().parse().unwrap();
+                assert_eq!(kv.mod_revision(), first + value);
+                let prev = e.prev_kv().map(|p| p.value_str().unwrap().to_string());
+                assert_eq!(prev, with_prev.then(|| (value - 1).to_string()), "prev_kv of {value}");
+                seen.push(value);
+            }
+        }
+        assert_eq!(seen, (1..=puts).collect::<Vec<_>>());
+    }
+    let reads = metric(&http_get(&url).1, "lodestone_watch_storage_reads_total") - before;
+    assert!(
+        reads < (20 * puts / 10) as f64,
+        "{reads} storage reads for 20 streams following {puts} puts: the streams do not share the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -65,6 +66,9 @@ pub struct Shared {
     snap_dir: PathBuf,
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
+    /// The compacted revision as of the last applied batch, set before `revision_tx` moves,
+    /// so anyone woken by a new revision sees the compaction that came with it.
+    compacted: AtomicI64,
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     members: Mutex<BTreeMap<u64, MemberAttributes>>,
     /// Lease deadlines, fed by applied grants and revokes.
@@ -81,6 +85,11 @@ impl Shared {
     /// Store revision after the last applied batch.
     pub fn revision(&self) -> watch::Receiver<i64> {
         self.revision_tx.subscribe()
+    }
+
+    /// The compacted revision as of the last applied batch (in memory, no storage read).
+    pub fn compacted(&self) -> i64 {
+        self.compacted.load(Ordering::Acquire)
     }
 
     /// Where snapshot files live (received ones are written here too).
@@ -184,6 +193,7 @@ impl StateMachine {
                 snap_dir,
                 applied_tx,
                 revision_tx,
+                compacted: AtomicI64::new(meta.compacted),
                 current: Mutex::new(current),
                 members: Mutex::new(applied.members),
                 lessor,
@@ -429,6 +439,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
             LeaseChange::Revoked(id) => shared.lessor.revoked(id),
         }
     }
+    shared.compacted.store(txn.compacted(), Ordering::Release);
     let last = state.last_applied.as_ref().map_or(0, |l| l.index);
     Ok((results, last, txn.revision()))
 }
@@ -542,6 +553,7 @@ fn install(
         .lessor
         .reset(shared.mvcc.leases().map_err(io_err)?, Instant::now());
     *shared.alarms.lock().expect("alarms lock") = shared.mvcc.alarms().map_err(io_err)?;
+    shared.compacted.store(m.compacted, Ordering::Release);
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
 

@@ -2,10 +2,12 @@
 //!
 //! Every stream runs one task that owns its watchers. A watcher is a key range and a cursor
 //! (the next revision it has not seen). Whenever the state machine's revision moves past a
-//! cursor, the task reads the missing revisions from MVCC history (at most
-//! [`REVS_PER_ROUND`] per round, whole revisions only) and sends each watcher its events.
-//! Watchers that fall behind therefore catch up from storage, and memory never grows with a
-//! backlog; gRPC flow control pushes back on the task when the client reads slowly.
+//! cursor, the task takes the missing revisions (at most [`REVS_PER_ROUND`] per round, whole
+//! revisions only) from the member's shared cache of recent changes (`watch_cache`), or
+//! reads them from MVCC history when the cache no longer holds them, and sends each watcher
+//! its events. Watchers that fall behind therefore catch up from storage, and memory never
+//! grows with a backlog; gRPC flow control pushes back on the task when the client reads
+//! slowly.
 //!
 //! Guarantees, as etcd gives them: events in revision order, no duplicates, a revision
 //! never split across responses (unless the watcher asked for fragments), resumable from
@@ -25,7 +27,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Server;
+use super::watch_cache::PrevInterest;
 use crate::error::StoreError;
+use crate::metrics;
 use crate::mvcc::KeyRange;
 use crate::mvcc::history::History;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -59,6 +63,8 @@ struct Watcher {
     no_delete: bool,
     progress_notify: bool,
     fragment: bool,
+    /// Held while this watcher wants `prev_kv`, so the shared cache reads previous versions.
+    _prev_interest: Option<PrevInterest>,
 }
 
 impl Watcher {
@@ -164,6 +170,7 @@ impl StreamState {
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: c.progress_notify,
             fragment: c.fragment,
+            _prev_interest: c.prev_kv.then(|| self.server.watch_cache.want_prev()),
         };
         self.watchers.insert(id, w);
         let r = WatchResponse {
@@ -193,16 +200,26 @@ impl StreamState {
         };
         let to = current.min(from.saturating_add(REVS_PER_ROUND - 1));
         let with_prev = self.watchers.values().any(|w| w.prev_kv && w.next <= to);
-        let sm = self.server.sm.clone();
-        let history = match tokio::task::spawn_blocking(move || sm.mvcc.history(from, to, with_prev)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                let _ = self.tx.send(Err(e.into())).await;
-                return false;
-            }
-            Err(e) => {
-                let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
-                return false;
+        let history = match self.server.watch_cache.get(from, to, with_prev) {
+            Some(changes) => History {
+                changes,
+                compacted: self.server.sm.compacted(),
+                revision: to,
+            },
+            None => {
+                metrics::watch_storage_read();
+                let sm = self.server.sm.clone();
+                match tokio::task::spawn_blocking(move || sm.mvcc.history(from, to, with_prev)).await {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => {
+                        let _ = self.tx.send(Err(e.into())).await;
+                        return false;
+                    }
+                    Err(e) => {
+                        let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
+                        return false;
+                    }
+                }
             }
         };
         let to = to.min(history.revision);
@@ -343,7 +360,9 @@ async fn run_stream(
     mut st: StreamState,
     require_leader: bool,
 ) {
-    let mut revision = server.sm.revision();
+    // The shared cache's revision: woken by it, a caught-up stream finds the new revisions
+    // already read.
+    let mut revision = server.watch_cache.revision();
     let interval = server.cfg.experimental_watch_progress_notify_interval;
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + interval.max(Duration::from_millis(10)),
