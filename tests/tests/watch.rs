@@ -305,12 +305,18 @@ async fn require_leader_watch_ends_without_leader(kind: Kind) {
         },
     )
     .await;
+    // Watch on the leader, the harder case: it must notice that it lost its quorum (etcd's
+    // check-quorum), where a follower only notices that its leader went quiet.
+    let watched = c.leader().await;
     let opts = ConnectOptions::new().with_require_leader(true);
-    let mut cl = Client::connect([c.members[0].endpoint()], Some(opts)).await.unwrap();
+    let mut cl = Client::connect([c.members[watched].endpoint()], Some(opts))
+        .await
+        .unwrap();
     let mut s = cl.watch("k", None).await.unwrap();
     assert!(next(&mut s).await.created());
-    c.kill(1);
-    c.kill(2);
+    for i in (0..3).filter(|i| *i != watched) {
+        c.kill(i);
+    }
     let started = std::time::Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(20), async {
         loop {

@@ -255,7 +255,7 @@ impl Server {
 
     /// How many of `voters` are running as far as the leader can tell: itself, and every
     /// voter that acknowledged replication within two election timeouts.
-    fn active_voters(&self, voters: &BTreeSet<u64>) -> usize {
+    pub(super) fn active_voters(&self, voters: &BTreeSet<u64>) -> usize {
         let m = self.metrics();
         let window = self.cfg.election() * 2;
         voters

@@ -29,6 +29,7 @@ pub mod reads;
 pub mod serve;
 pub mod status;
 pub mod watch;
+pub mod watch_cache;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct Server {
     /// Held by the leader while it runs a membership change: one at a time.
     membership_lock: Mutex<()>,
     db_size: std::sync::Mutex<(Option<std::time::Instant>, (i64, i64))>,
+    /// Recent changes shared by every watch stream on this member.
+    pub watch_cache: Arc<watch_cache::WatchCache>,
     /// What the cluster said when this member joined it: whether it was added as a learner.
     /// Stands in for the membership until the first replicated one names this member.
     joined_as_learner: bool,
@@ -175,6 +178,8 @@ impl Server {
             removed: removed.clone(),
         };
         let shared = sm.shared.clone();
+        // Where the watch cache starts following (before Raft replays anything).
+        let start_revision = *shared.revision().borrow();
         let raft = Raft::new(id, Arc::new(raft_cfg), network, log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -198,11 +203,13 @@ impl Server {
             lease_clock: lease::LeaseClock::default(),
             membership_lock: Mutex::new(()),
             db_size: std::sync::Mutex::new((None, (0, 0))),
+            watch_cache: watch_cache::WatchCache::new(start_revision),
             joined_as_learner,
             shutdown,
         });
         server.reads.start(server.clone());
         tokio::spawn(watch_raft(server.clone()));
+        tokio::spawn(watch_cache::run(server.clone()));
         tokio::spawn(publish_attributes(server.clone()));
         tokio::spawn(lease::expire_leases(server.clone()));
         tokio::spawn(compactor::run(server.clone(), retention));
@@ -233,8 +240,25 @@ impl Server {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// The leader as this member knows it; `None` while there is none, and on a leader that
+    /// has lost touch with a quorum of voters.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        if leader != self.id {
+            return Some(leader);
+        }
+        // etcd's check-quorum: a leader that has not heard from a quorum of voters lately
+        // has lost the cluster (openraft keeps it leader regardless), so it reports no
+        // leader, and require-leader requests, watches and /health say so.
+        let voters: std::collections::BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        (self.active_voters(&voters) > voters.len() / 2).then_some(leader)
     }
 
     /// True while this member is a learner (non-voting). A member that just joined knows
