@@ -73,6 +73,8 @@ impl Kv for KvService {
         } else {
             self.server.linearizable_barrier().await?;
         }
+        // Again after the barrier: a linearizable read sees every alarm committed before it.
+        self.server.check_corrupt()?;
         let sm = self.server.sm.clone();
         let (out, rev) =
             blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision)))).await?;
@@ -121,6 +123,7 @@ impl Kv for KvService {
             } else {
                 self.server.linearizable_barrier().await?;
             }
+            self.server.check_corrupt()?;
             let sm = self.server.sm.clone();
             let mut r = blocking(move || sm.mvcc.read_only_txn(&req)).await?;
             r.header = self.server.header(r.header.map_or(0, |h| h.revision));
