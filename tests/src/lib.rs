@@ -235,6 +235,16 @@ pub struct Options {
     pub extra: Vec<String>,
 }
 
+impl Options {
+    /// The defaults, with `size` members.
+    pub fn members(size: usize) -> Options {
+        Options {
+            size,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -116,14 +116,7 @@ async fn txn_and_compaction(kind: Kind) {
 }
 
 async fn endpoint_and_member_commands(kind: Kind) {
-    let c = Cluster::start(
-        kind,
-        Options {
-            size: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     c.wait_published().await;
     let ep = c.endpoints();
     ok(etcdctl(&ep, &["put", "x", "1"]));

@@ -14,13 +14,6 @@ lodestone_tests::compat!(
     interactive_watch_exec_watch_keep_alive_and_mirror
 );
 
-fn three() -> Options {
-    Options {
-        size: 3,
-        ..Default::default()
-    }
-}
-
 fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -82,7 +75,7 @@ fn lines(rx: &std::sync::mpsc::Receiver<String>, want: usize) -> Vec<String> {
 }
 
 async fn lease_watch_and_lock_commands(kind: Kind) {
-    let c = Cluster::start(kind, three()).await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     c.wait_published().await;
     let ep = c.endpoints();
 
@@ -145,7 +138,7 @@ async fn lease_watch_and_lock_commands(kind: Kind) {
 }
 
 async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
-    let c = Cluster::start(kind, three()).await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     c.wait_published().await;
     let ep = c.endpoints();
 
@@ -267,7 +260,7 @@ async fn member_endpoint_snapshot_alarm_commands(kind: Kind) {
 /// `lease keep-alive` (renews until stopped) and `make-mirror` (Range, then Watch from the
 /// next revision, into a second cluster).
 async fn interactive_watch_exec_watch_keep_alive_and_mirror(kind: Kind) {
-    let c = Cluster::start(kind, three()).await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     c.wait_published().await;
     let ep = c.endpoints();
     let put_rev = |value: &str| {

@@ -450,21 +450,26 @@ async fn auto_compaction_modes() {
     );
 }
 
+/// A published 3-member Lodestone cluster that runs the corruption check every `interval`.
+async fn corrupt_checked_cluster(interval: &str) -> Cluster {
+    let c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            extra: vec!["--experimental-corrupt-check-time".into(), interval.into()],
+            ..Options::members(3)
+        },
+    )
+    .await;
+    c.wait_published().await;
+    c
+}
+
 /// Lodestone only: with the periodic corruption check on, a healthy cluster raises nothing;
 /// a CORRUPT alarm makes every KV request fail with "corrupt cluster" on every member until
 /// it is disarmed. (`corruption_check_finds_a_damaged_member` has the check raise it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_alarm_stops_kv_and_healthy_clusters_raise_nothing() {
-    let c = Cluster::start(
-        Kind::Lodestone,
-        Options {
-            size: 3,
-            extra: vec!["--experimental-corrupt-check-time".into(), "200ms".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    c.wait_published().await;
+    let c = corrupt_checked_cluster("200ms").await;
     let mut cl = c.client().await;
     for i in 0..20 {
         cl.put(format!("k{i}"), "v", None).await.unwrap();
@@ -518,16 +523,7 @@ async fn corrupt_alarm_stops_kv_and_healthy_clusters_raise_nothing() {
 /// CORRUPT for that member alone, and KV requests fail with "corrupt cluster".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_check_finds_a_damaged_member() {
-    let mut c = Cluster::start(
-        Kind::Lodestone,
-        Options {
-            size: 3,
-            extra: vec!["--experimental-corrupt-check-time".into(), "300ms".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    c.wait_published().await;
+    let mut c = corrupt_checked_cluster("300ms").await;
     let mut cl = c.client().await;
     for i in 0..20 {
         cl.put(format!("k{i}"), format!("value-{i}"), None).await.unwrap(); // revs 2..=21

@@ -96,14 +96,7 @@ async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
 /// members know it as started, so it refuses to start and says why (etcd's
 /// `isMemberBootstrapped`). The others go on serving.
 async fn a_founder_that_lost_its_data_does_not_found_again(kind: Kind) {
-    let mut c = Cluster::start(
-        kind,
-        Options {
-            size: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut c = Cluster::start(kind, Options::members(3)).await;
     c.wait_published().await;
     let victim = (c.leader().await + 1) % 3;
     c.kill(victim);

@@ -297,14 +297,7 @@ async fn periodic_progress_notifications(kind: Kind) {
 /// A watch stream opened with `hasleader` metadata ends with "no leader" once its member has
 /// lost its leader (after three election timeouts).
 async fn require_leader_watch_ends_without_leader(kind: Kind) {
-    let mut c = Cluster::start(
-        kind,
-        Options {
-            size: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut c = Cluster::start(kind, Options::members(3)).await;
     // Watch on the leader, the harder case: it must notice that it lost its quorum (etcd's
     // check-quorum), where a follower only notices that its leader went quiet.
     let watched = c.leader().await;
