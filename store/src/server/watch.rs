@@ -1,8 +1,8 @@
 //! The etcd Watch service: one bidirectional stream carries many watchers.
 //!
 //! Every stream runs one task that owns its watchers. A watcher is a key range and a cursor
-//! (the next revision it has not seen). Whenever the state machine's revision moves past a
-//! cursor, the task takes the missing revisions (at most [`REVS_PER_ROUND`] per round, whole
+//! (the next revision it has not seen). Whenever the member's revision, as the watch cache
+//! publishes it, moves past a cursor, the task takes the missing revisions (at most [`REVS_PER_ROUND`] per round, whole
 //! revisions only) from the member's shared cache of recent changes (`watch_cache`), or
 //! reads them from MVCC history when the cache no longer holds them, and sends each watcher
 //! its events. Watchers that fall behind therefore catch up from storage, and memory never
