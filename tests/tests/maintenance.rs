@@ -491,17 +491,7 @@ async fn corrupt_alarm_stops_kv_and_healthy_clusters_raise_nothing() {
         .unwrap();
     for i in 0..3 {
         let mut m = c.client_of(i).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match m.put("after", "v", None).await {
-                Err(e) => {
-                    assert_status(e, Code::DataLoss, "etcdserver: corrupt cluster");
-                    break;
-                }
-                Ok(_) => assert!(Instant::now() < deadline, "member {i} still takes writes"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        writes_refused_as_corrupt(&mut m, &format!("member {i}")).await;
         assert_status(
             m.get("k0", None).await.unwrap_err(),
             Code::DataLoss,
@@ -572,14 +562,17 @@ async fn corruption_check_finds_a_damaged_member() {
         assert!(Instant::now() < deadline, "no CORRUPT alarm for the damaged member");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    writes_refused_as_corrupt(&mut cl, "the cluster").await;
+}
+
+/// Waits (5 s at most) until `cl`'s puts fail with "corrupt cluster" (the alarm applies
+/// asynchronously on each member).
+async fn writes_refused_as_corrupt(cl: &mut etcd_client::Client, who: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match cl.put("after", "v", None).await {
-            Err(e) => {
-                assert_status(e, Code::DataLoss, "etcdserver: corrupt cluster");
-                break;
-            }
-            Ok(_) => assert!(Instant::now() < deadline, "writes still accepted"),
+            Err(e) => return assert_status(e, Code::DataLoss, "etcdserver: corrupt cluster"),
+            Ok(_) => assert!(Instant::now() < deadline, "{who} still takes writes"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -25,7 +25,7 @@ use crate::proto::etcdserverpb::{
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
 use crate::proto::lodestone::{ApplyError, MemberChange, MemberChangeReply, member_change::Change};
-use crate::raft::{MemberNode, NodeId};
+use crate::raft::{MemberNode, NodeId, RaftMetrics};
 
 /// etcd's `maxLearners`.
 const MAX_LEARNERS: usize = 1;
@@ -147,7 +147,7 @@ impl Server {
                 if !is_learner {
                     // Adding an unstarted voter must leave a quorum of started voters; like
                     // etcd, a one-member cluster may grow to two (restoring a cluster).
-                    let active = self.active_voters(&voters);
+                    let active = self.active_voters(&m, &voters);
                     let one_to_two = voters.len() == 1 && active == 1;
                     if !one_to_two && active < quorum(voters.len() + 1) {
                         return Err(StoreError::MemberNotEnoughStarted);
@@ -215,7 +215,7 @@ impl Server {
                         .map_err(change_error)?;
                 } else {
                     let rest: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-                    if rest.is_empty() || self.active_voters(&rest) < quorum(rest.len()) {
+                    if rest.is_empty() || self.active_voters(&m, &rest) < quorum(rest.len()) {
                         return Err(StoreError::MemberNotEnoughStarted);
                     }
                     self.raft
@@ -253,13 +253,12 @@ impl Server {
         })
     }
 
-    /// How many of `voters` are running as far as the leader can tell: itself, and every
-    /// voter that acknowledged replication within two election timeouts.
-    pub(super) fn active_voters(&self, voters: &BTreeSet<u64>) -> usize {
-        let m = self.metrics();
+    /// How many of `voters` are running as far as the leader can tell from its metrics `m`:
+    /// itself, and every voter that acknowledged replication within two election timeouts.
+    pub(super) fn active_voters<'a>(&self, m: &RaftMetrics, voters: impl IntoIterator<Item = &'a u64>) -> usize {
         let window = self.cfg.election() * 2;
         voters
-            .iter()
+            .into_iter()
             .filter(|v| {
                 **v == self.id
                     || m.heartbeat

@@ -64,7 +64,6 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_range(&req)?;
-        self.server.check_corrupt()?;
         if !req.serializable && self.server.is_learner() {
             return Err(StoreError::NotSupportedForLearner.into());
         }
@@ -73,7 +72,7 @@ impl Kv for KvService {
         } else {
             self.server.linearizable_barrier().await?;
         }
-        // Again after the barrier: a linearizable read sees every alarm committed before it.
+        // After the barrier: a linearizable read sees every alarm change committed before it.
         self.server.check_corrupt()?;
         let sm = self.server.sm.clone();
         let (out, rev) =
@@ -117,7 +116,6 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
         if is_read_only(&req) {
-            self.server.check_corrupt()?;
             if all_serializable(&req) {
                 self.server.serializable_barrier().await?;
             } else {

@@ -243,22 +243,17 @@ impl Server {
     /// The leader as this member knows it; `None` while there is none, and on a leader that
     /// has lost touch with a quorum of voters.
     pub fn leader(&self) -> Option<NodeId> {
-        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader?;
         if leader != self.id {
             return Some(leader);
         }
         // etcd's check-quorum: a leader that has not heard from a quorum of voters lately
         // has lost the cluster (openraft keeps it leader regardless), so it reports no
         // leader, and require-leader requests, watches and /health say so.
-        let voters: std::collections::BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        (self.active_voters(&voters) > voters.len() / 2).then_some(leader)
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        (self.active_voters(&m, &voters) > voters.len() / 2).then_some(leader)
     }
 
     /// True while this member is a learner (non-voting). A member that just joined knows
@@ -327,7 +322,9 @@ impl Server {
         Ok(c)
     }
 
-    /// Refuses every KV request while a CORRUPT alarm is active.
+    /// Refuses reads while a CORRUPT alarm is active; called after the read's barrier, so a
+    /// linearizable read sees every alarm change committed before it. (Writes are refused at
+    /// apply.)
     pub fn check_corrupt(&self) -> Result<()> {
         if self.sm.alarm_active(AlarmType::Corrupt) {
             return Err(StoreError::Corrupt);
@@ -345,18 +342,18 @@ impl Server {
         g.1
     }
 
-    /// etcd's space quota: a request that adds data is refused while NOSPACE is active, and
-    /// raises NOSPACE (cluster-wide, through Raft) when it would push the store past
-    /// `--quota-backend-bytes`.
+    /// etcd's space quota at the API: a request that adds data and would push the store past
+    /// `--quota-backend-bytes` is refused, and raises NOSPACE (cluster-wide, through Raft)
+    /// unless it is active already. While NOSPACE is active, apply refuses such requests.
     fn check_quota(self: &Arc<Self>, cmd: &pb::Command) -> Result<()> {
         let cost = crate::validate::quota_cost(cmd);
         if cost == 0 {
             return Ok(());
         }
-        if self.sm.alarm_active(AlarmType::Nospace) {
-            return Err(StoreError::NoSpace);
-        }
         if self.db_size().0 + cost > self.cfg.quota() {
+            if self.sm.alarm_active(AlarmType::Nospace) {
+                return Err(StoreError::NoSpace);
+            }
             let s = self.clone();
             tokio::spawn(async move {
                 let r = s
@@ -373,10 +370,11 @@ impl Server {
         Ok(())
     }
 
-    /// Like [`Server::propose`], for client writes: checks the CORRUPT alarm and the space
-    /// quota first.
+    /// Like [`Server::propose`], for client writes: checks the space quota first. Active
+    /// alarms (CORRUPT, NOSPACE) are enforced where the log orders them, at apply: this
+    /// member's view of them may trail the log (a disarm it has not applied yet), so it must
+    /// not refuse on that view.
     pub async fn propose_write(self: &Arc<Self>, cmd: pb::Command) -> Result<pb::CommandResult> {
-        self.check_corrupt()?;
         self.check_quota(&cmd)?;
         self.propose(cmd).await
     }
