@@ -81,8 +81,10 @@ struct StreamState {
     server: Arc<Server>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    /// A WatchProgressRequest waiting for every watcher to catch up.
-    progress_requested: bool,
+    /// A WatchProgressRequest waiting for every watcher to catch up, with the store revision
+    /// when it arrived: the answer's revision is at least that (every write acknowledged
+    /// before the request), so it can serve as the bookmark of a consistent read.
+    progress_requested: Option<i64>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
 }
 
@@ -114,7 +116,8 @@ impl StreamState {
                 true
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                self.progress_requested = true;
+                let now = self.server.revision();
+                self.progress_requested = Some(self.progress_requested.map_or(now, |r| r.max(now)));
                 true
             }
             None => true,
@@ -266,12 +269,14 @@ impl StreamState {
         self.server.cfg.max_request_bytes + FRAGMENT_OVERHEAD
     }
 
-    /// Answers a pending WatchProgressRequest once nothing older is still owed.
+    /// Answers a pending WatchProgressRequest once the stream has followed the store to the
+    /// revision the request saw and nothing older is still owed.
     async fn maybe_progress(&mut self, current: i64) -> bool {
-        if !self.progress_requested || self.behind(current) {
-            return true;
+        match self.progress_requested {
+            Some(seen) if current >= seen && !self.behind(current) => {}
+            _ => return true,
         }
-        self.progress_requested = false;
+        self.progress_requested = None;
         let r = WatchResponse {
             header: self.server.header(current),
             watch_id: NO_WATCH_ID,
@@ -414,7 +419,7 @@ impl Watch for WatchService {
             server: self.server.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
-            progress_requested: false,
+            progress_requested: None,
             tx,
         };
         tokio::spawn(run_stream(self.server.clone(), inbound, st, require_leader));
