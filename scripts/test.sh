@@ -11,23 +11,28 @@ source scripts/env.sh
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 VENV="${LODESTONE_VENV:-$HOME/.cache/lodestone-venv}"
 
+# Each step prints the minutes elapsed so far; RocksDB's C++ compiles once, in the first
+# cargo step on a fresh machine (see the build-override profile in Cargo.toml).
+step() { echo "== [$((SECONDS / 60)) min] $*"; }
+
 # Store and operator are built in separate cargo invocations (see scripts/env.sh).
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy (store)"
+step "cargo clippy (store)"
 cargo clippy "${STORE_PACKAGES[@]}" --all-targets --locked -- -D warnings
-echo "== cargo clippy (operator)"
+step "cargo clippy (operator)"
 cargo clippy "${OPERATOR_PACKAGES[@]}" --all-targets --locked -- -D warnings
-echo "== build"
+step "build"
 cargo build "${STORE_PACKAGES[@]}" --all-targets --locked
 cargo build "${OPERATOR_PACKAGES[@]}" --all-targets --locked
 export LODESTONE_BIN="$CARGO_TARGET_DIR/debug/lodestone"
-echo "== cargo test (store)"
+step "cargo test (store)"
 # Tests start real clusters; two at a time suits a 2-core machine.
 cargo test "${STORE_PACKAGES[@]}" --locked -- --test-threads=2
-echo "== cargo test (operator)"
+step "cargo test (operator)"
 cargo test "${OPERATOR_PACKAGES[@]}" --locked -- --test-threads=2
-echo "== operator crd output matches crds/"
+step "operator crd output matches crds/"
 diff <("$CARGO_TARGET_DIR/debug/lodestone-operator" crd) <(for f in crds/*.yaml; do echo "---"; cat "$f"; done)
-echo "== chart tests"
+step "chart tests"
 "$VENV/bin/python" -m unittest discover -s charts/lodestone-operator/tests -v
+step "done"
