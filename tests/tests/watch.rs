@@ -16,7 +16,8 @@ lodestone_tests::compat!(
     filters_ids_and_progress,
     future_start_revision,
     periodic_progress_notifications,
-    require_leader_watch_ends_without_leader
+    require_leader_watch_ends_without_leader,
+    compacted_watcher_does_not_cost_its_stream_neighbour_events
 );
 
 async fn one(kind: Kind) -> Cluster {
@@ -243,6 +244,76 @@ async fn filters_ids_and_progress(kind: Kind) {
     assert!(r.events().is_empty() && !r.created() && !r.canceled());
     assert_eq!(r.header().unwrap().revision(), rev);
     assert_eq!(r.watch_id(), -1);
+}
+
+/// Two watchers on one stream, one starting below the compaction and one above it, created
+/// together on a member whose watch cache is cold (restarted): the first is canceled with
+/// the compact revision, the second still gets every event from its start revision. (A
+/// catch-up round that started at the compacted cursor used to find no history and move
+/// the other watcher's cursor past revisions it never received.)
+async fn compacted_watcher_does_not_cost_its_stream_neighbour_events(kind: Kind) {
+    use ::lodestone::proto::etcdserverpb::watch_client::WatchClient;
+    use ::lodestone::proto::etcdserverpb::watch_request::RequestUnion;
+    use ::lodestone::proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+    let mut c = one(kind).await;
+    let mut cl = c.client().await;
+    for i in 2..=20 {
+        cl.put("c/k", format!("{i}"), None).await.unwrap(); // revs 2..=20
+    }
+    cl.compact(10, Some(etcd_client::CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    drop(cl);
+    c.kill(0);
+    c.restart(0);
+    c.wait_healthy(Duration::from_secs(30)).await;
+
+    // Both creates are queued before the stream opens, so the member sees them together.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for start in [5, 12] {
+        let create = WatchCreateRequest {
+            key: b"c/".to_vec().into(),
+            range_end: b"c0".to_vec().into(),
+            start_revision: start,
+            ..Default::default()
+        };
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .unwrap();
+    }
+    let mut raw = WatchClient::connect(c.members[0].client_url()).await.unwrap();
+    let mut s = raw
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut created, mut canceled, mut events) = (Vec::new(), None, Vec::new());
+    while created.len() < 2 || canceled.is_none() || events.len() < 9 {
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .unwrap_or_else(|_| panic!("stalled: created {created:?}, canceled {canceled:?}, events {events:?}"))
+            .unwrap()
+            .expect("stream open");
+        if r.created {
+            created.push(r.watch_id);
+        }
+        if r.canceled {
+            assert_eq!(r.watch_id, 0, "only the compacted watcher is canceled");
+            assert!(canceled.is_none(), "canceled twice");
+            canceled = Some(r.compact_revision);
+        }
+        for e in &r.events {
+            assert_eq!(r.watch_id, 1, "the canceled watcher got an event");
+            events.push(e.kv.as_ref().unwrap().mod_revision);
+        }
+    }
+    assert_eq!(created, vec![0, 1]);
+    assert_eq!(canceled, Some(10));
+    assert_eq!(events, (12..=20).collect::<Vec<i64>>());
+    drop(tx);
 }
 
 async fn future_start_revision(kind: Kind) {

@@ -192,6 +192,13 @@ impl StreamState {
     /// One catch-up round: reads the revisions the furthest-behind watcher needs (bounded)
     /// and sends every watcher its part. False when the client is gone.
     async fn sync(&mut self, current: i64) -> bool {
+        // Watchers whose cursor fell below the compaction go first: the history they need is
+        // gone, and a round starting at their cursor would find nothing to send the others,
+        // whose cursors would then skip revisions they never received (etcd cancels them
+        // before choosing the round's start, too).
+        if !self.cancel_compacted(self.server.sm.compacted()).await {
+            return false;
+        }
         let Some(from) = self
             .watchers
             .values()
@@ -225,26 +232,17 @@ impl StreamState {
                 }
             }
         };
+        if from < history.compacted {
+            // A compaction landed between the check above and the read: the view holds
+            // nothing for this round. Cancel who needs the lost history; the rest are read
+            // again in the next round.
+            return self.cancel_compacted(history.compacted).await;
+        }
         let to = to.min(history.revision);
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = &self.watchers[&id];
             if w.next > to {
-                continue;
-            }
-            if w.next < history.compacted {
-                // History this watcher still needs is gone.
-                let r = WatchResponse {
-                    header: self.header(),
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision: history.compacted,
-                    ..Default::default()
-                };
-                self.watchers.remove(&id);
-                if !self.send(r).await {
-                    return false;
-                }
                 continue;
             }
             let events = events_for(w, &history, to);
@@ -260,6 +258,31 @@ impl StreamState {
                 if !self.send(r).await {
                     return false;
                 }
+            }
+        }
+        true
+    }
+
+    /// Cancels, with `compact_revision` set, every watcher whose cursor is below the
+    /// compacted revision. False when the client is gone.
+    async fn cancel_compacted(&mut self, compacted: i64) -> bool {
+        let doomed: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next < compacted)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in doomed {
+            self.watchers.remove(&id);
+            let r = WatchResponse {
+                header: self.header(),
+                watch_id: id,
+                canceled: true,
+                compact_revision: compacted,
+                ..Default::default()
+            };
+            if !self.send(r).await {
+                return false;
             }
         }
         true
