@@ -115,6 +115,11 @@ impl Lessor {
         v
     }
 
+    /// True when some lease has expired (whether or not its revoke is on the way).
+    pub fn any_expired(&self, now: Instant) -> bool {
+        self.lock().values().any(|l| l.deadline <= now)
+    }
+
     /// Up to `max` expired leases to revoke now. A lease handed out here is not handed out
     /// again until `retry` passed, so a slow revoke is not proposed twice in a row.
     pub fn take_expired(&self, now: Instant, max: usize, retry: Duration) -> Vec<i64> {

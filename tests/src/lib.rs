@@ -126,6 +126,9 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub metrics_port: u16,
+    /// Whether the member has a listener of its own for HTTP (`--listen-metrics-urls`);
+    /// without one it serves HTTP on its client URL, as etcd does by default.
+    pub metrics_listener: bool,
     pub data_dir: PathBuf,
     args: Vec<String>,
     kind: Kind,
@@ -142,8 +145,13 @@ impl Member {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// Where the member serves `/health`, `/metrics` and the other HTTP endpoints.
     pub fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.metrics_port)
+        if self.metrics_listener {
+            format!("http://127.0.0.1:{}", self.metrics_port)
+        } else {
+            self.client_url()
+        }
     }
 
     /// The value this member is started with for `flag` (e.g. `--initial-cluster`).
@@ -177,6 +185,23 @@ impl Member {
             Some(c) => c.try_wait().expect("wait").is_none(),
             None => false,
         }
+    }
+
+    /// SIGSTOP: the process stops dead, its sockets open (a member that stalls or is cut
+    /// off, as its peers see it), until [`Member::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Member::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("member is running");
+        let ok = Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {}", c.id());
     }
 
     /// kill -9.
@@ -233,6 +258,9 @@ pub struct Options {
     pub election_ms: u64,
     /// Extra flags for every member.
     pub extra: Vec<String>,
+    /// Start every member with `--listen-metrics-urls` (a listener of its own for HTTP);
+    /// without it, members use etcd's default: HTTP on the client URLs, no extra port.
+    pub metrics_listener: bool,
 }
 
 impl Options {
@@ -252,6 +280,7 @@ impl Default for Options {
             heartbeat_ms: 50,
             election_ms: 500,
             extra: Vec::new(),
+            metrics_listener: true,
         }
     }
 }
@@ -284,6 +313,7 @@ impl Cluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 metrics_port: free_port(),
+                metrics_listener: opts.metrics_listener,
                 data_dir: dir.path().join(format!("{name}.data")),
                 log: dir.path().join(format!("{name}.log")),
                 name,
@@ -321,9 +351,10 @@ impl Cluster {
                 opts.heartbeat_ms.to_string(),
                 "--election-timeout".into(),
                 opts.election_ms.to_string(),
-                "--listen-metrics-urls".into(),
-                m.metrics_url(),
             ];
+            if opts.metrics_listener {
+                m.args.extend(["--listen-metrics-urls".into(), m.metrics_url()]);
+            }
             m.args.extend(opts.extra.iter().cloned());
         }
         Cluster {
@@ -431,6 +462,7 @@ impl Cluster {
             client_port: free_port(),
             peer_port: free_port(),
             metrics_port: free_port(),
+            metrics_listener: self.members[0].metrics_listener,
             data_dir: self._dir.path().join(format!("{name}.data")),
             log: self._dir.path().join(format!("{name}.log")),
             name,
@@ -448,6 +480,9 @@ impl Cluster {
             ("--initial-advertise-peer-urls", peer),
             ("--listen-metrics-urls", m.metrics_url()),
         ] {
+            if flag == "--listen-metrics-urls" && !m.metrics_listener {
+                continue;
+            }
             let at = m.args.iter().position(|a| a == flag).expect("flag in template") + 1;
             m.args[at] = value;
         }
@@ -539,6 +574,27 @@ pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> Output
         .write_all(stdin.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("etcdctl output")
+}
+
+/// A plain HTTP/1.0 GET of `url` (`http://host:port/path`): status code and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(hostport).unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// Asserts that an `etcd-client` error is a gRPC status with `code` and exactly `message`.

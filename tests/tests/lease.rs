@@ -7,7 +7,7 @@ use etcd_client::{EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptio
 use lodestone_tests::{Cluster, Kind, Options, assert_status};
 use tonic::Code;
 
-lodestone_tests::compat!(grant_attach_revoke, errors, expiry_and_keep_alive);
+lodestone_tests::compat!(grant_attach_revoke, negative_lease_ids, errors, expiry_and_keep_alive);
 
 /// heartbeat 100 ms / election 2 s: etcd's minimum TTL is then 3 s.
 fn slow_election(size: usize) -> Options {
@@ -85,6 +85,41 @@ async fn grant_attach_revoke(kind: Kind) {
     assert_eq!(left.kvs()[0].key(), b"l/c");
     let t = cl.lease_time_to_live(id, None).await.unwrap();
     assert_eq!(t.ttl(), -1);
+}
+
+/// A client may choose any non-zero int64 as a lease id, −1 included (whose bytes are all
+/// 0xFF): its keys are listed, and revoking it deletes them and nothing of its neighbours.
+async fn negative_lease_ids(kind: Kind) {
+    let c = Cluster::start(kind, slow_election(1)).await;
+    let mut cl = c.client().await;
+    for id in [-1, -2] {
+        let g = cl
+            .lease_grant(60, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+            .unwrap();
+        assert_eq!(g.id(), id);
+        cl.put(format!("n/{id}"), "v", Some(PutOptions::new().with_lease(id)))
+            .await
+            .unwrap();
+    }
+    let t = cl
+        .lease_time_to_live(-1, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(t.keys(), [b"n/-1".to_vec()]);
+    cl.lease_revoke(-1).await.unwrap();
+    let left = cl.get("n/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let keys: Vec<&[u8]> = left.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, vec![&b"n/-2"[..]], "revoking lease -1 deletes its key only");
+    assert_eq!(cl.lease_time_to_live(-1, None).await.unwrap().ttl(), -1);
+    cl.lease_revoke(-2).await.unwrap();
+    assert!(
+        cl.get("n/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
 }
 
 async fn errors(kind: Kind) {
@@ -221,4 +256,109 @@ async fn leases_expire_after_leader_kill_and_not_early() {
         1,
         "a lease renewed through the failover lost its key"
     );
+}
+
+/// The member of `c` (other than `not`) that reports itself leader, asked of those members
+/// only (a paused member would hold up the question).
+async fn leader_among(c: &Cluster, not: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for i in (0..c.members.len()).filter(|i| *i != not) {
+            let mut cl = c.client_of(i).await;
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), cl.status()).await
+                && s.leader() != 0
+                && s.leader() == s.header().map_or(0, |h| h.member_id())
+            {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new leader among the others");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lodestone only: a leader cut off from its quorum (both followers stalled) renews no lease:
+/// KeepAlive fails instead of answering a TTL the cluster may not honour (etcd's
+/// ensureLeadership; etcd 3.4.23 lacks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_renews_no_lease() {
+    let c = Cluster::start(Kind::Lodestone, Options::members(3)).await;
+    c.wait_published().await;
+    let leader = c.leader().await;
+    let mut cl = c.client_of(leader).await;
+    let id = cl.lease_grant(5, None).await.unwrap().id();
+    let (mut keeper, mut stream) = cl.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().ttl(), 5);
+
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        c.members[*f].pause();
+    }
+    let asked = Instant::now();
+    keeper.keep_alive().await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("the keep-alive was neither answered nor failed within 15 s");
+    // Failing (an error, or the stream ending) is right; a positive TTL is not.
+    if let Ok(Some(r)) = answer {
+        assert!(r.ttl() <= 0, "renewed to {} s without a quorum", r.ttl());
+    }
+    assert!(asked.elapsed() < Duration::from_secs(10), "took {:?}", asked.elapsed());
+    for f in &followers {
+        c.members[*f].resume();
+    }
+}
+
+/// Lodestone only: a leader that stalls (SIGSTOP) while the others elect a new leader and
+/// keep a lease alive there finds, once it runs again, that the lease expired on its own
+/// clock. It must not revoke it: the expiry is only proposed where leadership was just
+/// confirmed, and never forwarded to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_revokes_no_lease_the_new_leader_keeps() {
+    let c = Cluster::start(Kind::Lodestone, Options::members(3)).await;
+    c.wait_published().await;
+    let old = c.leader().await;
+    let mut cl = c.client_of(old).await;
+    let id = cl.lease_grant(4, None).await.unwrap().id();
+    cl.put("held", "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    let (mut keeper, mut stream) = cl.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().ttl(), 4);
+    drop((keeper, stream, cl));
+
+    c.members[old].pause();
+    let paused = Instant::now();
+    let new = leader_among(&c, old).await;
+    let mut ncl = c.client_of(new).await;
+    let (mut keeper, mut stream) = ncl.lease_keep_alive(id).await.unwrap();
+    let mut renew = async || {
+        keeper.keep_alive().await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("renewal on the new leader within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.ttl(), 4, "the new leader renews the lease");
+    };
+    // Past the lease's TTL on the old leader's clock, kept alive on the new one.
+    while paused.elapsed() < Duration::from_secs(7) {
+        renew().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    c.members[old].resume();
+    let resumed = Instant::now();
+    while resumed.elapsed() < Duration::from_secs(4) {
+        renew().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let r = ncl.get("held", None).await.unwrap();
+    assert_eq!(
+        r.kvs().len(),
+        1,
+        "the deposed leader revoked a lease kept alive on the new one"
+    );
+    assert!(ncl.lease_time_to_live(id, None).await.unwrap().ttl() > 0);
 }

@@ -68,20 +68,35 @@ pub fn leases(db: &DB) -> Result<Vec<(i64, i64)>> {
     Ok(out)
 }
 
+/// The smallest key above every key that starts with `prefix`, or `None` when there is
+/// none (the prefix is all 0xFF bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The keys attached to lease `id`, in key order.
 pub fn attached_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>> {
     let prefix = prefixed(ATTACHED, id);
-    let mut upper = prefixed(ATTACHED, id);
-    // The id's bytes + 1 as a number bounds the prefix; id u64::MAX cannot occur (ids are
-    // positive int64s), so this never overflows.
-    let next = (id as u64).wrapping_add(1).to_be_bytes();
-    upper[1..9].copy_from_slice(&next);
     let mut opts = ReadOptions::default();
-    opts.set_iterate_upper_bound(upper);
+    // Any int64 is a lease id a client may choose, −1 (all 0xFF bytes) included, so the
+    // bound is the prefix's successor, not `id + 1`.
+    if let Some(end) = prefix_end(&prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
     let mut out = Vec::new();
     for item in db.iterator_cf_opt(cf(db)?, opts, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
         let (k, _) = item?;
-        out.push(k[9..].to_vec());
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(k[prefix.len()..].to_vec());
     }
     Ok(out)
 }
@@ -150,5 +165,21 @@ impl WriteTxn {
             return Err(StoreError::Internal(format!("{what} inside a dirty batch")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bounds_every_lease_id() {
+        assert_eq!(prefix_end(b"k\x00\x01"), Some(b"k\x00\x02".to_vec()));
+        assert_eq!(prefix_end(b"k\x00\xff"), Some(b"k\x01".to_vec()));
+        // Lease −1: the attachments of every other lease sort before its prefix's end.
+        let minus_one = prefixed(ATTACHED, -1);
+        assert_eq!(prefix_end(&minus_one), Some(vec![ATTACHED + 1]));
+        assert!(prefix_end(&minus_one).unwrap().as_slice() > attach_key(-1, b"\xff\xff").as_slice());
+        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

@@ -146,10 +146,16 @@ impl Server {
 
     /// The leader's answer. Every lease's TTL restarts the first time a new leader is asked
     /// (or its expiry loop runs) in its term, before any deadline is read.
+    ///
+    /// Leadership is confirmed with a quorum after the request arrived and before the clock
+    /// is read (etcd's `ensureLeadership`): a leader cut off from its quorum, which the rest
+    /// of the cluster has already replaced, must not renew a lease the new leader lets
+    /// expire, or a lock holder would believe it still holds its lock.
     pub async fn lease_query_local(&self, q: &LeaseQuery) -> Result<LeaseAnswer> {
         let committed = self.lease_leader_ready()?;
         // A grant the previous leader committed may not be applied here yet.
         self.wait_applied(committed).await?;
+        self.confirm_leadership().await?;
         let now = Instant::now();
         let lessor = &self.sm.lessor;
         if q.renew {
@@ -190,6 +196,16 @@ impl Server {
         })
     }
 
+    /// Confirms with a quorum of voters that this member still leads (a ReadIndex round),
+    /// within an election timeout; `NotLeader` otherwise.
+    async fn confirm_leadership(&self) -> Result<()> {
+        match tokio::time::timeout(self.cfg.election(), self.local_read_index()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(StoreError::Stopped)) => Err(StoreError::Stopped),
+            Ok(Err(_)) | Err(_) => Err(StoreError::NotLeader),
+        }
+    }
+
     /// Checks that this member leads and that its lease clock was restarted in this term;
     /// returns the commit index to wait for.
     fn lease_leader_ready(&self) -> Result<u64> {
@@ -208,6 +224,12 @@ impl Server {
 }
 
 /// The leader's expiry loop: proposes revokes for expired leases until shutdown.
+///
+/// An expiry is decided on this member's clock, so it only counts while this member leads:
+/// leadership is confirmed with a quorum before expired leases are taken, and their revokes
+/// are proposed here only, never forwarded. A deposed leader (one that was cut off, or
+/// stalled, while another took over and kept the leases alive) therefore cannot revoke them
+/// through the new leader; the new leader's own clock decides.
 pub(super) async fn expire_leases(server: Arc<Server>) {
     let retry = server.cfg.election() * 2;
     let mut tick = tokio::time::interval(TICK);
@@ -217,7 +239,10 @@ pub(super) async fn expire_leases(server: Arc<Server>) {
             _ = server.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if server.lease_leader_ready().is_err() {
+        if server.lease_leader_ready().is_err() || !server.sm.lessor.any_expired(Instant::now()) {
+            continue;
+        }
+        if server.confirm_leadership().await.is_err() {
             continue;
         }
         let expired = server.sm.lessor.take_expired(Instant::now(), REVOKES_PER_TICK, retry);
@@ -228,9 +253,13 @@ pub(super) async fn expire_leases(server: Arc<Server>) {
         let revokes = expired.into_iter().map(|id| {
             let s = server.clone();
             async move {
-                match s.lease_revoke(id).await {
+                let cmd = pb::Command {
+                    kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
+                };
+                let local = tokio::time::timeout(s.cfg.request_timeout(), s.propose_local(cmd));
+                match local.await.unwrap_or(Err(StoreError::Timeout)) {
                     Ok(_) | Err(StoreError::LeaseNotFound) => {}
-                    Err(e) => tracing::debug!(lease = %format!("{id:x}"), error = %e, "revoke of expired lease failed; will retry"),
+                    Err(e) => tracing::debug!(lease = %format!("{id:x}"), error = %e, "revoke of expired lease failed; will retry while leader"),
                 }
             }
         });
