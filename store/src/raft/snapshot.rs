@@ -147,35 +147,31 @@ fn read_header(r: &mut impl Read) -> std::io::Result<SnapshotMeta> {
     bincode::deserialize(&m).map_err(|e| bad(format!("corrupt snapshot meta: {e}")))
 }
 
-/// Loads a snapshot file into the (empty) database `db`, verifying its checksum. Returns
-/// the snapshot's meta. Nothing is trusted until the checksum matched: the caller only
-/// switches to `db` after this returns Ok.
-pub fn load(path: &Path, db: &DB) -> std::io::Result<SnapshotMeta> {
+/// Reads a snapshot file record by record (column family index, key, value), verifying its
+/// checksum at the end; returns the snapshot's meta.
+fn read_records(
+    path: &Path,
+    mut record: impl FnMut(usize, Vec<u8>, Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<SnapshotMeta> {
     let file = File::open(path)?;
     let mut r = HashingReader {
         inner: BufReader::with_capacity(1 << 20, file),
         hash: Sha256::new(),
     };
     let meta = read_header(&mut r)?;
-    let mut batch = WriteBatch::default();
     loop {
         let mut tag = [0u8; 1];
         r.read_exact(&mut tag)?;
         if tag[0] == END {
             break;
         }
-        let name = FAMILIES
-            .get(tag[0] as usize)
-            .ok_or_else(|| bad("unknown column family in snapshot"))?;
-        let cf = db
-            .cf_handle(name)
-            .ok_or_else(|| bad(format!("missing {name} column family")))?;
+        let family = tag[0] as usize;
+        if family >= FAMILIES.len() {
+            return Err(bad("unknown column family in snapshot"));
+        }
         let k = read_field(&mut r)?;
         let v = read_field(&mut r)?;
-        batch.put_cf(&cf, k, v);
-        if batch.size_in_bytes() > 8 << 20 {
-            db.write(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
-        }
+        record(family, k, v)?;
     }
     let computed = r.hash.finalize_reset();
     let mut want = [0u8; 32];
@@ -183,9 +179,36 @@ pub fn load(path: &Path, db: &DB) -> std::io::Result<SnapshotMeta> {
     if computed.as_slice() != want {
         return Err(bad("snapshot checksum mismatch"));
     }
+    Ok(meta)
+}
+
+/// Loads a snapshot file into the (empty) database `db`, verifying its checksum. Returns
+/// the snapshot's meta. Nothing is trusted until the checksum matched: the caller only
+/// switches to `db` after this returns Ok.
+pub fn load(path: &Path, db: &DB) -> std::io::Result<SnapshotMeta> {
+    let mut handles = Vec::with_capacity(FAMILIES.len());
+    for name in FAMILIES {
+        handles.push(
+            db.cf_handle(name)
+                .ok_or_else(|| bad(format!("missing {name} column family")))?,
+        );
+    }
+    let mut batch = WriteBatch::default();
+    let meta = read_records(path, |family, k, v| {
+        batch.put_cf(handles[family], k, v);
+        if batch.size_in_bytes() > 8 << 20 {
+            db.write(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    })?;
     db.write(batch).map_err(std::io::Error::other)?;
     db.flush().map_err(std::io::Error::other)?;
     Ok(meta)
+}
+
+/// Reads a whole snapshot file and checks its structure and checksum; returns its meta.
+pub fn verify(path: &Path) -> std::io::Result<SnapshotMeta> {
+    read_records(path, |_, _, _| Ok(()))
 }
 
 /// fsyncs a directory so that renames inside it survive a crash.

@@ -97,6 +97,16 @@ impl Shared {
         &self.snap_dir
     }
 
+    /// A fresh path in the snapshot directory for a file being written (a received
+    /// snapshot, a build, a client export): unique within this process, so concurrent
+    /// transfers never share a file, and named with an extension that neither counts as a
+    /// snapshot nor survives a restart (`ext` is one of [`SCRATCH_EXTENSIONS`]).
+    pub fn scratch_path(&self, what: &str, ext: &str) -> PathBuf {
+        debug_assert!(SCRATCH_EXTENSIONS.contains(&ext));
+        let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
+        self.snap_dir.join(format!("{what}-{}-{n}.{ext}", std::process::id()))
+    }
+
     /// Writes a consistent image of the state machine to `path` (the snapshot file format)
     /// and returns the Raft position it reflects.
     pub fn export(&self, path: &Path) -> std::io::Result<SnapshotMeta> {
@@ -226,26 +236,52 @@ fn write_pointer(root: &Path, generation: u64) -> std::io::Result<()> {
     snapshot::sync_dir(root)
 }
 
+/// Extensions of files still being written (see [`Shared::scratch_path`]); a crash leaves
+/// them behind, and opening the state machine removes them.
+pub const SCRATCH_EXTENSIONS: [&str; 4] = ["tmp", "part", "export", "build"];
+
+static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The newest snapshot file that is whole (its checksum verified), after removing the
+/// leftovers of interrupted writes. A `.snap` file only ever appears by a rename of a
+/// complete, fsynced file; one that fails verification anyway (damaged on disk) is removed
+/// rather than served to a lagging member.
 fn latest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+    let mut candidates: Vec<(SnapshotMeta, PathBuf)> = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
-        let ext = p.extension().and_then(|x| x.to_str());
-        if ext != Some("snap") {
-            // Leftovers of a snapshot build or receive that a crash interrupted.
-            if matches!(ext, Some("tmp") | Some("part") | Some("export")) {
+        let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
+        if ext != "snap" {
+            if SCRATCH_EXTENSIONS.contains(&ext) {
                 let _ = std::fs::remove_file(&p);
             }
             continue;
         }
         match snapshot::read_meta(&p) {
-            Ok(m) => {
-                let newer = best.as_ref().is_none_or(|(b, _)| m.last_log_id > b.last_log_id);
-                if newer {
-                    best = Some((m, p));
-                }
+            Ok(m) => candidates.push((m, p)),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "removing unreadable snapshot file");
+                let _ = std::fs::remove_file(&p);
             }
-            Err(e) => tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable snapshot file"),
+        }
+    }
+    candidates.sort_by(|a, b| {
+        b.0.last_log_id
+            .partial_cmp(&a.0.last_log_id)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut best = None;
+    for (meta, path) in candidates {
+        if best.is_some() {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        match snapshot::verify(&path) {
+            Ok(_) => best = Some((meta, path)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing damaged snapshot file");
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
     Ok(best)
@@ -258,7 +294,8 @@ fn snapshot_name(meta: &SnapshotMeta) -> String {
     }
 }
 
-/// Keeps only `keep` among the snapshot files.
+/// Keeps only `keep` among the snapshot files (files still being written have other
+/// extensions and are left alone).
 fn prune_snapshots(dir: &Path, keep: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -268,6 +305,42 @@ fn prune_snapshots(dir: &Path, keep: &Path) {
             }
         }
     }
+}
+
+/// Makes a complete snapshot file (written and fsynced under a scratch name) the member's
+/// current snapshot: renamed to its final name and the older files pruned, unless a newer
+/// snapshot is current already (a build that started before an install finishes after it),
+/// in which case the older file is dropped and the newer one stays. Builds and installs both
+/// publish here, one at a time, so neither can delete the other's newer file, and a `.snap`
+/// file only ever appears whole. Returns what is current.
+fn publish(shared: &Shared, meta: SnapshotMeta, scratch: &Path) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+    let mut current = shared.current.lock().expect("snapshot lock");
+    if let Some((cur_meta, cur_path)) = current.as_ref()
+        && cur_meta.last_log_id > meta.last_log_id
+    {
+        let _ = std::fs::remove_file(scratch);
+        return Ok((cur_meta.clone(), cur_path.clone()));
+    }
+    let path = shared.snap_dir.join(snapshot_name(&meta));
+    std::fs::rename(scratch, &path)?;
+    snapshot::sync_dir(&shared.snap_dir)?;
+    prune_snapshots(&shared.snap_dir, &path);
+    *current = Some((meta.clone(), path.clone()));
+    Ok((meta, path))
+}
+
+/// A scratch copy of a complete file (fsynced by whoever wrote it): a hard link, or a copy
+/// fsynced here when the link cannot be made.
+fn scratch_copy(shared: &Shared, src: &Path) -> std::io::Result<PathBuf> {
+    let tmp = shared.scratch_path("installing", "tmp");
+    if std::fs::hard_link(src, &tmp).is_err() {
+        let copied = std::fs::copy(src, &tmp).and_then(|_| std::fs::File::open(&tmp)?.sync_all());
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    Ok(tmp)
 }
 
 fn apply_error(e: StoreError) -> CommandResult {
@@ -528,25 +601,14 @@ fn install(
     if file_meta.last_log_id != meta.last_log_id {
         return Err(io_err("snapshot file does not match the snapshot meta"));
     }
-    // Keep the received file as the current snapshot (it may serve other lagging members).
-    let kept = shared.snap_dir.join(snapshot_name(meta));
-    if file.path != kept {
-        std::fs::copy(&file.path, &kept)?;
-        std::fs::File::open(&kept)?.sync_all()?;
-        snapshot::sync_dir(&shared.snap_dir)?;
-    }
+    // Keep the received file as the current snapshot (it may serve other lagging members),
+    // in place before the switch, so the snapshot never trails the live instance.
+    let scratch = scratch_copy(shared, &file.path)?;
+    publish(shared, meta.clone(), &scratch)?;
     write_pointer(&shared.root, next)?;
     let previous = shared.mvcc.swap_db(db);
     *generation = next;
-    // Let reads still running on the old instance finish before its files go away.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while Arc::strong_count(&previous) > 1 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    drop(previous);
-    std::fs::remove_dir_all(db_dir(&shared.root, next - 1))?;
-    prune_snapshots(&shared.snap_dir, &kept);
-    *shared.current.lock().expect("snapshot lock") = Some((meta.clone(), kept));
+    retire(previous, db_dir(&shared.root, next - 1));
     let m = shared.mvcc.meta().map_err(io_err)?;
     let s = AppliedState::decode(&m.applied)?;
     shared
@@ -557,22 +619,46 @@ fn install(
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
 
+/// Removes a replaced instance once nothing reads it any more: reads and snapshot builds
+/// still running on it finish first, however long they take. (A crash before that leaves a
+/// directory that the next start removes.)
+fn retire(previous: Arc<rocksdb::DB>, dir: PathBuf) {
+    let retire = move || {
+        while Arc::strong_count(&previous) > 1 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(previous);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a replaced state machine instance");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("retire-db".into()).spawn(retire) {
+        tracing::warn!(error = %e, "cannot start the thread that removes a replaced instance; the next start removes it");
+    }
+}
+
+/// Writes a snapshot file of the current state under a scratch name, for [`publish`].
+fn build_file(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+    // The log may be purged up to this snapshot: make the state behind it durable.
+    shared.mvcc.sync().map_err(io_err)?;
+    let tmp = shared.scratch_path("building", "build");
+    match shared.export(&tmp) {
+        Ok(meta) => Ok((meta, tmp)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let shared = self.shared.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || -> std::io::Result<(SnapshotMeta, PathBuf)> {
-            // The log may be purged up to this snapshot: make the state behind it durable.
-            shared.mvcc.sync().map_err(io_err)?;
-            let tmp_name = shared.snap_dir.join("building.snap");
-            let meta = shared.export(&tmp_name)?;
-            let path = shared.snap_dir.join(snapshot_name(&meta));
-            std::fs::rename(&tmp_name, &path)?;
-            snapshot::sync_dir(&shared.snap_dir)?;
-            prune_snapshots(&shared.snap_dir, &path);
-            *shared.current.lock().expect("snapshot lock") = Some((meta.clone(), path.clone()));
-            Ok((meta, path))
+            let (meta, scratch) = build_file(&shared)?;
+            publish(&shared, meta, &scratch)
         })
         .await
         .map_err(io_err)??;
@@ -580,5 +666,135 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: SnapshotFile { path },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::raft::Command;
+
+    fn put(index: u64) -> Entry {
+        let cmd = pb::Command {
+            kind: Some(Kind::Put(PutRequest {
+                key: format!("k{index}").into_bytes().into(),
+                value: b"v".to_vec().into(),
+                ..Default::default()
+            })),
+        };
+        Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), Command(cmd))
+    }
+
+    async fn apply(sm: &mut StateMachine, indexes: std::ops::RangeInclusive<u64>) {
+        let items: Vec<Result<EntryResponder<TypeConfig>, std::io::Error>> =
+            indexes.map(|i| Ok((put(i), None))).collect();
+        sm.apply(futures::stream::iter(items)).await.unwrap();
+    }
+
+    fn snap_files(sm: &StateMachine) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(sm.shared.snapshot_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn index_of(meta: &SnapshotMeta) -> u64 {
+        meta.last_log_id.as_ref().map_or(0, |l| l.index)
+    }
+
+    /// A build that started before an install and finishes after it neither deletes the
+    /// newer installed snapshot nor becomes current, and fails nothing.
+    #[tokio::test]
+    async fn a_build_racing_an_install_keeps_the_newer_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut member = StateMachine::open(&dir.path().join("member")).unwrap();
+        apply(&mut member, 1..=3).await;
+        // The build reads its state (index 3) ...
+        let (stale_meta, stale_scratch) = build_file(&member.shared).unwrap();
+        assert_eq!(index_of(&stale_meta), 3);
+
+        // ... a leader's newer snapshot (index 7) is installed meanwhile ...
+        let mut leader = StateMachine::open(&dir.path().join("leader")).unwrap();
+        apply(&mut leader, 1..=7).await;
+        let sent = leader.build_snapshot().await.unwrap();
+        let part = dir.path().join("received.part");
+        std::fs::copy(&sent.snapshot.path, &part).unwrap();
+        member
+            .install_snapshot(&sent.meta, SnapshotFile { path: part.clone() })
+            .await
+            .unwrap();
+
+        // ... and only then does the build publish its older file.
+        let (meta, path) = publish(&member.shared, stale_meta, &stale_scratch).unwrap();
+        assert_eq!(index_of(&meta), 7, "the installed snapshot stays current");
+        assert!(path.exists());
+        assert!(!stale_scratch.exists(), "the stale build's file is dropped");
+        let current = member.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(index_of(&current.meta), 7);
+        snapshot::verify(&current.snapshot.path).unwrap();
+        assert_eq!(snap_files(&member), vec![snapshot_name(&current.meta)]);
+
+        // A build now reflects the installed state and replaces it cleanly.
+        let built = member.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&built.meta), 7);
+        assert_eq!(snap_files(&member).len(), 1);
+    }
+
+    /// Whatever a crash left in the snapshot directory (a file still being received, built
+    /// or installed, a damaged `.snap` with a readable header), a restart serves only a
+    /// whole snapshot.
+    #[tokio::test]
+    async fn a_restart_serves_only_whole_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("member");
+        let whole = {
+            let mut sm = StateMachine::open(&root).unwrap();
+            apply(&mut sm, 1..=3).await;
+            let s = sm.build_snapshot().await.unwrap();
+            let whole_bytes = std::fs::read(&s.snapshot.path).unwrap();
+            apply(&mut sm, 4..=9).await;
+            let newer = sm.build_snapshot().await.unwrap();
+            let newer_bytes = std::fs::read(&newer.snapshot.path).unwrap();
+            // The older snapshot whole, and the newer one cut short after its header (what
+            // copying a received file in place used to leave behind on a crash or a full
+            // disk).
+            std::fs::write(&s.snapshot.path, &whole_bytes).unwrap();
+            std::fs::write(&newer.snapshot.path, &newer_bytes[..newer_bytes.len() / 2]).unwrap();
+            snapshot::read_meta(&newer.snapshot.path).expect("the damaged file's header is readable");
+            for leftover in [
+                "incoming-1-2-3.part",
+                "building-1-4.build",
+                "installing-1-5.tmp",
+                "client-1-6.export",
+            ] {
+                std::fs::write(sm.shared.snapshot_dir().join(leftover), b"partial").unwrap();
+            }
+            s
+        };
+        let mut sm = StateMachine::open(&root).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+        assert_eq!(
+            index_of(&current.meta),
+            3,
+            "the whole snapshot, not the damaged newer one"
+        );
+        assert_eq!(current.snapshot.path, whole.snapshot.path);
+        assert_eq!(snap_files(&sm), vec![snapshot_name(&whole.meta)]);
+    }
+
+    #[test]
+    fn scratch_paths_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let a = sm.shared.scratch_path("incoming-1", "part");
+        let b = sm.shared.scratch_path("incoming-1", "part");
+        assert_ne!(a, b);
+        assert_eq!(a.extension().unwrap(), "part");
     }
 }

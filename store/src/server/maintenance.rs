@@ -200,13 +200,7 @@ impl Maintenance for MaintenanceService {
     async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
         let s = &self.server;
         let sm = s.sm.clone();
-        let path = s.sm.snapshot_dir().join(format!(
-            "client-{}-{}.export",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        let path = s.sm.scratch_path("client", "export");
         let p = path.clone();
         let meta = blocking(move || sm.export(&p).map_err(|e| StoreError::Storage(e.to_string()))).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, "streaming a snapshot to a client");

@@ -98,28 +98,29 @@ impl Peer for PeerService {
             .envelope
             .ok_or_else(|| Status::invalid_argument("snapshot stream without header"))?;
         let (vote, meta): (Vote, SnapshotMeta) = self.open(&env)?;
-        let dir = self.server.sm.snapshot_dir().to_path_buf();
-        let path = dir.join(format!("incoming-{:x}-{}.part", env.from, std::process::id()));
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mut complete = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            file.write_all(&chunk.data)
+        // One file per transfer: a retried transfer from the same leader never writes into
+        // the file of one still running.
+        let path = self.server.sm.scratch_path(&format!("incoming-{:x}", env.from), "part");
+        let received = async {
+            let mut file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
-            if chunk.done {
-                complete = true;
-                break;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                if chunk.done {
+                    return file.sync_all().await.map_err(|e| Status::internal(e.to_string()));
+                }
             }
+            Err(Status::aborted("snapshot stream ended early"))
         }
-        if !complete {
+        .await;
+        if let Err(e) = received {
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(Status::aborted("snapshot stream ended early"));
+            return Err(e);
         }
-        file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
-        drop(file);
         let snapshot = Snapshot {
             meta,
             snapshot: SnapshotFile { path: path.clone() },
