@@ -145,14 +145,10 @@ pub struct Config {
     )]
     pub auto_compaction_check_interval: Duration,
 
-    /// List of URLs to listen on for the metrics and health endpoints
-    /// (/metrics, /health, /livez, /readyz).
-    #[arg(
-        long,
-        env = "LODESTONE_LISTEN_METRICS_URLS",
-        default_value = "http://127.0.0.1:2381",
-        value_delimiter = ','
-    )]
+    /// Additional URLs to listen on for the metrics and health endpoints (/metrics, /health,
+    /// /version, /livez, /readyz). They are always served on the client URLs too; by
+    /// default, as with etcd, no extra listener is opened.
+    #[arg(long, env = "LODESTONE_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
 
     /// Log level: debug, info, warn, error.

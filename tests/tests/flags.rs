@@ -1,5 +1,5 @@
-//! The `lodestone` command line: etcd's defaults with no flags, and every flag readable from
-//! `LODESTONE_<FLAG>` environment variables.
+//! The `lodestone` command line: etcd's defaults with no flags (its listeners included), and
+//! every flag readable from `LODESTONE_<FLAG>` environment variables.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +59,13 @@ async fn no_flags_runs_a_one_member_default_cluster() {
     }
     assert!(dir.path().join("default.lodestone/member/wal").is_dir());
     assert!(dir.path().join("default.lodestone/member/snap").is_dir());
+    // As etcd: HTTP on the client URL, and no listener besides the client and peer ports.
+    let (code, body) = lodestone_tests::http_get("http://127.0.0.1:2379/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:2381").is_err(),
+        "something listens on 127.0.0.1:2381 by default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

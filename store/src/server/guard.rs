@@ -72,6 +72,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The HTTP endpoints that share the client port (`/health`, `/metrics`, ...) are not
+        // RPCs: a learner serves them too.
+        if super::http::PATHS.contains(&req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
         let wants_leader = req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
         if let Some(e) = refusal(&self.server, req.uri().path(), wants_leader) {
             let resp = tonic::Status::from(e).into_http();

@@ -1,10 +1,12 @@
-//! The metrics and health listener (`--listen-metrics-urls`).
+//! The HTTP endpoints, served on every client URL (as etcd does) and on the extra listeners
+//! of `--listen-metrics-urls`.
 //!
 //! - `/health`: etcd's shape, `{"health":"true"}`; healthy when a leader exists and a
 //!   linearizable read barrier completes within a second.
 //! - `/livez`: the process serves requests.
 //! - `/readyz`: the member has a leader and has caught up with what it served before a
 //!   restart; Kubernetes routes client traffic only to ready members.
+//! - `/version`: etcd's shape, `{"etcdserver":…,"etcdcluster":…}`.
 //! - `/metrics`: Prometheus text format.
 
 use std::sync::Arc;
@@ -54,9 +56,21 @@ async fn render_metrics(server: Arc<Server>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render())
 }
 
+async fn version() -> impl IntoResponse {
+    let v = super::maintenance::ETCD_API_VERSION;
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#),
+    )
+}
+
+/// Every path the router serves.
+pub const PATHS: [&str; 5] = ["/health", "/livez", "/readyz", "/metrics", "/version"];
+
 pub fn router(server: Arc<Server>) -> Router {
     let (s1, s2, s3) = (server.clone(), server.clone(), server);
     Router::new()
+        .route("/version", get(version))
         .route("/health", get(move || health(s1.clone())))
         .route("/readyz", get(move || readyz(s2.clone())))
         .route("/livez", get(|| async { (StatusCode::OK, "ok\n") }))

@@ -59,13 +59,27 @@ pub struct Bound {
     pub metrics: Vec<SocketAddr>,
 }
 
+/// A gRPC method of a service this member does not serve (tonic's own fallback, kept when
+/// the HTTP routes join the client router).
+async fn unknown_method() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
+    (parts.status, parts.headers).into_response()
+}
+
 /// Runs a member until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     // Flag errors first, before anything is bound or opened.
     cfg.retention()?;
     let client = bind_all(&cfg.listen_client_urls).await?;
     let peer = bind_all(&cfg.listen_peer_urls).await?;
-    let metrics = bind_all(&cfg.listen_metrics_urls).await?;
+    let metrics_urls: Vec<String> = cfg
+        .listen_metrics_urls
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    let metrics = bind_all(&metrics_urls).await?;
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD;
     let server = Server::start(cfg, shutdown.clone()).await?;
     tracing::info!(
@@ -111,10 +125,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             .max_encoding_message_size(usize::MAX);
         // Client connections go through the :authority repair (see `authority`).
         let conns = incoming(l).map(|conn| conn.map(ClientStream::new));
+        // The HTTP endpoints share the client port, as etcd serves them (HTTP/1.1 and gRPC
+        // over HTTP/2 on one listener); anything else is a gRPC method nobody serves.
+        let http = tonic::service::Routes::from(super::http::router(s.clone()).fallback(unknown_method));
         client_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
+                .accept_http1(true)
                 .layer(super::limits::OversizeLayer)
                 .layer(super::guard::GuardLayer { server: s.clone() })
+                .add_routes(http)
                 .add_service(health_service.clone())
                 .add_service(kv)
                 .add_service(maint)
