@@ -3,38 +3,17 @@
 //! metrics endpoints, flag defaults and environment variables.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, WatchOptions};
-use lodestone_tests::{Cluster, Kind, Options, connect};
+use lodestone_tests::{Cluster, Kind, Options, connect, http_get};
 
 fn opts(size: usize) -> Options {
     Options {
         size,
         ..Default::default()
     }
-}
-
-/// A plain HTTP GET (status code, body).
-fn http_get(url: &str) -> (u16, String) {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (hostport, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut s = std::net::TcpStream::connect(hostport).expect("connect metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,4 +469,45 @@ async fn status_reports_raft_state() {
         assert!(!s.is_learner());
         assert!(s.errors().is_empty());
     }
+}
+
+/// A peer message larger than a full AppendEntries of `--max-request-bytes` commands can
+/// be is refused before it is buffered (it used to be accepted up to any size), and the
+/// member goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_peer_messages_are_refused() {
+    use lodestone::proto::etcdserverpb::PutRequest;
+    use lodestone::proto::lodestone::peer_client::PeerClient;
+    use lodestone::proto::lodestone::{Command, command::Kind as CommandKind};
+
+    let c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            extra: vec!["--max-request-bytes".into(), "65536".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let peer = format!("http://127.0.0.1:{}", c.members[0].peer_port);
+    let mut client = PeerClient::connect(peer)
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    // 64 entries of 64 KiB (+ framing) fit in about 4.3 MiB; send 16 MiB.
+    let huge = Command {
+        kind: Some(CommandKind::Put(PutRequest {
+            key: b"huge".to_vec().into(),
+            value: vec![b'x'; 16 << 20].into(),
+            ..Default::default()
+        })),
+    };
+    let err = client
+        .propose(huge)
+        .await
+        .expect_err("an oversized peer message was accepted");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    let mut cl = c.client().await;
+    cl.put("after", "v", None).await.unwrap();
+    assert!(cl.get("huge", None).await.unwrap().kvs().is_empty());
 }

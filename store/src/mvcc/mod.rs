@@ -19,6 +19,7 @@
 //! source of truth and replays anything lost. [`Mvcc::sync`] makes everything written so far
 //! durable; the state machine calls it before the Raft log may be purged.
 
+pub mod compaction;
 pub mod history;
 mod keys;
 pub mod lease;

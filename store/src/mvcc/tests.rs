@@ -235,17 +235,75 @@ fn compaction_keeps_what_is_live_at_the_compacted_revision() {
     assert!(get(&m, "b", 6).is_none());
     assert_eq!(get(&m, "c", 6).unwrap().value, "1");
     assert_eq!(get(&m, "a", 7).unwrap().value, "3");
-    // Physically: revisions 2 (a), 4 (b), 5 (b's tombstone) are gone; 3, 6, 7 remain.
-    let db = m.db();
-    let kcf = db.cf_handle(CF_KV).unwrap();
-    let left: Vec<i64> = db
-        .iterator_cf(&kcf, rocksdb::IteratorMode::Start)
-        .map(|i| keys::parse_revision_key(&i.unwrap().0).unwrap().0.main)
-        .collect();
-    assert_eq!(left, vec![3, 6, 7]);
+    // Applying the compaction removed nothing yet, and the hash already counts only what
+    // the compaction keeps.
+    assert_eq!(kv_revisions(&m), vec![2, 3, 4, 5, 6, 7]);
+    let hash = m.hash_kv(0).unwrap();
+    assert_eq!(m.compacted_physically().unwrap(), 0);
+    // Physically, in bounded steps: revisions 2 (a), 4 (b), 5 (b's tombstone) go; 3, 6, 7
+    // remain.
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        match m.compact_step(1).unwrap() {
+            compaction::Step::More => continue,
+            compaction::Step::Finished(rev) => {
+                assert_eq!(rev, 6);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(steps, 3, "one user key per step");
+    assert_eq!(kv_revisions(&m), vec![3, 6, 7]);
+    assert_eq!(m.compact_step(1).unwrap(), compaction::Step::Idle(6));
+    assert_eq!(m.compacted_physically().unwrap(), 6);
+    assert_eq!(m.hash_kv(0).unwrap(), hash, "removing dropped history changes no hash");
+    assert_eq!(get(&m, "a", 6).unwrap().value, "2");
+    assert!(get(&m, "b", 6).is_none());
     let mut t = m.write_txn().unwrap();
     assert_eq!(t.compact(6).unwrap_err(), crate::error::StoreError::Compacted);
     assert_eq!(t.compact(8).unwrap_err(), crate::error::StoreError::FutureRev);
+}
+
+fn kv_revisions(m: &Mvcc) -> Vec<i64> {
+    let db = m.db();
+    let kcf = db.cf_handle(CF_KV).unwrap();
+    db.iterator_cf(&kcf, rocksdb::IteratorMode::Start)
+        .map(|i| keys::parse_revision_key(&i.unwrap().0).unwrap().0.main)
+        .collect()
+}
+
+/// A compaction that arrives while the pass for an earlier one runs restarts the pass at
+/// the new revision, and the progress survives a reopen.
+#[test]
+fn a_newer_compaction_restarts_the_pass_and_progress_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let m = Mvcc::open(dir.path()).unwrap();
+        for k in ["a", "b", "c"] {
+            put(&m, k, "1"); // 2, 4, 6
+            put(&m, k, "2"); // 3, 5, 7
+        }
+        let mut t = m.write_txn().unwrap();
+        t.compact(3).unwrap();
+        t.commit(vec![]).unwrap();
+        assert_eq!(m.compact_step(1).unwrap(), compaction::Step::More, "a's first version");
+        assert_eq!(kv_revisions(&m), vec![3, 4, 5, 6, 7]);
+        let mut t = m.write_txn().unwrap();
+        t.compact(7).unwrap();
+        t.commit(vec![]).unwrap();
+    }
+    let m = Mvcc::open(dir.path()).unwrap();
+    assert_eq!(m.compacted_physically().unwrap(), 0);
+    // The pass at 7 starts over: a keeps its one version, then b loses its old one.
+    assert_eq!(m.compact_step(1).unwrap(), compaction::Step::More);
+    assert_eq!(kv_revisions(&m), vec![3, 4, 5, 6, 7]);
+    assert_eq!(m.compact_step(1).unwrap(), compaction::Step::More);
+    assert_eq!(kv_revisions(&m), vec![3, 5, 6, 7]);
+    while m.compact_step(1).unwrap() == compaction::Step::More {}
+    assert_eq!(kv_revisions(&m), vec![3, 5, 7]);
+    assert_eq!(m.compacted_physically().unwrap(), 7);
 }
 
 #[test]

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message;
-use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
 
-use super::keys::{KeyRange, Revision, index_key, revision_key, split_index_key};
+use super::keys::{KeyRange, Revision, index_key, revision_key};
 use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db};
 use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, encode_meta, lease};
 use crate::error::{Result, StoreError};
@@ -319,36 +319,8 @@ impl WriteTxn {
         if self.is_dirty() {
             return Err(StoreError::Internal("compaction inside a dirty batch".into()));
         }
-        let icf = cf(&self.db, CF_INDEX)?;
-        let kcf = cf(&self.db, CF_KV)?;
-        let mut doomed: Vec<(Vec<u8>, Revision, bool)> = Vec::new();
-        // Per user key, the entries at or below `rev`; all but a final put are dropped.
-        let mut group: Vec<(Vec<u8>, Revision, bool)> = Vec::new();
-        let mut group_prefix: Vec<u8> = Vec::new();
-        let flush_group = |group: &mut Vec<(Vec<u8>, Revision, bool)>, doomed: &mut Vec<(Vec<u8>, Revision, bool)>| {
-            if let Some(last) = group.last() {
-                let keep_last = last.2;
-                let n = group.len() - usize::from(keep_last);
-                doomed.extend(group.drain(..n));
-            }
-            group.clear();
-        };
-        for item in self.db.iterator_cf(icf, IteratorMode::Start) {
-            let (k, v) = item?;
-            let (prefix, r) = split_index_key(&k).ok_or_else(|| StoreError::Storage("corrupt index key".into()))?;
-            if prefix != group_prefix.as_slice() {
-                flush_group(&mut group, &mut doomed);
-                group_prefix = prefix.to_vec();
-            }
-            if r.main <= rev {
-                group.push((k.to_vec(), r, v.first().copied() == Some(0)));
-            }
-        }
-        flush_group(&mut group, &mut doomed);
-        for (ikey, r, is_put) in doomed {
-            self.batch.delete_cf(icf, ikey);
-            self.batch.delete_cf(kcf, revision_key(r, !is_put));
-        }
+        // Only the compacted revision moves here; each member removes the history it made
+        // unreachable in bounded background steps (`compaction`).
         self.meta.compacted = rev;
         Ok(CompactionResponse {
             header: Some(ResponseHeader {

@@ -26,6 +26,23 @@ use crate::proto::lodestone::{RaftEnvelope, SnapshotChunk};
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// Log entries one AppendEntries carries at most (openraft's `max_payload_entries`), so a
+/// peer message has a size bound: see [`max_peer_message`].
+pub const MAX_APPEND_ENTRIES: u64 = 64;
+/// Room for an entry's log id and framing beside its command.
+const ENTRY_OVERHEAD: usize = 4 << 10;
+
+/// The largest message a member accepts from a peer: a full AppendEntries of commands of at
+/// most `--max-request-bytes` each, or a snapshot chunk, with framing. Anything larger is
+/// refused before it is buffered.
+pub fn max_peer_message(max_request_bytes: usize) -> usize {
+    let append = MAX_APPEND_ENTRIES as usize * (max_request_bytes + ENTRY_OVERHEAD);
+    append.max(SNAPSHOT_CHUNK) + (64 << 10)
+}
+
+/// Raft RPC replies (votes, append and snapshot results) are small; this bounds them.
+const MAX_RAFT_REPLY: usize = 4 << 20;
+
 /// Creates peer connections; shared by all of openraft's replication tasks.
 #[derive(Clone)]
 pub struct Network {
@@ -34,6 +51,8 @@ pub struct Network {
     pub cluster_id: Arc<AtomicU64>,
     /// Cancelled when a peer answers that this member was removed from the cluster.
     pub removed: tokio_util::sync::CancellationToken,
+    /// [`max_peer_message`] for this member's `--max-request-bytes`.
+    pub max_message: usize,
 }
 
 /// What a member answers a vote request from a member no longer in the cluster (etcd's
@@ -48,6 +67,7 @@ pub struct PeerConnection {
     client: Option<PeerClient<Channel>>,
     url: String,
     removed: tokio_util::sync::CancellationToken,
+    max_message: usize,
 }
 
 /// Connects lazily to the first reachable form of a peer URL.
@@ -71,6 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: None,
             url: node.peer_urls.first().cloned().unwrap_or_default(),
             removed: self.removed.clone(),
+            max_message: self.max_message,
         }
     }
 }
@@ -86,8 +107,8 @@ impl PeerConnection {
                 .map_err(|e| unreachable(format!("peer {} at {}: {e}", self.target, self.url)))?;
             self.client = Some(
                 PeerClient::new(ch)
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
+                    .max_decoding_message_size(MAX_RAFT_REPLY)
+                    .max_encoding_message_size(self.max_message),
             );
         }
         Ok(self.client.clone().expect("client set"))

@@ -1,6 +1,10 @@
-//! Auto compaction (`--auto-compaction-mode`, `--auto-compaction-retention`), run by the
-//! leader and replicated as an ordinary Compact.
+//! Compaction's two loops:
+//! - auto compaction (`--auto-compaction-mode`, `--auto-compaction-retention`), run by the
+//!   leader and replicated as an ordinary Compact;
+//! - on every member, removing the history that applied compactions made unreachable, in
+//!   bounded steps off the apply path (`mvcc::compaction`).
 //!
+//! Auto compaction modes:
 //! - `periodic`: keep `retention` of history. The leader samples the store revision every
 //!   tenth of the compaction period and compacts to the newest sample at least `retention`
 //!   old, at most once per period (the period is the retention, capped at one hour), as
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::Server;
 use crate::config::Retention;
 use crate::error::StoreError;
+use crate::mvcc::compaction::Step;
 use crate::proto::etcdserverpb::CompactionRequest;
 use crate::proto::lodestone::{self as pb, command::Kind};
 
@@ -109,13 +114,7 @@ pub(super) async fn run(server: Arc<Server>, retention: Retention) {
         if !leader {
             continue;
         }
-        let compacted = match server.sm.mvcc.meta() {
-            Ok(m) => m.compacted,
-            Err(e) => {
-                tracing::warn!(error = %e, "auto compaction: reading the store");
-                continue;
-            }
-        };
+        let compacted = server.sm.compacted();
         let Some(target) = planner.tick(Instant::now(), server.revision(), compacted) else {
             continue;
         };
@@ -129,6 +128,78 @@ pub(super) async fn run(server: Arc<Server>, retention: Retention) {
             Ok(_) => tracing::info!(revision = target, "auto compaction: compacted"),
             Err(StoreError::Compacted) => {}
             Err(e) => tracing::warn!(revision = target, error = %e, "auto compaction failed; will retry"),
+        }
+    }
+}
+
+/// Index entries one physical compaction step scans (etcd's `compactionBatchLimit`).
+const STEP_ENTRIES: usize = 1000;
+/// Pause between steps, so a long pass leaves the disk to the write path (etcd's
+/// `compactionSleepInterval`).
+const STEP_PAUSE: Duration = Duration::from_millis(10);
+/// How often the loop looks for work it was not woken for (a snapshot installed mid-pass).
+const RECHECK: Duration = Duration::from_secs(10);
+
+impl Server {
+    /// Waits until this member removed the history a compaction at `revision` dropped
+    /// (etcd's `physical` compaction option).
+    pub async fn wait_compacted_physically(&self, revision: i64) -> Result<(), StoreError> {
+        let mut rx = self.compacted_physically.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|done| *done >= revision) => r.map(|_| ()).map_err(|_| StoreError::Stopped),
+            _ = self.shutdown.cancelled() => Err(StoreError::Stopped),
+        }
+    }
+}
+
+/// Every member's physical compaction loop: after each applied compaction (and now and then
+/// regardless), runs bounded steps until the history it dropped is gone; returns at shutdown.
+pub(super) async fn remove_compacted_history(server: Arc<Server>) {
+    let mut revision = server.sm.revision();
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut done = *server.compacted_physically.borrow();
+    let mut force = true;
+    loop {
+        if force || server.sm.compacted() > done {
+            loop {
+                let sm = server.sm.clone();
+                let step = tokio::task::spawn_blocking(move || sm.mvcc.compact_step(STEP_ENTRIES)).await;
+                match step {
+                    Ok(Ok(Step::More)) => {}
+                    Ok(Ok(Step::Idle(rev))) => {
+                        done = rev;
+                        server.compacted_physically.send_replace(rev);
+                        break;
+                    }
+                    Ok(Ok(Step::Finished(rev))) => {
+                        tracing::info!(revision = rev, "compacted history removed");
+                        done = rev;
+                        server.compacted_physically.send_replace(rev);
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "removing compacted history; will retry");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "removing compacted history; will retry");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = server.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(STEP_PAUSE) => {}
+                }
+            }
+        }
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            r = revision.changed() => {
+                if r.is_err() { return }
+                force = false;
+            }
+            _ = recheck.tick() => force = true,
         }
     }
 }

@@ -138,10 +138,14 @@ impl Kv for KvService {
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        // Compaction is physical on every member as part of applying it, so `physical`
-        // needs no extra wait.
+        let (revision, physical) = (req.revision, req.physical);
         match self.write(Kind::Compaction(req)).await? {
             ResKind::Compaction(mut r) => {
+                // Applying a compaction only moves the compacted revision; with `physical`
+                // the answer waits until this member removed the history it dropped.
+                if physical {
+                    self.server.wait_compacted_physically(revision).await?;
+                }
                 r.header = self.server.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
             }

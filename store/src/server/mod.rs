@@ -73,6 +73,8 @@ pub struct Server {
     db_size: std::sync::Mutex<(Option<std::time::Instant>, (i64, i64))>,
     /// Recent changes shared by every watch stream on this member.
     pub watch_cache: Arc<watch_cache::WatchCache>,
+    /// The revision up to which this member removed compacted history from disk.
+    compacted_physically: tokio::sync::watch::Sender<i64>,
     /// What the cluster said when this member joined it: whether it was added as a learner.
     /// Stands in for the membership until the first replicated one names this member.
     joined_as_learner: bool,
@@ -165,6 +167,8 @@ impl Server {
             max_in_snapshot_log_to_keep: cfg.experimental_snapshot_catchup_entries,
             install_snapshot_timeout: 10_000,
             purge_batch_size: 256,
+            // Bounds every AppendEntries, so the peer listener can bound what it accepts.
+            max_payload_entries: crate::raft::network::MAX_APPEND_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -176,10 +180,15 @@ impl Server {
             self_id: id,
             cluster_id: cluster_id.clone(),
             removed: removed.clone(),
+            max_message: crate::raft::network::max_peer_message(cfg.max_request_bytes),
         };
         let shared = sm.shared.clone();
         // Where the watch cache starts following (before Raft replays anything).
         let start_revision = *shared.revision().borrow();
+        let compacted_physically = shared
+            .mvcc
+            .compacted_physically()
+            .map_err(|e| StartError::Raft(format!("reading compaction progress: {e}")))?;
         let raft = Raft::new(id, Arc::new(raft_cfg), network, log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -204,6 +213,7 @@ impl Server {
             membership_lock: Mutex::new(()),
             db_size: std::sync::Mutex::new((None, (0, 0))),
             watch_cache: watch_cache::WatchCache::new(start_revision),
+            compacted_physically: tokio::sync::watch::channel(compacted_physically).0,
             joined_as_learner,
             shutdown,
         });
@@ -213,6 +223,7 @@ impl Server {
         tokio::spawn(publish_attributes(server.clone()));
         tokio::spawn(lease::expire_leases(server.clone()));
         tokio::spawn(compactor::run(server.clone(), retention));
+        tokio::spawn(compactor::remove_compacted_history(server.clone()));
         tokio::spawn(corruption::run(
             server.clone(),
             server.cfg.experimental_corrupt_check_time,
@@ -315,9 +326,11 @@ impl Server {
             return Ok(c.clone());
         }
         let ch = peer_channel(&url).map_err(|e| StoreError::Internal(format!("peer {id:x} at {url}: {e}")))?;
+        // Requests are commands and queries within the peer bound; answers to forwarded
+        // writes carry whole txn results, bounded like any gRPC message (2 GiB).
         let c = PeerClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .max_decoding_message_size(i32::MAX as usize)
+            .max_encoding_message_size(crate::raft::network::max_peer_message(self.cfg.max_request_bytes));
         peers.insert(id, (url, c.clone()));
         Ok(c)
     }
@@ -522,8 +535,11 @@ impl Server {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        if let Err(e) = self.sm.mvcc.sync() {
-            tracing::warn!(error = %e, "final state machine sync");
+        let sm = self.sm.clone();
+        match tokio::task::spawn_blocking(move || sm.mvcc.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final state machine sync"),
+            Err(e) => tracing::warn!(error = %e, "final state machine sync"),
         }
         self.log.close();
     }

@@ -96,8 +96,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let mut peer_tasks = Vec::new();
     for (_, l) in peer {
         let svc = PeerServer::new(PeerService { server: server.clone() })
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .max_decoding_message_size(crate::raft::network::max_peer_message(server.cfg.max_request_bytes))
+            .max_encoding_message_size(i32::MAX as usize);
         let stop = peers_stop.clone();
         peer_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
