@@ -95,10 +95,7 @@ impl Server {
 
     /// LeaseRevoke through Raft: the attached keys go at one revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        let cmd = pb::Command {
-            kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
-        };
-        match self.propose(cmd).await? {
+        match self.propose(revoke_command(id)).await? {
             pb::CommandResult {
                 kind: Some(ResKind::LeaseRevoke(mut r)),
             } => {
@@ -223,6 +220,12 @@ impl Server {
     }
 }
 
+fn revoke_command(id: i64) -> pb::Command {
+    pb::Command {
+        kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
+    }
+}
+
 /// The leader's expiry loop: proposes revokes for expired leases until shutdown.
 ///
 /// An expiry is decided on this member's clock, so it only counts while this member leads:
@@ -253,10 +256,7 @@ pub(super) async fn expire_leases(server: Arc<Server>) {
         let revokes = expired.into_iter().map(|id| {
             let s = server.clone();
             async move {
-                let cmd = pb::Command {
-                    kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
-                };
-                let local = tokio::time::timeout(s.cfg.request_timeout(), s.propose_local(cmd));
+                let local = tokio::time::timeout(s.cfg.request_timeout(), s.propose_local(revoke_command(id)));
                 match local.await.unwrap_or(Err(StoreError::Timeout)) {
                     Ok(_) | Err(StoreError::LeaseNotFound) => {}
                     Err(e) => tracing::debug!(lease = %format!("{id:x}"), error = %e, "revoke of expired lease failed; will retry while leader"),
