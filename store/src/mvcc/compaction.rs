@@ -20,7 +20,7 @@ use rocksdb::{DB, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch,
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Revision, index_key, revision_key, split_index_key};
-use super::{CF_INDEX, CF_KV, CF_META, Mvcc, read_meta};
+use super::{CF_INDEX, CF_KV, CF_META, Mvcc, cf, read_meta};
 use crate::error::{Result, StoreError};
 
 const PROGRESS_KEY: &[u8] = b"compaction";
@@ -45,11 +45,6 @@ pub enum Step {
     More,
     /// The pass ended: history is removed up to this revision.
     Finished(i64),
-}
-
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| StoreError::Storage(format!("missing {name} column family")))
 }
 
 fn read_progress(db: &DB) -> Result<Progress> {

@@ -6,8 +6,8 @@
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode};
 
 use super::compaction::kept_by_compaction;
-use super::keys::{REV_KEY_LEN, Revision, index_key, revision_key, split_index_key};
-use super::{CF_INDEX, CF_KV, CF_META, Meta, Mvcc, decode_kv};
+use super::keys::{Revision, index_key, parse_revision_key, revision_key, split_index_key};
+use super::{CF_INDEX, CF_KV, CF_META, Meta, Mvcc, cf, decode_kv};
 use crate::error::{Result, StoreError};
 use crate::proto::mvccpb::KeyValue;
 
@@ -32,9 +32,8 @@ pub struct History {
     pub revision: i64,
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| StoreError::Storage(format!("missing {name} column family")))
+fn corrupt_revision_key() -> StoreError {
+    StoreError::Storage("corrupt revision key".into())
 }
 
 fn opts(snap: &SnapshotWithThreadMode<'_, DB>, upper: Option<Vec<u8>>) -> ReadOptions {
@@ -76,20 +75,15 @@ impl Mvcc {
             IteratorMode::From(&start, Direction::Forward),
         ) {
             let (k, v) = item?;
-            if k.len() < REV_KEY_LEN {
-                return Err(StoreError::Storage("corrupt revision key".into()));
-            }
-            let main = u64::from_be_bytes(k[0..8].try_into().expect("8 bytes")) as i64;
-            let sub = u64::from_be_bytes(k[9..17].try_into().expect("8 bytes")) as i64;
-            let deleted = k.len() > REV_KEY_LEN && k[REV_KEY_LEN] == b't';
-            if deleted && main <= meta.compacted {
+            let (rev, deleted) = parse_revision_key(&k).ok_or_else(corrupt_revision_key)?;
+            if deleted && rev.main <= meta.compacted {
                 // A tombstone at the compacted revision is dropped by the compaction, whether
                 // or not it is physically gone yet.
                 continue;
             }
             let kv = decode_kv(&v)?;
             out.changes.push(Change {
-                rev: Revision::new(main, sub),
+                rev,
                 deleted,
                 kv,
                 prev: None,
@@ -164,17 +158,12 @@ impl Mvcc {
         let mut crc = 0u32;
         for item in db.iterator_cf_opt(cf(&db, CF_KV)?, opts(&snap, Some(end)), IteratorMode::Start) {
             let (k, v) = item?;
-            if k.len() < REV_KEY_LEN {
-                return Err(StoreError::Storage("corrupt revision key".into()));
-            }
-            let main = u64::from_be_bytes(k[0..8].try_into().expect("8 bytes")) as i64;
-            if main <= meta.compacted {
+            let (rev, deleted) = parse_revision_key(&k).ok_or_else(corrupt_revision_key)?;
+            if rev.main <= meta.compacted {
                 // Only what the compaction keeps counts, removed from disk yet or not, so
                 // every member hashes the same history.
-                let deleted = k.len() > REV_KEY_LEN && k[REV_KEY_LEN] == b't';
-                let sub = u64::from_be_bytes(k[9..17].try_into().expect("8 bytes")) as i64;
                 let key = decode_kv(&v)?.key;
-                if deleted || !kept_by_compaction(&db, &snap, &key, Revision::new(main, sub), meta.compacted)? {
+                if deleted || !kept_by_compaction(&db, &snap, &key, rev, meta.compacted)? {
                     continue;
                 }
             }

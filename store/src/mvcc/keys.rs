@@ -34,8 +34,8 @@ pub fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
     k
 }
 
-/// Parses a revision key; `None` for anything that is not one.
-#[cfg(test)]
+/// Parses a revision key into its revision and tombstone mark; `None` for anything that is
+/// not one.
 pub fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
     if k.len() != REV_KEY_LEN && k.len() != REV_KEY_LEN + 1 {
         return None;

@@ -38,8 +38,7 @@ pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
 }
 
 fn cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {
-    db.cf_handle(CF_LEASE)
-        .ok_or_else(|| StoreError::Storage("missing lease column family".into()))
+    super::cf(db, CF_LEASE)
 }
 
 /// True when lease `id` is granted and not revoked.

@@ -218,6 +218,12 @@ impl WriteTxn {
     }
 }
 
+/// A column family of the state-machine instance, or a storage error when it is missing.
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::Storage(format!("missing {name} column family")))
+}
+
 pub(crate) fn read_meta(db: &DB) -> Result<Meta> {
     let cf = db
         .cf_handle(CF_META)

@@ -13,7 +13,7 @@ use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{KeyRange, Revision, index_key, revision_key};
 use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db};
-use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, encode_meta, lease};
+use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, cf, encode_meta, lease};
 use crate::error::{Result, StoreError};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request;
@@ -61,11 +61,6 @@ pub struct WriteTxn {
 pub(super) enum Staged {
     Put(&'static str, Vec<u8>, Vec<u8>),
     Delete(&'static str, Vec<u8>),
-}
-
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| StoreError::Storage(format!("missing {name} column family")))
 }
 
 impl WriteTxn {
