@@ -1,5 +1,5 @@
 //! The store's domain errors. One enum for everything a request can fail with, below the
-//! gRPC boundary; `server::status` maps each to etcd's exact gRPC code and message.
+//! gRPC boundary; `api::status` maps each to etcd's exact gRPC code and message.
 
 use thiserror::Error;
 
@@ -86,6 +86,14 @@ pub enum StoreError {
     /// or it was deleted), so the wait won nothing.
     #[error("session expired")]
     SessionExpired,
+    /// Peer transport: the sender is no longer a member (etcd's peers answer a removed
+    /// member likewise, and it stops).
+    #[error("the member has been permanently removed from the cluster")]
+    MemberRemoved,
+    /// Peer transport: a message meant for another cluster or another member (stable DNS
+    /// names are reused by new members, so an address alone proves nothing).
+    #[error("{0}")]
+    Misaddressed(String),
     /// The local storage engine failed; the text says where.
     #[error("{0}")]
     Storage(String),
@@ -136,8 +144,10 @@ impl StoreError {
             StoreError::ElectionNoLeader => 35,
             StoreError::MissingLeaderKey => 36,
             StoreError::SessionExpired => 37,
+            StoreError::MemberRemoved => 38,
             StoreError::Storage(_) => 100,
             StoreError::Internal(_) => 101,
+            StoreError::Misaddressed(_) => 102,
         }
     }
 
@@ -181,7 +191,9 @@ impl StoreError {
             35 => StoreError::ElectionNoLeader,
             36 => StoreError::MissingLeaderKey,
             37 => StoreError::SessionExpired,
+            38 => StoreError::MemberRemoved,
             100 => StoreError::Storage(message.to_string()),
+            102 => StoreError::Misaddressed(message.to_string()),
             _ => StoreError::Internal(message.to_string()),
         }
     }
@@ -239,6 +251,8 @@ mod tests {
             StoreError::ElectionNoLeader,
             StoreError::MissingLeaderKey,
             StoreError::SessionExpired,
+            StoreError::MemberRemoved,
+            StoreError::Misaddressed("for member 2".into()),
             StoreError::Storage("disk on fire".into()),
             StoreError::Internal("odd".into()),
         ];

@@ -5,7 +5,7 @@
 //! when a member becomes leader it restarts every lease's full TTL from that moment, so a
 //! leader change can lengthen a lease but never shortens it (etcd's `Promote`). Renewals
 //! (KeepAlive) and TTL queries are answered by the leader; expiry turns into a replicated
-//! revoke proposed by the leader (see `server::lease`).
+//! revoke proposed by the leader (see `member::leases`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

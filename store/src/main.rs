@@ -72,7 +72,7 @@ fn main() {
     let code = rt.block_on(async {
         let token = CancellationToken::new();
         tokio::spawn(signals(token.clone()));
-        match lodestone::server::serve::run(cfg, token).await {
+        match lodestone::api::serve::run(cfg, token).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");

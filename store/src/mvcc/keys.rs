@@ -5,6 +5,8 @@
 //! - An **index key** is the user key in an order-preserving escaped form followed by the
 //!   16-byte revision, so all revisions of one key are adjacent and in revision order, and a
 //!   byte range of user keys maps onto a byte range of index keys.
+//! - The **lease** column family holds `l` ++ id (8 bytes BE) → granted TTL (8 bytes BE),
+//!   and `k` ++ id (8 bytes BE) ++ user key → empty: the key is attached to the lease.
 
 /// A point in the store's history: `main` is the store revision of a write request, `sub`
 /// numbers the changes inside it (a Txn or DeleteRange touches several keys in one revision).
@@ -21,6 +23,31 @@ impl Revision {
 }
 
 pub const REV_KEY_LEN: usize = 17;
+
+/// Tag of a lease record in the lease column family.
+pub const LEASE_RECORD: u8 = b'l';
+/// Tag of a key-attached-to-lease entry in the lease column family.
+pub const LEASE_ATTACHED: u8 = b'k';
+
+/// `tag` ++ lease id (8 bytes BE).
+pub fn lease_prefixed(tag: u8, id: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+/// The key of lease `id`'s record (its granted TTL).
+pub fn lease_record_key(id: i64) -> Vec<u8> {
+    lease_prefixed(LEASE_RECORD, id)
+}
+
+/// The key that records `key` as attached to lease `id`.
+pub fn lease_attach_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = lease_prefixed(LEASE_ATTACHED, id);
+    k.extend_from_slice(key);
+    k
+}
 
 /// etcd's revision key (17 bytes, 18 with the tombstone mark).
 pub fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {

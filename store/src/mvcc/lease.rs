@@ -2,59 +2,32 @@
 //! which keys each one holds. When a lease expires is decided elsewhere (`crate::lease`, on
 //! the leader's clock); expiry reaches the state machine as a replicated revoke.
 //!
-//! Layout of the `lease` column family:
-//! - `l` ++ id (8 bytes BE) → granted TTL (8 bytes BE),
-//! - `k` ++ id (8 bytes BE) ++ user key → empty: the key is attached to the lease.
+//! The `lease` column family's layout is in [`super::keys`].
 //!
 //! Lease commands run in a batch of their own (the state machine commits around them), so
 //! the checks here can read RocksDB directly and never miss a same-batch change.
 
 use rocksdb::{DB, IteratorMode, ReadOptions};
 
+use super::keys::{LEASE_ATTACHED, LEASE_RECORD, lease_attach_key, lease_prefixed, lease_record_key};
 use super::write::{Staged, WriteTxn};
 use super::{CF_LEASE, Mvcc};
 use crate::error::{Result, StoreError};
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse};
 
-const RECORD: u8 = b'l';
-const ATTACHED: u8 = b'k';
-
-fn prefixed(tag: u8, id: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(tag);
-    k.extend_from_slice(&(id as u64).to_be_bytes());
-    k
-}
-
-fn record_key(id: i64) -> Vec<u8> {
-    prefixed(RECORD, id)
-}
-
-/// The key that records `key` as attached to lease `id`.
-pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
-    let mut k = prefixed(ATTACHED, id);
-    k.extend_from_slice(key);
-    k
-}
-
 fn cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {
     super::cf(db, CF_LEASE)
-}
-
-/// True when lease `id` is granted and not revoked.
-pub(crate) fn exists(db: &DB, id: i64) -> Result<bool> {
-    Ok(db.get_cf(cf(db)?, record_key(id))?.is_some())
 }
 
 /// Every granted lease as `(id, granted TTL)`.
 pub fn leases(db: &DB) -> Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
     let mut opts = ReadOptions::default();
-    opts.set_iterate_upper_bound(vec![RECORD + 1]);
+    opts.set_iterate_upper_bound(vec![LEASE_RECORD + 1]);
     for item in db.iterator_cf_opt(
         cf(db)?,
         opts,
-        IteratorMode::From(&[RECORD], rocksdb::Direction::Forward),
+        IteratorMode::From(&[LEASE_RECORD], rocksdb::Direction::Forward),
     ) {
         let (k, v) = item?;
         if k.len() != 9 || v.len() != 8 {
@@ -82,7 +55,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// The keys attached to lease `id`, in key order.
 pub fn attached_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>> {
-    let prefix = prefixed(ATTACHED, id);
+    let prefix = lease_prefixed(LEASE_ATTACHED, id);
     let mut opts = ReadOptions::default();
     // Any int64 is a lease id a client may choose, −1 (all 0xFF bytes) included, so the
     // bound is the prefix's successor, not `id + 1`.
@@ -117,13 +90,13 @@ impl WriteTxn {
     /// member stores the same value whatever its own election timeout.
     pub fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
         self.expect_clean("lease grant")?;
-        if exists(&self.db, req.id)? {
+        if self.lease_exists(req.id)? {
             return Err(StoreError::LeaseExist);
         }
         let (id, ttl) = (req.id, req.ttl);
         self.request(|t| {
             t.staged
-                .push(Staged::Put(CF_LEASE, record_key(id), ttl.to_be_bytes().to_vec()));
+                .push(Staged::Put(CF_LEASE, lease_record_key(id), ttl.to_be_bytes().to_vec()));
             Ok(())
         })?;
         Ok(LeaseGrantResponse {
@@ -139,7 +112,7 @@ impl WriteTxn {
     pub fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
         self.expect_clean("lease revoke")?;
         let id = req.id;
-        if !exists(&self.db, id)? {
+        if !self.lease_exists(id)? {
             return Err(StoreError::LeaseNotFound);
         }
         let keys = attached_keys(&self.db, id)?;
@@ -150,10 +123,10 @@ impl WriteTxn {
                 if t.latest(key)?.is_some_and(|kv| kv.lease == id) {
                     t.delete_key(key, id)?;
                 } else {
-                    t.staged.push(Staged::Delete(CF_LEASE, attach_key(id, key)));
+                    t.staged.push(Staged::Delete(CF_LEASE, lease_attach_key(id, key)));
                 }
             }
-            t.staged.push(Staged::Delete(CF_LEASE, record_key(id)));
+            t.staged.push(Staged::Delete(CF_LEASE, lease_record_key(id)));
             Ok(())
         })?;
         Ok(LeaseRevokeResponse { header: self.header() })
@@ -176,9 +149,9 @@ mod tests {
         assert_eq!(prefix_end(b"k\x00\x01"), Some(b"k\x00\x02".to_vec()));
         assert_eq!(prefix_end(b"k\x00\xff"), Some(b"k\x01".to_vec()));
         // Lease −1: the attachments of every other lease sort before its prefix's end.
-        let minus_one = prefixed(ATTACHED, -1);
-        assert_eq!(prefix_end(&minus_one), Some(vec![ATTACHED + 1]));
-        assert!(prefix_end(&minus_one).unwrap().as_slice() > attach_key(-1, b"\xff\xff").as_slice());
+        let minus_one = lease_prefixed(LEASE_ATTACHED, -1);
+        assert_eq!(prefix_end(&minus_one), Some(vec![LEASE_ATTACHED + 1]));
+        assert!(prefix_end(&minus_one).unwrap().as_slice() > lease_attach_key(-1, b"\xff\xff").as_slice());
         assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

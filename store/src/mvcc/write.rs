@@ -11,9 +11,9 @@ use std::sync::Arc;
 use prost::Message;
 use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
 
-use super::keys::{KeyRange, Revision, index_key, revision_key};
+use super::keys::{KeyRange, Revision, index_key, lease_attach_key, lease_record_key, revision_key};
 use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db};
-use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, cf, encode_meta, lease};
+use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, cf, encode_meta};
 use crate::error::{Result, StoreError};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request;
@@ -202,11 +202,11 @@ impl WriteTxn {
         if prev_lease != lease {
             if prev_lease != 0 {
                 self.staged
-                    .push(Staged::Delete(CF_LEASE, lease::attach_key(prev_lease, key)));
+                    .push(Staged::Delete(CF_LEASE, lease_attach_key(prev_lease, key)));
             }
             if lease != 0 {
                 self.staged
-                    .push(Staged::Put(CF_LEASE, lease::attach_key(lease, key), Vec::new()));
+                    .push(Staged::Put(CF_LEASE, lease_attach_key(lease, key), Vec::new()));
             }
         }
         self.staged
@@ -226,8 +226,7 @@ impl WriteTxn {
     /// Deletes a live key; `lease` is the lease it was attached to (0 for none).
     pub(super) fn delete_key(&mut self, key: &[u8], lease: i64) -> Result<()> {
         if lease != 0 {
-            self.staged
-                .push(Staged::Delete(CF_LEASE, lease::attach_key(lease, key)));
+            self.staged.push(Staged::Delete(CF_LEASE, lease_attach_key(lease, key)));
         }
         let rev = Revision::new(self.meta.revision + 1, self.sub);
         // etcd's tombstone: the key with only its deletion revision set.
@@ -331,10 +330,16 @@ impl WriteTxn {
         if (req.ignore_value || req.ignore_lease) && self.latest(&req.key)?.is_none() {
             return Err(StoreError::KeyNotFound);
         }
-        if !req.ignore_lease && req.lease != 0 && !lease::exists(&self.db, req.lease)? {
+        if !req.ignore_lease && req.lease != 0 && !self.lease_exists(req.lease)? {
             return Err(StoreError::LeaseNotFound);
         }
         Ok(())
+    }
+
+    /// True when lease `id` is granted and not revoked. (Lease commands commit alone, so
+    /// the committed state is current.)
+    pub(super) fn lease_exists(&self, id: i64) -> Result<bool> {
+        Ok(self.db.get_cf(cf(&self.db, CF_LEASE)?, lease_record_key(id))?.is_some())
     }
 
     fn check_range(&self, req: &RangeRequest) -> Result<()> {

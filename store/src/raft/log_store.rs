@@ -181,6 +181,13 @@ impl LogStore {
         self.submit_synced(b).await
     }
 
+    /// The commit index saved before the last stop (0 if none): serializable reads wait until
+    /// the state machine is back there.
+    pub fn saved_commit_index(&self) -> std::io::Result<u64> {
+        let committed: Option<LogId> = self.read_meta(KEY_COMMITTED, "commit record")?;
+        Ok(committed.map_or(0, |c| c.index))
+    }
+
     /// True when the log holds no vote and no entries: a member that never ran.
     pub fn is_pristine(&self) -> std::io::Result<bool> {
         let vote: Option<Vote> = self.read_meta(KEY_VOTE, "vote")?;

@@ -1,16 +1,29 @@
 //! Consensus: openraft wired to Lodestone's storage and transport.
 //!
+//! - [`consensus`]: the facade the member uses: propose, read index, membership changes,
+//!   leadership, the state of consensus, and the peer transport's Raft messages as bytes.
 //! - [`log_store`]: the write-ahead log (Raft log + vote) with group-committed fsyncs.
-//! - [`state_machine`]: applies committed commands to MVCC and builds/installs snapshots.
-//! - [`snapshot`]: the snapshot file format streamed between members.
-//! - [`network`]: the client side of the peer transport (tonic gRPC).
+//! - [`state_machine`]: openraft's state machine: applies committed batches (through
+//!   [`crate::apply`]) and builds/installs snapshots; [`shared`] is its state as the read
+//!   path sees it.
+//! - [`generations`]: the state machine's `db-<n>` instance directories; [`snapshot_files`]:
+//!   which snapshot file is current; [`snapshot`]: the snapshot file format.
+//! - [`network`]: openraft's side of the peer transport (tonic gRPC).
 //!
-//! openraft types stay behind this module so the alpha API's churn stays local.
+//! **This is the only module that names openraft** (its types, errors and metrics, and the
+//! aliases below). openraft 0.10 is an alpha, pinned exactly; its churn stays here. The
+//! `store/tests/layers.rs` test keeps the rule.
 
+pub mod consensus;
+pub mod generations;
 pub mod log_store;
 pub mod network;
+pub mod shared;
 pub mod snapshot;
+pub mod snapshot_files;
 pub mod state_machine;
+
+pub use consensus::{Consensus, Membership, MembershipChange, RaftStatus, StatusWatch};
 
 use std::fmt;
 

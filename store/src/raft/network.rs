@@ -1,13 +1,12 @@
-//! The client side of the peer transport: openraft's RPCs over tonic gRPC.
+//! The client side of the peer transport for openraft: its RPCs over tonic gRPC.
 //!
-//! Every message travels in an envelope naming the cluster and the target member; the
-//! receiver refuses envelopes meant for someone else (a reused address must not let a new
-//! member act on another member's messages). Payloads are bincode-encoded openraft messages.
+//! Connections come from the member's one cache ([`crate::peer::client::Peers`]), so every
+//! message carries the envelope naming the cluster and the target member, and a refusal comes
+//! back in the envelope's one form. Payloads are bincode-encoded openraft messages.
 //! Snapshots stream from their file in 1 MiB chunks with backpressure.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -17,67 +16,31 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
 
 use super::snapshot::SnapshotFile;
 use super::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
-use crate::proto::lodestone::peer_client::PeerClient;
-use crate::proto::lodestone::{RaftEnvelope, SnapshotChunk};
-
-const SNAPSHOT_CHUNK: usize = 1 << 20;
-
-/// Log entries one AppendEntries carries at most (openraft's `max_payload_entries`), so a
-/// peer message has a size bound: see [`max_peer_message`].
-pub const MAX_APPEND_ENTRIES: u64 = 64;
-/// Room for an entry's log id and framing beside its command.
-const ENTRY_OVERHEAD: usize = 4 << 10;
-
-/// The largest message a member accepts from a peer: a full AppendEntries of commands of at
-/// most `--max-request-bytes` each, or a snapshot chunk, with framing. Anything larger is
-/// refused before it is buffered.
-pub fn max_peer_message(max_request_bytes: usize) -> usize {
-    let append = MAX_APPEND_ENTRIES as usize * (max_request_bytes + ENTRY_OVERHEAD);
-    append.max(SNAPSHOT_CHUNK) + (64 << 10)
-}
-
-/// Raft RPC replies (votes, append and snapshot results) are small; this bounds them.
-const MAX_RAFT_REPLY: usize = 4 << 20;
+use crate::error::StoreError;
+use crate::peer::client::{Client, Peers};
+use crate::peer::{MAX_RAFT_REPLY, SNAPSHOT_CHUNK, envelope};
+use crate::proto::lodestone::{RaftMessage, SnapshotChunk};
 
 /// Creates peer connections; shared by all of openraft's replication tasks.
 #[derive(Clone)]
 pub struct Network {
-    pub self_id: NodeId,
-    /// 0 until the member knows its cluster (set at bootstrap or join).
-    pub cluster_id: Arc<AtomicU64>,
+    pub peers: Arc<Peers>,
     /// Cancelled when a peer answers that this member was removed from the cluster.
     pub removed: tokio_util::sync::CancellationToken,
-    /// [`max_peer_message`] for this member's `--max-request-bytes`.
+    /// [`crate::peer::max_message`] for this member's `--max-request-bytes`.
     pub max_message: usize,
 }
-
-/// What a member answers a vote request from a member no longer in the cluster (etcd's
-/// peers answer a removed member likewise, and it stops).
-pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// A connection to one peer.
 pub struct PeerConnection {
     target: NodeId,
-    from: NodeId,
-    cluster_id: Arc<AtomicU64>,
-    client: Option<PeerClient<Channel>>,
     url: String,
+    peers: Arc<Peers>,
     removed: tokio_util::sync::CancellationToken,
     max_message: usize,
-}
-
-/// Connects lazily to the first reachable form of a peer URL.
-pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -86,10 +49,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
         PeerConnection {
             target,
-            from: self.self_id,
-            cluster_id: self.cluster_id.clone(),
-            client: None,
             url: node.peer_urls.first().cloned().unwrap_or_default(),
+            peers: self.peers.clone(),
             removed: self.removed.clone(),
             max_message: self.max_message,
         }
@@ -101,25 +62,40 @@ fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
 }
 
 impl PeerConnection {
-    fn client(&mut self) -> Result<PeerClient<Channel>, Unreachable<TypeConfig>> {
-        if self.client.is_none() {
-            let ch = peer_channel(&self.url)
-                .map_err(|e| unreachable(format!("peer {} at {}: {e}", self.target, self.url)))?;
-            self.client = Some(
-                PeerClient::new(ch)
-                    .max_decoding_message_size(MAX_RAFT_REPLY)
-                    .max_encoding_message_size(self.max_message),
-            );
-        }
-        Ok(self.client.clone().expect("client set"))
+    fn client(&self) -> Result<Client, Unreachable<TypeConfig>> {
+        let c = self
+            .peers
+            .client(self.target, &self.url)
+            .map_err(|e| unreachable(format!("peer {:x} at {}: {e}", self.target, self.url)))?;
+        Ok(c.max_decoding_message_size(MAX_RAFT_REPLY)
+            .max_encoding_message_size(self.max_message))
     }
 
-    fn envelope<T: serde::Serialize>(&self, msg: &T) -> RaftEnvelope {
-        RaftEnvelope {
-            cluster_id: self.cluster_id.load(Ordering::Relaxed),
-            from: self.from,
-            to: self.target,
+    fn message<T: serde::Serialize>(msg: &T) -> RaftMessage {
+        RaftMessage {
             payload: bincode::serialize(msg).expect("raft message serializes").into(),
+        }
+    }
+
+    /// What a failed call means to openraft: a peer that is down or stopping is unreachable
+    /// (openraft backs off), anything else a network error. Learns from the envelope's
+    /// refusal whether this member was removed, and drops the connection after transport
+    /// trouble.
+    fn failed(&self, status: &tonic::Status) -> RPCError<TypeConfig> {
+        let text = format!("peer {:x}: {}", self.target, status.message());
+        match envelope::refusal_of(status) {
+            Some(StoreError::MemberRemoved) => {
+                tracing::warn!(peer = %format!("{:x}", self.target), "{}", StoreError::MemberRemoved);
+                self.removed.cancel();
+                RPCError::Network(NetworkError::from_string(text))
+            }
+            Some(StoreError::Stopped) => RPCError::Unreachable(unreachable(text)),
+            Some(_) => RPCError::Network(NetworkError::from_string(text)),
+            None if status.code() == tonic::Code::Unavailable => {
+                self.peers.forget(self.target);
+                RPCError::Unreachable(unreachable(text))
+            }
+            None => RPCError::Network(NetworkError::from_string(text)),
         }
     }
 
@@ -132,34 +108,19 @@ impl PeerConnection {
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
-        F: FnOnce(PeerClient<Channel>, RaftEnvelope) -> Fut,
+        F: FnOnce(Client, RaftMessage) -> Fut,
         Fut: Future<Output = Result<tonic::Response<crate::proto::lodestone::RaftReply>, tonic::Status>>,
     {
         let client = self.client()?;
-        let env = self.envelope(req);
-        let reply = match tokio::time::timeout(option.hard_ttl(), f(client, env)).await {
+        let msg = Self::message(req);
+        let reply = match tokio::time::timeout(option.hard_ttl(), f(client, msg)).await {
             Err(_) => {
                 return Err(RPCError::Unreachable(unreachable(format!(
-                    "peer {} timed out",
+                    "peer {:x} timed out",
                     self.target
                 ))));
             }
-            Ok(Err(status)) => {
-                if status.code() == tonic::Code::FailedPrecondition && status.message() == MEMBER_REMOVED {
-                    tracing::warn!(peer = %format!("{:x}", self.target), "{MEMBER_REMOVED}");
-                    self.removed.cancel();
-                }
-                if status.code() == tonic::Code::Unavailable {
-                    // Connection trouble: reconnect next time.
-                    self.client = None;
-                    return Err(RPCError::Unreachable(unreachable(status.message())));
-                }
-                return Err(RPCError::Network(NetworkError::from_string(format!(
-                    "peer {}: {}",
-                    self.target,
-                    status.message()
-                ))));
-            }
+            Ok(Err(status)) => return Err(self.failed(&status)),
             Ok(Ok(r)) => r.into_inner(),
         };
         bincode::deserialize(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
@@ -174,7 +135,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, env| async move { c.append_entries(env).await })
+        self.call(&rpc, &option, |mut c, msg| async move { c.append_entries(msg).await })
             .await
     }
 
@@ -183,7 +144,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, env| async move { c.vote(env).await })
+        self.call(&rpc, &option, |mut c, msg| async move { c.vote(msg).await })
             .await
     }
 
@@ -192,7 +153,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, &option, |mut c, env| async move { c.transfer_leader(env).await })
+        self.call(&req, &option, |mut c, msg| async move { c.transfer_leader(msg).await })
             .await
     }
 
@@ -204,7 +165,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
-        let header = self.envelope(&(vote, snapshot.meta.clone()));
+        let header = Self::message(&(vote, snapshot.meta.clone()));
         let path = snapshot.snapshot.path.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let per_chunk = option.soft_ttl().max(Duration::from_secs(5));
@@ -213,7 +174,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let mut f = tokio::fs::File::open(&path).await?;
             let _ = tx
                 .send(SnapshotChunk {
-                    envelope: Some(header),
+                    header: Some(header),
                     data: Default::default(),
                     done: false,
                 })
@@ -233,7 +194,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 if tokio::time::timeout(
                     per_chunk,
                     tx.send(SnapshotChunk {
-                        envelope: None,
+                        header: None,
                         data: buf.into(),
                         done,
                     }),
@@ -257,7 +218,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let work = async {
             let (p, c) = tokio::join!(producer, call);
             p.map_err(|e| StreamingError::Unreachable(unreachable(format!("snapshot file: {e}"))))?;
-            c.map_err(|s| StreamingError::Unreachable(unreachable(s.message())))
+            c.map_err(|s| {
+                // Any failed transfer backs off before the next try.
+                let _ = self.failed(&s);
+                StreamingError::Unreachable(unreachable(s.message()))
+            })
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -16,143 +16,23 @@ use std::time::Instant;
 use futures::{Stream, TryStreamExt};
 use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::shared::io_err;
+pub use super::shared::{AppliedState, Shared};
 use super::snapshot::{self, SnapshotFile};
-use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::error::StoreError;
+use super::snapshot_files::{latest_snapshot, publish, scratch_copy};
+use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, generations};
+use crate::apply::{self, Applying, MemberAttributes};
 use crate::lease::Lessor;
 use crate::metrics;
-use crate::mvcc::{Mvcc, WriteTxn};
-use crate::proto::etcdserverpb::alarm_request::AlarmAction;
-use crate::proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
-use crate::proto::lodestone::{self as pb, command::Kind, command_result::Kind as ResKind};
-
-/// What a member published about itself (name and client URLs), keyed by member id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberAttributes {
-    pub name: String,
-    pub client_urls: Vec<String>,
-}
-
-/// Raft bookkeeping stored inside the MVCC meta record (atomically with the data).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AppliedState {
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership,
-    pub members: BTreeMap<u64, MemberAttributes>,
-}
-
-impl AppliedState {
-    pub fn decode(b: &[u8]) -> std::io::Result<AppliedState> {
-        if b.is_empty() {
-            return Ok(AppliedState::default());
-        }
-        bincode::deserialize(b).map_err(|e| std::io::Error::other(format!("corrupt applied state: {e}")))
-    }
-
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("applied state serializes")
-    }
-}
-
-/// Shared between openraft's state-machine task and the read path.
-pub struct Shared {
-    pub mvcc: Mvcc,
-    /// Holds `db-<n>` instance directories and the `CURRENT_DB` pointer naming the live one.
-    root: PathBuf,
-    generation: Mutex<u64>,
-    snap_dir: PathBuf,
-    applied_tx: watch::Sender<u64>,
-    revision_tx: watch::Sender<i64>,
-    /// The compacted revision as of the last applied batch, set before `revision_tx` moves,
-    /// so anyone woken by a new revision sees the compaction that came with it.
-    compacted: AtomicI64,
-    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
-    members: Mutex<BTreeMap<u64, MemberAttributes>>,
-    /// Lease deadlines, fed by applied grants and revokes.
-    pub lessor: Lessor,
-    alarms: Mutex<Vec<AlarmMember>>,
-}
-
-impl Shared {
-    /// Index of the last applied log entry; changes as entries are applied.
-    pub fn applied(&self) -> watch::Receiver<u64> {
-        self.applied_tx.subscribe()
-    }
-
-    /// Store revision after the last applied batch.
-    pub fn revision(&self) -> watch::Receiver<i64> {
-        self.revision_tx.subscribe()
-    }
-
-    /// The compacted revision as of the last applied batch (in memory, no storage read).
-    pub fn compacted(&self) -> i64 {
-        self.compacted.load(Ordering::Acquire)
-    }
-
-    /// Where snapshot files live (received ones are written here too).
-    pub fn snapshot_dir(&self) -> &Path {
-        &self.snap_dir
-    }
-
-    /// A fresh path in the snapshot directory for a file being written (a received
-    /// snapshot, a build, a client export): unique within this process, so concurrent
-    /// transfers never share a file, and named with an extension that neither counts as a
-    /// snapshot nor survives a restart (`ext` is one of [`SCRATCH_EXTENSIONS`]).
-    pub fn scratch_path(&self, what: &str, ext: &str) -> PathBuf {
-        debug_assert!(SCRATCH_EXTENSIONS.contains(&ext));
-        let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-        self.snap_dir.join(format!("{what}-{}-{n}.{ext}", std::process::id()))
-    }
-
-    /// Writes a consistent image of the state machine to `path` (the snapshot file format)
-    /// and returns the Raft position it reflects.
-    pub fn export(&self, path: &Path) -> std::io::Result<SnapshotMeta> {
-        let db = self.mvcc.db();
-        snapshot::write(&db, path, |raw| {
-            let m: crate::mvcc::Meta = if raw.is_empty() {
-                crate::mvcc::Meta::default()
-            } else {
-                bincode::deserialize(raw).map_err(|e| io_err(format!("corrupt meta record: {e}")))?
-            };
-            let s = AppliedState::decode(&m.applied)?;
-            Ok(SnapshotMeta {
-                last_log_id: s.last_applied,
-                last_membership: s.membership,
-            })
-        })
-    }
-
-    /// Active alarms as of the last applied batch.
-    pub fn alarms(&self) -> Vec<AlarmMember> {
-        self.alarms.lock().expect("alarms lock").clone()
-    }
-
-    /// True when an alarm of this type is active on any member.
-    pub fn alarm_active(&self, t: AlarmType) -> bool {
-        self.alarms
-            .lock()
-            .expect("alarms lock")
-            .iter()
-            .any(|a| a.alarm == t as i32)
-    }
-
-    /// Published member attributes as of the last applied batch.
-    pub fn member_attributes(&self) -> BTreeMap<u64, MemberAttributes> {
-        self.members.lock().expect("members lock").clone()
-    }
-}
+use crate::mvcc::Mvcc;
+use crate::proto::lodestone::{command::Kind, command_result::Kind as ResKind};
 
 /// openraft's handle on the state machine.
 #[derive(Clone)]
 pub struct StateMachine {
     pub shared: Arc<Shared>,
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
 }
 
 impl StateMachine {
@@ -161,29 +41,8 @@ impl StateMachine {
     /// crash left behind (a half-loaded snapshot, an instance already replaced) are removed.
     pub fn open(dir: &Path) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
-        let generation = match std::fs::read_to_string(dir.join(CURRENT_DB)) {
-            Ok(s) => s
-                .trim()
-                .strip_prefix("db-")
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(|| io_err(format!("corrupt {} in {}", CURRENT_DB, dir.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_pointer(dir, 0)?;
-                0
-            }
-            Err(e) => return Err(e),
-        };
-        let live = db_dir(dir, generation);
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            let is_instance = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("db-"));
-            if is_instance && p.is_dir() && p != live {
-                std::fs::remove_dir_all(&p)?;
-            }
-        }
+        let generation = generations::open(dir)?;
+        let live = generations::db_dir(dir, generation);
         let snap_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir)?;
         let mvcc = Mvcc::open(&live).map_err(io_err)?;
@@ -218,243 +77,7 @@ impl StateMachine {
     }
 }
 
-const CURRENT_DB: &str = "CURRENT_DB";
-
-fn db_dir(root: &Path, generation: u64) -> PathBuf {
-    root.join(format!("db-{generation}"))
-}
-
-/// Points `CURRENT_DB` at instance `generation`, atomically and durably.
-fn write_pointer(root: &Path, generation: u64) -> std::io::Result<()> {
-    let tmp = root.join(format!("{CURRENT_DB}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("db-{generation}\n").as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, root.join(CURRENT_DB))?;
-    snapshot::sync_dir(root)
-}
-
-/// Extensions of files still being written (see [`Shared::scratch_path`]); a crash leaves
-/// them behind, and opening the state machine removes them.
-pub const SCRATCH_EXTENSIONS: [&str; 4] = ["tmp", "part", "export", "build"];
-
-static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// The newest snapshot file that is whole (its checksum verified), after removing the
-/// leftovers of interrupted writes. A `.snap` file only ever appears by a rename of a
-/// complete, fsynced file; one that fails verification anyway (damaged on disk) is removed
-/// rather than served to a lagging member.
-fn latest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    let mut candidates: Vec<(SnapshotMeta, PathBuf)> = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
-        if ext != "snap" {
-            if SCRATCH_EXTENSIONS.contains(&ext) {
-                let _ = std::fs::remove_file(&p);
-            }
-            continue;
-        }
-        match snapshot::read_meta(&p) {
-            Ok(m) => candidates.push((m, p)),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "removing unreadable snapshot file");
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-    candidates.sort_by(|a, b| {
-        b.0.last_log_id
-            .partial_cmp(&a.0.last_log_id)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    let mut best = None;
-    for (meta, path) in candidates {
-        if best.is_some() {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        match snapshot::verify(&path) {
-            Ok(_) => best = Some((meta, path)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "removing damaged snapshot file");
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(best)
-}
-
-fn snapshot_name(meta: &SnapshotMeta) -> String {
-    match &meta.last_log_id {
-        Some(l) => format!("{:016x}-{:016x}.snap", l.committed_leader_id().term, l.index),
-        None => "0000000000000000-0000000000000000.snap".into(),
-    }
-}
-
-/// Keeps only `keep` among the snapshot files (files still being written have other
-/// extensions and are left alone).
-fn prune_snapshots(dir: &Path, keep: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p != keep && p.extension().and_then(|x| x.to_str()) == Some("snap") {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
-/// Makes a complete snapshot file (written and fsynced under a scratch name) the member's
-/// current snapshot: renamed to its final name and the older files pruned, unless a newer
-/// snapshot is current already (a build that started before an install finishes after it),
-/// in which case the older file is dropped and the newer one stays. Builds and installs both
-/// publish here, one at a time, so neither can delete the other's newer file, and a `.snap`
-/// file only ever appears whole. Returns what is current.
-fn publish(shared: &Shared, meta: SnapshotMeta, scratch: &Path) -> std::io::Result<(SnapshotMeta, PathBuf)> {
-    let mut current = shared.current.lock().expect("snapshot lock");
-    if let Some((cur_meta, cur_path)) = current.as_ref()
-        && cur_meta.last_log_id > meta.last_log_id
-    {
-        let _ = std::fs::remove_file(scratch);
-        return Ok((cur_meta.clone(), cur_path.clone()));
-    }
-    let path = shared.snap_dir.join(snapshot_name(&meta));
-    std::fs::rename(scratch, &path)?;
-    snapshot::sync_dir(&shared.snap_dir)?;
-    prune_snapshots(&shared.snap_dir, &path);
-    *current = Some((meta.clone(), path.clone()));
-    Ok((meta, path))
-}
-
-/// A scratch copy of a complete file (fsynced by whoever wrote it): a hard link, or a copy
-/// fsynced here when the link cannot be made.
-fn scratch_copy(shared: &Shared, src: &Path) -> std::io::Result<PathBuf> {
-    let tmp = shared.scratch_path("installing", "tmp");
-    if std::fs::hard_link(src, &tmp).is_err() {
-        let copied = std::fs::copy(src, &tmp).and_then(|_| std::fs::File::open(&tmp)?.sync_all());
-        if let Err(e) = copied {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    }
-    Ok(tmp)
-}
-
-fn apply_error(e: StoreError) -> CommandResult {
-    CommandResult(pb::CommandResult {
-        kind: Some(ResKind::Error(pb::ApplyError {
-            code: e.code(),
-            message: e.to_string(),
-        })),
-    })
-}
-
-fn empty() -> CommandResult {
-    CommandResult(pb::CommandResult {
-        kind: Some(ResKind::Empty(pb::Empty {})),
-    })
-}
-
-/// Applies one command; domain errors become results, storage errors abort the batch.
-fn apply_command(
-    txn: &mut WriteTxn,
-    state: &mut AppliedState,
-    alarms: &mut Vec<AlarmMember>,
-    cmd: &pb::Command,
-) -> Result<CommandResult, StoreError> {
-    let has = |alarms: &[AlarmMember], t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
-    // With a CORRUPT alarm nothing changes any more; with NOSPACE, nothing that adds data.
-    let refused = match &cmd.kind {
-        Some(Kind::Put(_) | Kind::DeleteRange(_) | Kind::Txn(_) | Kind::Compaction(_) | Kind::LeaseGrant(_))
-            if has(alarms, AlarmType::Corrupt) =>
-        {
-            Some(StoreError::Corrupt)
-        }
-        Some(Kind::Put(_) | Kind::LeaseGrant(_)) if has(alarms, AlarmType::Nospace) => Some(StoreError::NoSpace),
-        Some(Kind::Txn(t)) if has(alarms, AlarmType::Nospace) && crate::validate::txn_has_put(t) => {
-            Some(StoreError::NoSpace)
-        }
-        _ => None,
-    };
-    if let Some(e) = refused {
-        return Ok(apply_error(e));
-    }
-    let res = match &cmd.kind {
-        Some(Kind::Put(p)) => txn.put(p).map(ResKind::Put),
-        Some(Kind::DeleteRange(d)) => txn.delete_range(d).map(ResKind::DeleteRange),
-        Some(Kind::Txn(t)) => txn.txn(t).map(ResKind::Txn),
-        Some(Kind::Compaction(c)) => txn.compact(c.revision).map(ResKind::Compaction),
-        Some(Kind::LeaseGrant(g)) => txn.lease_grant(g).map(ResKind::LeaseGrant),
-        Some(Kind::LeaseRevoke(r)) => txn.lease_revoke(r).map(ResKind::LeaseRevoke),
-        Some(Kind::Alarm(a)) => apply_alarm(txn, alarms, a).map(ResKind::Alarm),
-        Some(Kind::MemberAttributes(m)) => {
-            state.members.insert(
-                m.id,
-                MemberAttributes {
-                    name: m.name.clone(),
-                    client_urls: m.client_urls.clone(),
-                },
-            );
-            Ok(ResKind::Empty(pb::Empty {}))
-        }
-        None => Ok(ResKind::Empty(pb::Empty {})),
-    };
-    match res {
-        Ok(kind) => Ok(CommandResult(pb::CommandResult { kind: Some(kind) })),
-        Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => Err(e),
-        Err(e) => Ok(apply_error(e)),
-    }
-}
-
-/// Activates or deactivates an alarm (replicated, so every member agrees on the set).
-fn apply_alarm(
-    txn: &mut WriteTxn,
-    alarms: &mut Vec<AlarmMember>,
-    a: &AlarmRequest,
-) -> Result<AlarmResponse, StoreError> {
-    let member = AlarmMember {
-        member_id: a.member_id,
-        alarm: a.alarm,
-    };
-    let mut resp = AlarmResponse::default();
-    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
-        AlarmAction::Activate => {
-            if a.alarm != AlarmType::None as i32 && !alarms.contains(&member) {
-                alarms.push(member);
-                txn.set_alarms(alarms)?;
-                resp.alarms.push(member);
-            }
-        }
-        AlarmAction::Deactivate => {
-            if let Some(pos) = alarms.iter().position(|m| *m == member) {
-                alarms.remove(pos);
-                txn.set_alarms(alarms)?;
-                resp.alarms.push(member);
-            }
-        }
-        AlarmAction::Get => {
-            resp.alarms = alarms
-                .iter()
-                .filter(|m| a.alarm == AlarmType::None as i32 || m.alarm == a.alarm)
-                .cloned()
-                .collect();
-        }
-    }
-    Ok(resp)
-}
-
 type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
-
-/// Commands applied in a RocksDB write of their own (see the module docs).
-fn applies_alone(cmd: &pb::Command) -> bool {
-    matches!(
-        cmd.kind,
-        Some(Kind::Compaction(_) | Kind::LeaseGrant(_) | Kind::LeaseRevoke(_))
-    )
-}
 
 /// A change the in-memory lease clock must learn once the batch is committed.
 enum LeaseChange {
@@ -472,13 +95,17 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
     let mut alarms = shared.alarms();
     for entry in entries {
         let r = match &entry.payload {
-            EntryPayload::Blank => empty(),
-            EntryPayload::Normal(cmd) if applies_alone(&cmd.0) => {
+            EntryPayload::Blank => CommandResult(apply::empty()),
+            EntryPayload::Normal(cmd) if apply::applies_alone(&cmd.0) => {
                 if txn.is_dirty() {
                     txn.commit(state.encode()).map_err(io_err)?;
                 }
-                let r = apply_command(&mut txn, &mut state, &mut alarms, &cmd.0).map_err(io_err)?;
-                match (&cmd.0.kind, &r.0.kind) {
+                let applying = Applying {
+                    members: &mut state.members,
+                    alarms: &mut alarms,
+                };
+                let r = apply::apply_command(&mut txn, applying, &cmd.0).map_err(io_err)?;
+                match (&cmd.0.kind, &r.kind) {
                     (Some(Kind::LeaseGrant(g)), Some(ResKind::LeaseGrant(_))) => {
                         lease_changes.push(LeaseChange::Granted(g.id, g.ttl))
                     }
@@ -489,12 +116,18 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
                 }
                 state.last_applied = Some(entry.log_id);
                 txn.commit(state.encode()).map_err(io_err)?;
-                r
+                CommandResult(r)
             }
-            EntryPayload::Normal(cmd) => apply_command(&mut txn, &mut state, &mut alarms, &cmd.0).map_err(io_err)?,
+            EntryPayload::Normal(cmd) => {
+                let applying = Applying {
+                    members: &mut state.members,
+                    alarms: &mut alarms,
+                };
+                CommandResult(apply::apply_command(&mut txn, applying, &cmd.0).map_err(io_err)?)
+            }
             EntryPayload::Membership(m) => {
                 state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                empty()
+                CommandResult(apply::empty())
             }
         };
         state.last_applied = Some(entry.log_id);
@@ -592,7 +225,7 @@ fn install(
 ) -> std::io::Result<(u64, i64, BTreeMap<u64, MemberAttributes>)> {
     let mut generation = shared.generation.lock().expect("generation lock");
     let next = *generation + 1;
-    let next_dir = db_dir(&shared.root, next);
+    let next_dir = generations::db_dir(&shared.root, next);
     if next_dir.exists() {
         std::fs::remove_dir_all(&next_dir)?;
     }
@@ -605,10 +238,10 @@ fn install(
     // in place before the switch, so the snapshot never trails the live instance.
     let scratch = scratch_copy(shared, &file.path)?;
     publish(shared, meta.clone(), &scratch)?;
-    write_pointer(&shared.root, next)?;
+    generations::write_pointer(&shared.root, next)?;
     let previous = shared.mvcc.swap_db(db);
     *generation = next;
-    retire(previous, db_dir(&shared.root, next - 1));
+    generations::retire(previous, generations::db_dir(&shared.root, next - 1));
     let m = shared.mvcc.meta().map_err(io_err)?;
     let s = AppliedState::decode(&m.applied)?;
     shared
@@ -617,24 +250,6 @@ fn install(
     *shared.alarms.lock().expect("alarms lock") = shared.mvcc.alarms().map_err(io_err)?;
     shared.compacted.store(m.compacted, Ordering::Release);
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
-}
-
-/// Removes a replaced instance once nothing reads it any more: reads and snapshot builds
-/// still running on it finish first, however long they take. (A crash before that leaves a
-/// directory that the next start removes.)
-fn retire(previous: Arc<rocksdb::DB>, dir: PathBuf) {
-    let retire = move || {
-        while Arc::strong_count(&previous) > 1 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        drop(previous);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "removing a replaced state machine instance");
-        }
-    };
-    if let Err(e) = std::thread::Builder::new().name("retire-db".into()).spawn(retire) {
-        tracing::warn!(error = %e, "cannot start the thread that removes a replaced instance; the next start removes it");
-    }
 }
 
 /// Writes a snapshot file of the current state under a scratch name, for [`publish`].
@@ -676,7 +291,9 @@ mod tests {
 
     use super::*;
     use crate::proto::etcdserverpb::PutRequest;
+    use crate::proto::lodestone as pb;
     use crate::raft::Command;
+    use crate::raft::snapshot_files::snapshot_name;
 
     fn put(index: u64) -> Entry {
         let cmd = pb::Command {

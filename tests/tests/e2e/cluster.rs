@@ -471,11 +471,21 @@ async fn status_reports_raft_state() {
     }
 }
 
+/// A connected channel to a member's peer URL.
+async fn peer_channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A peer message larger than a full AppendEntries of `--max-request-bytes` commands can
 /// be is refused before it is buffered (it used to be accepted up to any size), and the
 /// member goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_peer_messages_are_refused() {
+    use lodestone::peer::envelope::Stamp;
     use lodestone::proto::etcdserverpb::PutRequest;
     use lodestone::proto::lodestone::peer_client::PeerClient;
     use lodestone::proto::lodestone::{Command, command::Kind as CommandKind};
@@ -489,10 +499,10 @@ async fn oversized_peer_messages_are_refused() {
     )
     .await;
     let peer = format!("http://127.0.0.1:{}", c.members[0].peer_port);
-    let mut client = PeerClient::connect(peer)
-        .await
-        .unwrap()
-        .max_encoding_message_size(usize::MAX);
+    // A well-addressed message (the envelope names no cluster or member), so only its size
+    // can get it refused.
+    let channel = peer_channel(&peer).await;
+    let mut client = PeerClient::with_interceptor(channel, Stamp::anonymous()).max_encoding_message_size(usize::MAX);
     // 64 entries of 64 KiB (+ framing) fit in about 4.3 MiB; send 16 MiB.
     let huge = Command {
         kind: Some(CommandKind::Put(PutRequest {
@@ -510,4 +520,65 @@ async fn oversized_peer_messages_are_refused() {
     let mut cl = c.client().await;
     cl.put("after", "v", None).await.unwrap();
     assert!(cl.get("huge", None).await.unwrap().kvs().is_empty());
+}
+
+/// Every peer request carries the envelope (cluster, sender, target), checked once for every
+/// method: a forwarded write with no envelope, for another cluster, or for another member is
+/// refused in the envelope's one form (the domain error's code in metadata) and changes
+/// nothing; the same write addressed to this member of this cluster is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misaddressed_peer_messages_are_refused() {
+    use std::sync::atomic::AtomicU64;
+
+    use lodestone::error::StoreError;
+    use lodestone::peer::envelope::{self, Stamp};
+    use lodestone::proto::etcdserverpb::PutRequest;
+    use lodestone::proto::lodestone::peer_client::PeerClient;
+    use lodestone::proto::lodestone::{Command, command::Kind as CommandKind};
+
+    let c = Cluster::start(Kind::Lodestone, Options::default()).await;
+    let mut cl = c.client().await;
+    let status = cl.status().await.unwrap();
+    let header = status.header().unwrap();
+    let (cluster, me) = (header.cluster_id(), header.member_id());
+    let put = |key: &str| Command {
+        kind: Some(CommandKind::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        })),
+    };
+    let peer = format!("http://127.0.0.1:{}", c.members[0].peer_port);
+    let channel = peer_channel(&peer).await;
+    let stamped = |cluster: u64, to: u64| {
+        PeerClient::with_interceptor(channel.clone(), Stamp::new(Arc::new(AtomicU64::new(cluster)), 7, to))
+    };
+
+    let refusal = PeerClient::new(channel.clone())
+        .propose(put("no-envelope"))
+        .await
+        .expect_err("a peer request without an envelope was accepted");
+    assert!(
+        matches!(envelope::refusal_of(&refusal), Some(StoreError::Misaddressed(_))),
+        "{refusal:?}"
+    );
+    for (key, cluster, to) in [("other-cluster", cluster ^ 1, me), ("other-member", cluster, me ^ 1)] {
+        let refusal = stamped(cluster, to)
+            .propose(put(key))
+            .await
+            .expect_err("a misaddressed peer request was accepted");
+        assert_eq!(refusal.code(), tonic::Code::FailedPrecondition, "{refusal:?}");
+        assert!(
+            matches!(envelope::refusal_of(&refusal), Some(StoreError::Misaddressed(_))),
+            "{refusal:?}"
+        );
+    }
+    stamped(cluster, me)
+        .propose(put("addressed"))
+        .await
+        .expect("a well-addressed forwarded write");
+    for key in ["no-envelope", "other-cluster", "other-member"] {
+        assert!(cl.get(key, None).await.unwrap().kvs().is_empty(), "{key} was written");
+    }
+    assert_eq!(cl.get("addressed", None).await.unwrap().kvs().len(), 1);
 }

@@ -118,42 +118,6 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<KeyRange>)> {
     Ok((puts, dels))
 }
 
-/// True when a txn (with everything nested, in either branch) may write a key: what etcd's
-/// space quota counts.
-pub fn txn_has_put(t: &TxnRequest) -> bool {
-    use crate::proto::etcdserverpb::request_op::Request;
-    t.success.iter().chain(t.failure.iter()).any(|op| match &op.request {
-        Some(Request::RequestPut(_)) => true,
-        Some(Request::RequestTxn(n)) => txn_has_put(n),
-        _ => false,
-    })
-}
-
-/// etcd's quota cost of a request: 256 + key + value per put (a txn costs its dearer
-/// branch), 64 for a lease grant.
-pub fn quota_cost(cmd: &crate::proto::lodestone::Command) -> i64 {
-    use crate::proto::etcdserverpb::request_op::Request;
-    use crate::proto::lodestone::command::Kind;
-    fn branch(ops: &[crate::proto::etcdserverpb::RequestOp]) -> i64 {
-        ops.iter()
-            .map(|op| match &op.request {
-                Some(Request::RequestPut(p)) => 256 + (p.key.len() + p.value.len()) as i64,
-                Some(Request::RequestTxn(n)) => txn_cost(n),
-                _ => 0,
-            })
-            .sum()
-    }
-    fn txn_cost(t: &TxnRequest) -> i64 {
-        branch(&t.success).max(branch(&t.failure))
-    }
-    match &cmd.kind {
-        Some(Kind::Put(p)) => 256 + (p.key.len() + p.value.len()) as i64,
-        Some(Kind::Txn(t)) => txn_cost(t),
-        Some(Kind::LeaseGrant(_)) => 64,
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,36 +251,5 @@ mod tests {
         assert_eq!(check_txn(&t, 128), Ok(()));
         // Reads never conflict.
         assert_eq!(check_txn(&txn(vec![put("a"), get("a")], vec![]), 128), Ok(()));
-    }
-
-    #[test]
-    fn quota_cost_is_etcds() {
-        use crate::proto::lodestone::{Command, command::Kind};
-        let put = |k: &str, v: &str| RequestOp {
-            request: Some(Request::RequestPut(PutRequest {
-                key: k.as_bytes().to_vec().into(),
-                value: v.as_bytes().to_vec().into(),
-                ..Default::default()
-            })),
-        };
-        let cmd = |kind| Command { kind: Some(kind) };
-        assert_eq!(
-            quota_cost(&cmd(Kind::Put(PutRequest {
-                key: "ab".into(),
-                value: "xyz".into(),
-                ..Default::default()
-            }))),
-            261
-        );
-        let t = TxnRequest {
-            success: vec![put("a", "1"), put("b", "2")],
-            failure: vec![put("c", "123456")],
-            ..Default::default()
-        };
-        assert!(txn_has_put(&t));
-        assert_eq!(quota_cost(&cmd(Kind::Txn(t))), 2 * 258);
-        assert!(!txn_has_put(&TxnRequest::default()));
-        assert_eq!(quota_cost(&cmd(Kind::LeaseGrant(Default::default()))), 64);
-        assert_eq!(quota_cost(&cmd(Kind::DeleteRange(Default::default()))), 0);
     }
 }

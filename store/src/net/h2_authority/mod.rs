@@ -9,7 +9,7 @@
 //! host and port, passing every other byte through as the client sent it.
 //!
 //! The rewrite cannot re-encode the block: both ends of an HTTP/2 connection share HPACK
-//! state. The wrapper instead follows the client's dynamic table ([`super::hpack`]) and
+//! state. The wrapper instead follows the client's dynamic table ([`hpack`]) and
 //! replaces only a literal `:authority` with a scheme, in place, by a shorter raw literal of
 //! the same kind. When that literal was indexed, the server's table receives a smaller entry
 //! than the client's. Entries are addressed from the newest and evicted from the oldest by
@@ -21,6 +21,8 @@
 //! exactly as it would without the wrapper. Payload bytes of large frames are read straight
 //! into the caller's buffer; only frame headers and header blocks are looked at.
 
+pub mod hpack;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -30,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::hpack::ClientTable;
+use hpack::ClientTable;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEAD: usize = 9;

@@ -4,18 +4,17 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
-use openraft::async_runtime::WatchReceiver;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Server;
+use super::blocking;
 use crate::error::StoreError;
+use crate::member::Member;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
@@ -36,14 +35,7 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 const SNAPSHOT_ALIGN: u64 = 512;
 
 pub struct MaintenanceService {
-    pub server: Arc<Server>,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::from)
+    pub member: Arc<Member>,
 }
 
 /// How etcd prints an alarm in `Status.errors`.
@@ -107,15 +99,16 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let req = request.into_inner();
         if AlarmAction::try_from(req.action) == Ok(AlarmAction::Get) {
             s.linearizable_barrier().await?;
-            let alarms =
-                s.sm.alarms()
-                    .into_iter()
-                    .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
-                    .collect();
+            let alarms = s
+                .state()
+                .alarms()
+                .into_iter()
+                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                .collect();
             return Ok(Response::new(AlarmResponse {
                 header: s.header(s.revision()),
                 alarms,
@@ -136,26 +129,26 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let s = &self.server;
-        let m = s.metrics();
-        let server = s.clone();
-        let (db_size, in_use) = tokio::task::spawn_blocking(move || server.db_size())
+        let s = &self.member;
+        let m = s.status();
+        let member = s.clone();
+        let (db_size, in_use) = tokio::task::spawn_blocking(move || member.db_size())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut errors = Vec::new();
-        if m.current_leader.is_none() {
+        if m.leader.is_none() {
             errors.push(StoreError::NoLeader.to_string());
         }
-        errors.extend(s.sm.alarms().iter().map(alarm_text));
+        errors.extend(s.state().alarms().iter().map(alarm_text));
         let is_learner = s.is_learner();
         Ok(Response::new(StatusResponse {
             header: s.header(s.revision()),
             version: ETCD_API_VERSION.to_string(),
             db_size,
-            leader: m.current_leader.unwrap_or(0),
-            raft_index: m.cluster_committed.as_ref().map_or(0, |c| c.index),
-            raft_term: m.current_term,
-            raft_applied_index: m.last_applied.as_ref().map_or(0, |c| c.index),
+            leader: m.leader.unwrap_or(0),
+            raft_index: m.committed,
+            raft_term: m.term,
+            raft_applied_index: m.applied,
             errors,
             db_size_in_use: in_use,
             is_learner,
@@ -163,21 +156,21 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        let s = &self.server;
-        let sm = s.sm.clone();
+        let s = &self.member;
+        let sm = s.state().clone();
         let started = std::time::Instant::now();
         blocking(move || sm.mvcc.defragment()).await?;
         tracing::info!(took = ?started.elapsed(), "defragmented the state machine");
         // The size changed: report the new one at once.
-        *s.db_size.lock().expect("db size lock") = (None, (0, 0));
+        s.forget_db_size();
         Ok(Response::new(DefragmentResponse {
             header: s.header(s.revision()),
         }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let s = &self.server;
-        let sm = s.sm.clone();
+        let s = &self.member;
+        let sm = s.state().clone();
         let (hash, rev) = blocking(move || sm.mvcc.hash_all()).await?;
         Ok(Response::new(HashResponse {
             header: s.header(rev),
@@ -186,9 +179,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let rev = request.get_ref().revision;
-        let sm = s.sm.clone();
+        let sm = s.state().clone();
         let h = blocking(move || sm.mvcc.hash_kv(rev)).await?;
         Ok(Response::new(HashKvResponse {
             header: s.header(h.revision),
@@ -198,12 +191,8 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        let s = &self.server;
-        let sm = s.sm.clone();
-        let path = s.sm.scratch_path("client", "export");
-        let p = path.clone();
-        let meta = blocking(move || sm.export(&p).map_err(|e| StoreError::Storage(e.to_string()))).await?;
-        tracing::info!(last_log_id = ?meta.last_log_id, "streaming a snapshot to a client");
+        let (path, index) = self.member.export_snapshot().await?;
+        tracing::info!(index, "streaming a snapshot to a client");
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             if let Err(e) = MaintenanceService::stream_file(path.clone(), tx.clone()).await {
@@ -214,40 +203,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let target = request.get_ref().target_id;
-        let m = s.metrics();
-        if m.current_leader != Some(s.id) {
-            return Err(StoreError::NotLeader.into());
-        }
-        let membership = m.membership_config.membership().clone();
-        if !membership.voter_ids().any(|id| id == target) {
-            return Err(StoreError::BadLeaderTransferee.into());
-        }
-        if target == s.id {
-            return Ok(Response::new(MoveLeaderResponse {
-                header: s.header(s.revision()),
-            }));
-        }
-        s.raft
-            .trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut rx = s.raft.metrics();
-        let wait = async {
-            loop {
-                if rx.borrow_watched().current_leader == Some(target) {
-                    return Ok(());
-                }
-                if rx.changed().await.is_err() {
-                    return Err(StoreError::Stopped);
-                }
-            }
-        };
-        tokio::time::timeout(s.cfg.election() * 5 + Duration::from_secs(1), wait)
-            .await
-            .unwrap_or(Err(StoreError::Timeout))?;
+        s.move_leader(target).await?;
         tracing::info!(to = %format!("{target:x}"), "leadership moved");
         Ok(Response::new(MoveLeaderResponse {
             header: s.header(s.revision()),

@@ -26,9 +26,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Server;
-use super::watch_cache::PrevInterest;
 use crate::error::StoreError;
+use crate::member::Member;
+use crate::member::watch_cache::PrevInterest;
 use crate::metrics;
 use crate::mvcc::KeyRange;
 use crate::mvcc::history::History;
@@ -51,7 +51,7 @@ const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchSt
 const NO_WATCH_ID: i64 = -1;
 
 pub struct WatchService {
-    pub server: Arc<Server>,
+    pub member: Arc<Member>,
 }
 
 struct Watcher {
@@ -78,7 +78,7 @@ impl Watcher {
 
 /// The state of one stream: its watchers and what it still owes the client.
 struct StreamState {
-    server: Arc<Server>,
+    member: Arc<Member>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// A WatchProgressRequest waiting for every watcher to catch up, with the store revision
@@ -92,7 +92,7 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>
 
 impl StreamState {
     fn header(&self) -> Option<crate::proto::etcdserverpb::ResponseHeader> {
-        self.server.header(self.server.revision())
+        self.member.header(self.member.revision())
     }
 
     async fn send(&self, r: WatchResponse) -> bool {
@@ -116,7 +116,7 @@ impl StreamState {
                 true
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                let now = self.server.revision();
+                let now = self.member.revision();
                 self.progress_requested = Some(self.progress_requested.map_or(now, |r| r.max(now)));
                 true
             }
@@ -159,7 +159,7 @@ impl StreamState {
             self.next_id += 1;
             id
         };
-        let current = self.server.revision();
+        let current = self.member.revision();
         let filters: Vec<i32> = c.filters.clone();
         let w = Watcher {
             range,
@@ -173,11 +173,11 @@ impl StreamState {
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: c.progress_notify,
             fragment: c.fragment,
-            _prev_interest: c.prev_kv.then(|| self.server.watch_cache.want_prev()),
+            _prev_interest: c.prev_kv.then(|| self.member.watch_cache().want_prev()),
         };
         self.watchers.insert(id, w);
         let r = WatchResponse {
-            header: self.server.header(current),
+            header: self.member.header(current),
             watch_id: id,
             created: true,
             ..Default::default()
@@ -196,7 +196,7 @@ impl StreamState {
         // gone, and a round starting at their cursor would find nothing to send the others,
         // whose cursors would then skip revisions they never received (etcd cancels them
         // before choosing the round's start, too).
-        if !self.cancel_compacted(self.server.sm.compacted()).await {
+        if !self.cancel_compacted(self.member.state().compacted()).await {
             return false;
         }
         let Some(from) = self
@@ -210,15 +210,15 @@ impl StreamState {
         };
         let to = current.min(from.saturating_add(REVS_PER_ROUND - 1));
         let with_prev = self.watchers.values().any(|w| w.prev_kv && w.next <= to);
-        let history = match self.server.watch_cache.get(from, to, with_prev) {
+        let history = match self.member.watch_cache().get(from, to, with_prev) {
             Some(changes) => History {
                 changes,
-                compacted: self.server.sm.compacted(),
+                compacted: self.member.state().compacted(),
                 revision: to,
             },
             None => {
                 metrics::watch_storage_read();
-                let sm = self.server.sm.clone();
+                let sm = self.member.state().clone();
                 match tokio::task::spawn_blocking(move || sm.mvcc.history(from, to, with_prev)).await {
                     Ok(Ok(h)) => h,
                     Ok(Err(e)) => {
@@ -253,7 +253,7 @@ impl StreamState {
             if events.is_empty() {
                 continue;
             }
-            let header = self.server.header(to);
+            let header = self.member.header(to);
             for r in responses(id, header, events, fragment, self.fragment_limit()) {
                 if !self.send(r).await {
                     return false;
@@ -289,7 +289,7 @@ impl StreamState {
     }
 
     fn fragment_limit(&self) -> usize {
-        self.server.cfg.max_request_bytes + FRAGMENT_OVERHEAD
+        self.member.config().max_request_bytes + FRAGMENT_OVERHEAD
     }
 
     /// Answers a pending WatchProgressRequest once the stream has followed the store to the
@@ -301,7 +301,7 @@ impl StreamState {
         }
         self.progress_requested = None;
         let r = WatchResponse {
-            header: self.server.header(current),
+            header: self.member.header(current),
             watch_id: NO_WATCH_ID,
             ..Default::default()
         };
@@ -318,7 +318,7 @@ impl StreamState {
             .collect();
         for id in ids {
             let r = WatchResponse {
-                header: self.server.header(current),
+                header: self.member.header(current),
                 watch_id: id,
                 ..Default::default()
             };
@@ -383,20 +383,20 @@ fn responses(
 /// Runs one watch stream until the client leaves, the member shuts down, or (with
 /// `hasleader`) the member has had no leader for three election timeouts.
 async fn run_stream(
-    server: Arc<Server>,
+    member: Arc<Member>,
     mut inbound: Streaming<WatchRequest>,
     mut st: StreamState,
     require_leader: bool,
 ) {
     // The shared cache's revision: woken by it, a caught-up stream finds the new revisions
     // already read.
-    let mut revision = server.watch_cache.revision();
-    let interval = server.cfg.experimental_watch_progress_notify_interval;
+    let mut revision = member.watch_cache().revision();
+    let interval = member.config().experimental_watch_progress_notify_interval;
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + interval.max(Duration::from_millis(10)),
         interval.max(Duration::from_millis(10)),
     );
-    let mut leader_check = tokio::time::interval(server.cfg.election());
+    let mut leader_check = tokio::time::interval(member.config().election());
     let mut leaderless_since: Option<Instant> = None;
     loop {
         let current = *revision.borrow_and_update();
@@ -406,7 +406,7 @@ async fn run_stream(
         let behind = st.behind(current);
         tokio::select! {
             biased;
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown().cancelled() => return,
             req = inbound.next() => match req {
                 Some(Ok(req)) => if !st.handle(req).await { return },
                 _ => return,
@@ -415,11 +415,11 @@ async fn run_stream(
             r = revision.changed(), if !behind => if r.is_err() { return },
             _ = progress.tick() => if !st.periodic_progress(current).await { return },
             _ = leader_check.tick(), if require_leader => {
-                if server.leader().is_some() {
+                if member.leader().is_some() {
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= server.cfg.election() * 3 {
+                    if since.elapsed() >= member.config().election() * 3 {
                         let _ = st.tx.send(Err(StoreError::NoLeader.into())).await;
                         return;
                     }
@@ -439,13 +439,13 @@ impl Watch for WatchService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let st = StreamState {
-            server: self.server.clone(),
+            member: self.member.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_requested: None,
             tx,
         };
-        tokio::spawn(run_stream(self.server.clone(), inbound, st, require_leader));
+        tokio::spawn(run_stream(self.member.clone(), inbound, st, require_leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

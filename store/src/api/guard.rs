@@ -15,15 +15,15 @@ use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::Server;
 use crate::error::StoreError;
+use crate::member::Member;
 
 /// RPCs a learner may serve (Range only when serializable, checked by its handler).
 const LEARNER_RPCS: [&str; 2] = ["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
 #[derive(Clone)]
 pub struct GuardLayer {
-    pub server: Arc<Server>,
+    pub member: Arc<Member>,
 }
 
 impl<S> Layer<S> for GuardLayer {
@@ -32,7 +32,7 @@ impl<S> Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> Guard<S> {
         Guard {
             inner,
-            server: self.server.clone(),
+            member: self.member.clone(),
         }
     }
 }
@@ -40,18 +40,18 @@ impl<S> Layer<S> for GuardLayer {
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
-    server: Arc<Server>,
+    member: Arc<Member>,
 }
 
 /// Why a request to `path` must be refused now, if it must.
-fn refusal(server: &Server, path: &str, wants_leader: bool) -> Option<StoreError> {
+fn refusal(member: &Member, path: &str, wants_leader: bool) -> Option<StoreError> {
     if path.starts_with("/grpc.health.v1.") {
         return None;
     }
-    if server.is_learner() && !LEARNER_RPCS.contains(&path) {
+    if member.is_learner() && !LEARNER_RPCS.contains(&path) {
         return Some(StoreError::NotSupportedForLearner);
     }
-    if wants_leader && server.leader().is_none() {
+    if wants_leader && member.leader().is_none() {
         return Some(StoreError::NoLeader);
     }
     None
@@ -78,7 +78,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         let wants_leader = req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
-        if let Some(e) = refusal(&self.server, req.uri().path(), wants_leader) {
+        if let Some(e) = refusal(&self.member, req.uri().path(), wants_leader) {
             let resp = tonic::Status::from(e).into_http();
             return Box::pin(async move { Ok(resp) });
         }

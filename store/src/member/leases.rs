@@ -1,30 +1,20 @@
-//! The etcd Lease service and the leader's side of leases.
+//! The leader's side of leases.
 //!
 //! Grants and revokes are replicated commands. Renewals (KeepAlive) and TTL queries are
-//! answered by the leader, whose clock alone decides expiry; followers forward them over
-//! the peer transport. The leader turns expired leases into replicated revokes, at most
-//! [`REVOKES_PER_TICK`] per tick (etcd's 1000 per second).
+//! answered by the leader, whose clock alone decides expiry; followers route them there.
+//! The leader turns expired leases into replicated revokes, at most [`REVOKES_PER_TICK`]
+//! per tick (etcd's 1000 per second). The deadlines themselves are `crate::lease`'s, fed by
+//! the state machine.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
-use openraft::async_runtime::WatchReceiver;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-
-use super::Server;
+use super::Member;
+use super::route::{Leader, Reroute, answer};
 use crate::error::{Result, StoreError};
 use crate::lease::MAX_LEASE_TTL;
-use crate::proto::etcdserverpb::lease_server::Lease;
-use crate::proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
-};
+use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse};
 use crate::proto::lodestone::{self as pb, LeaseAnswer, LeaseQuery, command::Kind, command_result::Kind as ResKind};
 
 const TICK: Duration = Duration::from_millis(500);
@@ -45,7 +35,7 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl Server {
+impl Member {
     /// The smallest TTL a lease gets: etcd's `ceil(1.5 × election timeout)` in seconds.
     pub fn min_lease_ttl(&self) -> i64 {
         let ms = self.cfg.election().as_millis() as i64 * 3 / 2;
@@ -108,37 +98,17 @@ impl Server {
 
     /// Renews or reports a lease on the leader, forwarding when this member is a follower.
     pub async fn lease_query(&self, q: LeaseQuery) -> Result<LeaseAnswer> {
-        let fut = async {
-            loop {
-                let leader = self.wait_leader().await?;
-                let r = if leader == self.id {
-                    self.lease_query_local(&q).await
-                } else {
-                    self.forward_lease_query(leader, q).await
-                };
-                match r {
-                    // Renewals and queries are idempotent: route again until the request
-                    // timeout while leadership settles.
-                    Err(StoreError::NotLeader | StoreError::LeaderChanged) => {
-                        tokio::time::sleep(self.cfg.heartbeat()).await
-                    }
-                    r => return r,
-                }
+        // Renewals and queries are idempotent: route again until the request timeout while
+        // leadership settles.
+        let routed = self.to_leader(Reroute::NotLeaderOrLost, |leader| async move {
+            match leader {
+                Leader::Here => self.lease_query_here(&q).await,
+                Leader::Peer(mut c) => answer(c.lease(q).await),
             }
-        };
-        tokio::time::timeout(self.cfg.request_timeout(), fut)
+        });
+        tokio::time::timeout(self.cfg.request_timeout(), routed)
             .await
             .unwrap_or(Err(StoreError::Timeout))
-    }
-
-    async fn forward_lease_query(&self, leader: u64, mut q: LeaseQuery) -> Result<LeaseAnswer> {
-        q.cluster_id = self.cluster_id();
-        let mut client = self.peer(leader).await?;
-        match client.lease(q).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
-            Err(_) => Err(StoreError::LeaderChanged),
-        }
     }
 
     /// The leader's answer. Every lease's TTL restarts the first time a new leader is asked
@@ -148,7 +118,7 @@ impl Server {
     /// is read (etcd's `ensureLeadership`): a leader cut off from its quorum, which the rest
     /// of the cluster has already replaced, must not renew a lease the new leader lets
     /// expire, or a lock holder would believe it still holds its lock.
-    pub async fn lease_query_local(&self, q: &LeaseQuery) -> Result<LeaseAnswer> {
+    pub async fn lease_query_here(&self, q: &LeaseQuery) -> Result<LeaseAnswer> {
         let committed = self.lease_leader_ready()?;
         // A grant the previous leader committed may not be applied here yet.
         self.wait_applied(committed).await?;
@@ -196,7 +166,7 @@ impl Server {
     /// Confirms with a quorum of voters that this member still leads (a ReadIndex round),
     /// within an election timeout; `NotLeader` otherwise.
     async fn confirm_leadership(&self) -> Result<()> {
-        match tokio::time::timeout(self.cfg.election(), self.local_read_index()).await {
+        match tokio::time::timeout(self.cfg.election(), self.consensus.read_index()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(StoreError::Stopped)) => Err(StoreError::Stopped),
             Ok(Err(_)) | Err(_) => Err(StoreError::NotLeader),
@@ -206,21 +176,21 @@ impl Server {
     /// Checks that this member leads and that its lease clock was restarted in this term;
     /// returns the commit index to wait for.
     fn lease_leader_ready(&self) -> Result<u64> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.id) {
+        let s = self.consensus.status();
+        if s.leader != Some(self.id) {
             return Err(StoreError::NotLeader);
         }
         let mut promoted = self.lease_clock.promoted_term.lock().expect("lease clock lock");
-        if *promoted != m.current_term {
+        if *promoted != s.term {
             self.sm.lessor.promote(Instant::now());
-            *promoted = m.current_term;
-            tracing::info!(term = m.current_term, "leader: restarted every lease's TTL");
+            *promoted = s.term;
+            tracing::info!(term = s.term, "leader: restarted every lease's TTL");
         }
-        Ok(m.cluster_committed.as_ref().map_or(0, |c| c.index))
+        Ok(s.committed)
     }
 }
 
-fn revoke_command(id: i64) -> pb::Command {
+pub(crate) fn revoke_command(id: i64) -> pb::Command {
     pb::Command {
         kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
     }
@@ -233,30 +203,30 @@ fn revoke_command(id: i64) -> pb::Command {
 /// are proposed here only, never forwarded. A deposed leader (one that was cut off, or
 /// stalled, while another took over and kept the leases alive) therefore cannot revoke them
 /// through the new leader; the new leader's own clock decides.
-pub(super) async fn expire_leases(server: Arc<Server>) {
-    let retry = server.cfg.election() * 2;
+pub(super) async fn expire_leases(member: Arc<Member>) {
+    let retry = member.cfg.election() * 2;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if server.lease_leader_ready().is_err() || !server.sm.lessor.any_expired(Instant::now()) {
+        if member.lease_leader_ready().is_err() || !member.sm.lessor.any_expired(Instant::now()) {
             continue;
         }
-        if server.confirm_leadership().await.is_err() {
+        if member.confirm_leadership().await.is_err() {
             continue;
         }
-        let expired = server.sm.lessor.take_expired(Instant::now(), REVOKES_PER_TICK, retry);
+        let expired = member.sm.lessor.take_expired(Instant::now(), REVOKES_PER_TICK, retry);
         if expired.is_empty() {
             continue;
         }
         tracing::debug!(count = expired.len(), "revoking expired leases");
         let revokes = expired.into_iter().map(|id| {
-            let s = server.clone();
+            let s = member.clone();
             async move {
-                let local = tokio::time::timeout(s.cfg.request_timeout(), s.propose_local(revoke_command(id)));
+                let local = tokio::time::timeout(s.cfg.request_timeout(), s.propose_here(revoke_command(id)));
                 match local.await.unwrap_or(Err(StoreError::Timeout)) {
                     Ok(_) | Err(StoreError::LeaseNotFound) => {}
                     Err(e) => tracing::debug!(lease = %format!("{id:x}"), error = %e, "revoke of expired lease failed; will retry while leader"),
@@ -264,108 +234,5 @@ pub(super) async fn expire_leases(server: Arc<Server>) {
             }
         });
         futures::future::join_all(revokes).await;
-    }
-}
-
-pub struct LeaseService {
-    pub server: Arc<Server>,
-}
-
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Lease for LeaseService {
-    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        Ok(Response::new(self.server.lease_grant(request.into_inner()).await?))
-    }
-
-    async fn lease_revoke(
-        &self,
-        request: Request<LeaseRevokeRequest>,
-    ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(Response::new(self.server.lease_revoke(request.get_ref().id).await?))
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        request: Request<Streaming<LeaseKeepAliveRequest>>,
-    ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let server = self.server.clone();
-        tokio::spawn(async move {
-            loop {
-                let req = tokio::select! {
-                    _ = server.shutdown.cancelled() => return,
-                    r = inbound.next() => match r {
-                        Some(Ok(r)) => r,
-                        _ => return,
-                    },
-                };
-                // The header is taken before the renewal, so its revision never postdates a
-                // revoke the renewal could have raced with.
-                let header = server.header(server.revision());
-                let q = LeaseQuery {
-                    id: req.id,
-                    renew: true,
-                    ..Default::default()
-                };
-                let out = match server.lease_query(q).await {
-                    Ok(a) => Ok(LeaseKeepAliveResponse {
-                        header,
-                        id: req.id,
-                        ttl: a.ttl.max(0),
-                    }),
-                    Err(e) => Err(Status::from(e)),
-                };
-                let failed = out.is_err();
-                if tx.send(out).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        request: Request<LeaseTimeToLiveRequest>,
-    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let req = request.into_inner();
-        let header = self.server.header(self.server.revision());
-        let a = self
-            .server
-            .lease_query(LeaseQuery {
-                id: req.id,
-                keys: req.keys,
-                ..Default::default()
-            })
-            .await?;
-        Ok(Response::new(LeaseTimeToLiveResponse {
-            header,
-            id: req.id,
-            ttl: a.ttl,
-            granted_ttl: a.granted_ttl,
-            keys: a.keys,
-        }))
-    }
-
-    async fn lease_leases(
-        &self,
-        _request: Request<LeaseLeasesRequest>,
-    ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.server.linearizable_barrier().await?;
-        let leases = self
-            .server
-            .sm
-            .lessor
-            .ids()
-            .into_iter()
-            .map(|id| LeaseStatus { id })
-            .collect();
-        Ok(Response::new(LeaseLeasesResponse {
-            header: self.server.header(self.server.revision()),
-            leases,
-        }))
     }
 }

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Server;
 use crate::error::{Result, StoreError};
+use crate::member::Member;
 use crate::mvcc::RangeOutcome;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -80,125 +80,123 @@ fn first_range(resp: &TxnResponse, i: usize) -> Option<KeyValue> {
     }
 }
 
-impl Server {
-    async fn txn(self: &Arc<Self>, t: TxnRequest) -> Result<TxnResponse> {
-        let r = self
-            .propose_write(Command {
-                kind: Some(Kind::Txn(t)),
-            })
-            .await?;
-        match r.kind {
-            Some(ResKind::Txn(t)) => Ok(t),
-            _ => Err(StoreError::Internal("unexpected result for txn".into())),
-        }
+async fn txn(member: &Arc<Member>, t: TxnRequest) -> Result<TxnResponse> {
+    let r = member
+        .propose_write(Command {
+            kind: Some(Kind::Txn(t)),
+        })
+        .await?;
+    match r.kind {
+        Some(ResKind::Txn(t)) => Ok(t),
+        _ => Err(StoreError::Internal("unexpected result for txn".into())),
     }
+}
 
-    /// A Range on this member's state (after the caller's barrier), with the store revision
-    /// it was read at.
-    async fn local_range(&self, req: RangeRequest) -> Result<(RangeOutcome, i64)> {
-        let sm = self.sm.clone();
-        tokio::task::spawn_blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision))))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-    }
+/// A Range on this member's state (after the caller's barrier), with the store revision
+/// it was read at.
+async fn local_range(member: &Member, req: RangeRequest) -> Result<(RangeOutcome, i64)> {
+    let sm = member.state().clone();
+    tokio::task::spawn_blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision))))
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+}
 
-    /// Creates (or re-joins) the contender key `<name>/<lease>` with `value`; returns it.
-    async fn join_queue(self: &Arc<Self>, name: &[u8], lease: i64, value: &[u8]) -> Result<KeyValue> {
-        let (_, key) = contender_key(name, lease);
-        let t = TxnRequest {
-            compare: vec![Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Create as i32,
-                key: key.clone().into(),
-                target_union: Some(TargetUnion::CreateRevision(0)),
-                range_end: Default::default(),
-            }],
-            success: vec![
-                RequestOp {
-                    request: Some(Op::RequestPut(PutRequest {
-                        key: key.clone().into(),
-                        value: value.to_vec().into(),
-                        lease,
-                        ..Default::default()
-                    })),
-                },
-                range_op(single(&key)),
-            ],
-            failure: vec![range_op(single(&key))],
-        };
-        let r = self.txn(t).await?;
-        first_range(&r, if r.succeeded { 1 } else { 0 })
-            .ok_or_else(|| StoreError::Internal("contender key vanished".into()))
-    }
+/// Creates (or re-joins) the contender key `<name>/<lease>` with `value`; returns it.
+async fn join_queue(member: &Arc<Member>, name: &[u8], lease: i64, value: &[u8]) -> Result<KeyValue> {
+    let (_, key) = contender_key(name, lease);
+    let t = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.clone().into(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            range_end: Default::default(),
+        }],
+        success: vec![
+            RequestOp {
+                request: Some(Op::RequestPut(PutRequest {
+                    key: key.clone().into(),
+                    value: value.to_vec().into(),
+                    lease,
+                    ..Default::default()
+                })),
+            },
+            range_op(single(&key)),
+        ],
+        failure: vec![range_op(single(&key))],
+    };
+    let r = txn(member, t).await?;
+    first_range(&r, if r.succeeded { 1 } else { 0 })
+        .ok_or_else(|| StoreError::Internal("contender key vanished".into()))
+}
 
-    /// Waits until no key of `prefix` was created before contender `me` (etcd's
-    /// `waitDeletes`). Fails with [`StoreError::SessionExpired`] as soon as `me` no longer
-    /// owns its key (its lease expired, someone deleted it, or an abandoned retry of the same
-    /// session withdrew it): such a wait can win nothing, and reporting the lock as held
-    /// would break mutual exclusion.
-    async fn wait_turn(&self, prefix: &[u8], me: &KeyValue) -> Result<()> {
-        self.linearizable_barrier().await?;
-        let mut revision = self.sm.revision();
-        loop {
-            revision.borrow_and_update();
-            // The newest contender created no later than `me`, and (`more`) whether any
-            // other is older. (`count` would not do: like etcd's, it ignores the revision
-            // filters.)
-            let upto_me = RangeRequest {
-                key: prefix.to_vec().into(),
-                range_end: prefix_end(prefix).into(),
-                max_create_revision: me.create_revision,
-                sort_order: SortOrder::Descend as i32,
-                sort_target: SortTarget::Create as i32,
-                limit: 1,
-                keys_only: true,
-                ..Default::default()
-            };
-            let (found, _) = self.local_range(upto_me).await?;
-            match found.kvs.first() {
-                Some(kv) if kv.key == me.key && kv.create_revision == me.create_revision => {
-                    if !found.more {
-                        return Ok(());
-                    }
-                }
-                _ => return Err(StoreError::SessionExpired),
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(StoreError::Stopped),
-                r = revision.changed() => if r.is_err() { return Err(StoreError::Stopped) },
-            }
-        }
-    }
-
-    /// The current leader of election `name`: its oldest contender.
-    async fn election_leader(&self, name: &[u8]) -> Result<(Option<KeyValue>, i64)> {
-        let mut prefix = name.to_vec();
-        prefix.push(b'/');
-        let req = RangeRequest {
-            key: prefix.clone().into(),
-            range_end: prefix_end(&prefix).into(),
-            sort_order: SortOrder::Ascend as i32,
+/// Waits until no key of `prefix` was created before contender `me` (etcd's
+/// `waitDeletes`). Fails with [`StoreError::SessionExpired`] as soon as `me` no longer
+/// owns its key (its lease expired, someone deleted it, or an abandoned retry of the same
+/// session withdrew it): such a wait can win nothing, and reporting the lock as held
+/// would break mutual exclusion.
+async fn wait_turn(member: &Member, prefix: &[u8], me: &KeyValue) -> Result<()> {
+    member.linearizable_barrier().await?;
+    let mut revision = member.state().revision();
+    loop {
+        revision.borrow_and_update();
+        // The newest contender created no later than `me`, and (`more`) whether any
+        // other is older. (`count` would not do: like etcd's, it ignores the revision
+        // filters.)
+        let upto_me = RangeRequest {
+            key: prefix.to_vec().into(),
+            range_end: prefix_end(prefix).into(),
+            max_create_revision: me.create_revision,
+            sort_order: SortOrder::Descend as i32,
             sort_target: SortTarget::Create as i32,
             limit: 1,
+            keys_only: true,
             ..Default::default()
         };
-        let (found, rev) = self.local_range(req).await?;
-        Ok((found.kvs.into_iter().next(), rev))
+        let (found, _) = local_range(member, upto_me).await?;
+        match found.kvs.first() {
+            Some(kv) if kv.key == me.key && kv.create_revision == me.create_revision => {
+                if !found.more {
+                    return Ok(());
+                }
+            }
+            _ => return Err(StoreError::SessionExpired),
+        }
+        tokio::select! {
+            _ = member.shutdown().cancelled() => return Err(StoreError::Stopped),
+            r = revision.changed() => if r.is_err() { return Err(StoreError::Stopped) },
+        }
     }
+}
+
+/// The current leader of election `name`: its oldest contender.
+async fn election_leader(member: &Member, name: &[u8]) -> Result<(Option<KeyValue>, i64)> {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    let req = RangeRequest {
+        key: prefix.clone().into(),
+        range_end: prefix_end(&prefix).into(),
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    };
+    let (found, rev) = local_range(member, req).await?;
+    Ok((found.kvs.into_iter().next(), rev))
 }
 
 /// A contender key whose wait has not finished. Dropped armed (the RPC was canceled, or
 /// failed), it withdraws the key, but only the incarnation this wait created or joined: the
 /// delete is guarded by the key's create revision.
 struct Waiting {
-    server: Arc<Server>,
+    member: Arc<Member>,
     leader: Option<LeaderKey>,
 }
 
 impl Waiting {
-    fn new(server: &Arc<Server>, name: &[u8], me: &KeyValue) -> Waiting {
+    fn new(member: &Arc<Member>, name: &[u8], me: &KeyValue) -> Waiting {
         Waiting {
-            server: server.clone(),
+            member: member.clone(),
             leader: Some(LeaderKey {
                 name: name.to_vec().into(),
                 key: me.key.clone(),
@@ -217,10 +215,10 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         let Some(leader) = self.leader.take() else { return };
-        if self.server.shutdown.is_cancelled() {
+        if self.member.shutdown().is_cancelled() {
             return;
         }
-        let server = self.server.clone();
+        let member = self.member.clone();
         // The handler's future is being dropped, so the delete runs on its own.
         tokio::spawn(async move {
             let del = RequestOp {
@@ -229,7 +227,7 @@ impl Drop for Waiting {
                     ..Default::default()
                 })),
             };
-            if let Err(e) = server.txn(guarded(&leader, del)).await {
+            if let Err(e) = txn(&member, guarded(&leader, del)).await {
                 tracing::debug!(error = %e, "withdrawing an abandoned lock or campaign key");
             }
         });
@@ -237,18 +235,18 @@ impl Drop for Waiting {
 }
 
 pub struct LockService {
-    pub server: Arc<Server>,
+    pub member: Arc<Member>,
 }
 
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let req = request.into_inner();
-        let me = s.join_queue(&req.name, req.lease, b"").await?;
+        let me = join_queue(s, &req.name, req.lease, b"").await?;
         let waiting = Waiting::new(s, &req.name, &me);
         let (prefix, _) = contender_key(&req.name, req.lease);
-        s.wait_turn(&prefix, &me).await?;
+        wait_turn(s, &prefix, &me).await?;
         waiting.done();
         Ok(Response::new(LockResponse {
             header: s.header(s.revision()),
@@ -257,7 +255,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let key = request.into_inner().key;
         let r = s
             .propose_write(Command {
@@ -276,7 +274,7 @@ impl Lock for LockService {
 }
 
 pub struct ElectionService {
-    pub server: Arc<Server>,
+    pub member: Arc<Member>,
 }
 
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
@@ -303,9 +301,9 @@ fn guarded(leader: &LeaderKey, op: RequestOp) -> TxnRequest {
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let req = request.into_inner();
-        let mut me = s.join_queue(&req.name, req.lease, &req.value).await?;
+        let mut me = join_queue(s, &req.name, req.lease, &req.value).await?;
         let waiting = Waiting::new(s, &req.name, &me);
         if me.value != req.value {
             // Re-joining with a new value: proclaim it in place.
@@ -323,11 +321,11 @@ impl Election for ElectionService {
                 rev: me.create_revision,
                 lease: req.lease,
             };
-            s.txn(guarded(&l, put)).await?;
+            txn(s, guarded(&l, put)).await?;
             me.value = req.value.clone();
         }
         let (prefix, _) = contender_key(&req.name, req.lease);
-        s.wait_turn(&prefix, &me).await?;
+        wait_turn(s, &prefix, &me).await?;
         waiting.done();
         Ok(Response::new(CampaignResponse {
             header: s.header(s.revision()),
@@ -341,7 +339,7 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let req = request.into_inner();
         let leader = leader_key(req.leader)?;
         let put = RequestOp {
@@ -352,7 +350,7 @@ impl Election for ElectionService {
                 ..Default::default()
             })),
         };
-        let r = s.txn(guarded(&leader, put)).await?;
+        let r = txn(s, guarded(&leader, put)).await?;
         if !r.succeeded {
             return Err(StoreError::ElectionNotLeader.into());
         }
@@ -362,9 +360,9 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         s.linearizable_barrier().await?;
-        let (kv, rev) = s.election_leader(&request.get_ref().name).await?;
+        let (kv, rev) = election_leader(s, &request.get_ref().name).await?;
         let kv = kv.ok_or(StoreError::ElectionNoLeader)?;
         Ok(Response::new(LeaderResponse {
             header: s.header(rev),
@@ -373,17 +371,17 @@ impl Election for ElectionService {
     }
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
-        let s = self.server.clone();
+        let s = self.member.clone();
         s.linearizable_barrier().await?;
         let name = request.into_inner().name;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let mut revision = s.sm.revision();
+            let mut revision = s.state().revision();
             // The last leader value sent: (key, mod revision).
             let mut last: Option<(bytes::Bytes, i64)> = None;
             loop {
                 revision.borrow_and_update();
-                match s.election_leader(&name).await {
+                match election_leader(&s, &name).await {
                     Ok((Some(kv), rev)) => {
                         let seen = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&seen) {
@@ -404,7 +402,7 @@ impl Election for ElectionService {
                     }
                 }
                 tokio::select! {
-                    _ = s.shutdown.cancelled() => return,
+                    _ = s.shutdown().cancelled() => return,
                     _ = tx.closed() => return,
                     r = revision.changed() => if r.is_err() { return },
                 }
@@ -414,7 +412,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let s = &self.server;
+        let s = &self.member;
         let leader = leader_key(request.into_inner().leader)?;
         let del = RequestOp {
             request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
@@ -422,7 +420,7 @@ impl Election for ElectionService {
                 ..Default::default()
             })),
         };
-        let r = s.txn(guarded(&leader, del)).await?;
+        let r = txn(s, guarded(&leader, del)).await?;
         Ok(Response::new(ResignResponse {
             header: s.header(r.header.map_or(0, |h| h.revision)),
         }))

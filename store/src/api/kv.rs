@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::Server;
+use super::blocking;
+use super::validate;
 use crate::error::StoreError;
+use crate::member::Member;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::{
@@ -17,21 +19,13 @@ use crate::proto::etcdserverpb::{
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::lodestone::{Command, command::Kind, command_result::Kind as ResKind};
-use crate::validate;
 
 pub struct KvService {
-    pub server: Arc<Server>,
+    pub member: Arc<Member>,
 }
 
 fn unexpected(what: &str) -> Status {
     StoreError::Internal(format!("unexpected result for {what}")).into()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::from)
 }
 
 /// True when a txn (with everything nested) only reads.
@@ -54,7 +48,7 @@ fn all_serializable(t: &TxnRequest) -> bool {
 
 impl KvService {
     async fn write(&self, kind: Kind) -> Result<ResKind, Status> {
-        let r = self.server.propose_write(Command { kind: Some(kind) }).await?;
+        let r = self.member.propose_write(Command { kind: Some(kind) }).await?;
         r.kind.ok_or_else(|| unexpected("write"))
     }
 }
@@ -64,21 +58,21 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_range(&req)?;
-        if !req.serializable && self.server.is_learner() {
+        if !req.serializable && self.member.is_learner() {
             return Err(StoreError::NotSupportedForLearner.into());
         }
         if req.serializable {
-            self.server.serializable_barrier().await?;
+            self.member.serializable_barrier().await?;
         } else {
-            self.server.linearizable_barrier().await?;
+            self.member.linearizable_barrier().await?;
         }
         // After the barrier: a linearizable read sees every alarm change committed before it.
-        self.server.check_corrupt()?;
-        let sm = self.server.sm.clone();
+        self.member.check_corrupt()?;
+        let sm = self.member.state().clone();
         let (out, rev) =
             blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision)))).await?;
         Ok(Response::new(RangeResponse {
-            header: self.server.header(rev),
+            header: self.member.header(rev),
             kvs: out.kvs,
             more: out.more,
             count: out.count,
@@ -90,7 +84,7 @@ impl Kv for KvService {
         validate::check_put(&req)?;
         match self.write(Kind::Put(req)).await? {
             ResKind::Put(mut r) => {
-                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
             }
             _ => Err(unexpected("put")),
@@ -105,7 +99,7 @@ impl Kv for KvService {
         validate::check_delete(&req)?;
         match self.write(Kind::DeleteRange(req)).await? {
             ResKind::DeleteRange(mut r) => {
-                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
             }
             _ => Err(unexpected("delete range")),
@@ -114,22 +108,22 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
-        validate::check_txn(&req, self.server.cfg.max_txn_ops)?;
+        validate::check_txn(&req, self.member.config().max_txn_ops)?;
         if is_read_only(&req) {
             if all_serializable(&req) {
-                self.server.serializable_barrier().await?;
+                self.member.serializable_barrier().await?;
             } else {
-                self.server.linearizable_barrier().await?;
+                self.member.linearizable_barrier().await?;
             }
-            self.server.check_corrupt()?;
-            let sm = self.server.sm.clone();
+            self.member.check_corrupt()?;
+            let sm = self.member.state().clone();
             let mut r = blocking(move || sm.mvcc.read_only_txn(&req)).await?;
-            r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+            r.header = self.member.header(r.header.map_or(0, |h| h.revision));
             return Ok(Response::new(r));
         }
         match self.write(Kind::Txn(req)).await? {
             ResKind::Txn(mut r) => {
-                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
             }
             _ => Err(unexpected("txn")),
@@ -144,9 +138,9 @@ impl Kv for KvService {
                 // Applying a compaction only moves the compacted revision; with `physical`
                 // the answer waits until this member removed the history it dropped.
                 if physical {
-                    self.server.wait_compacted_physically(revision).await?;
+                    self.member.wait_compacted_physically(revision).await?;
                 }
-                r.header = self.server.header(r.header.map_or(0, |h| h.revision));
+                r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
             }
             _ => Err(unexpected("compaction")),

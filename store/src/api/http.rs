@@ -17,12 +17,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::Server;
+use crate::member::Member;
 use crate::metrics;
 
-async fn health(server: Arc<Server>) -> impl IntoResponse {
-    let ok = server.leader().is_some()
-        && tokio::time::timeout(Duration::from_secs(1), server.linearizable_barrier())
+async fn health(member: Arc<Member>) -> impl IntoResponse {
+    let ok = member.leader().is_some()
+        && tokio::time::timeout(Duration::from_secs(1), member.linearizable_barrier())
             .await
             .is_ok_and(|r| r.is_ok());
     let (code, body) = if ok {
@@ -36,11 +36,11 @@ async fn health(server: Arc<Server>) -> impl IntoResponse {
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn readyz(server: Arc<Server>) -> impl IntoResponse {
-    let caught_up = tokio::time::timeout(Duration::from_millis(500), server.serializable_barrier())
+async fn readyz(member: Arc<Member>) -> impl IntoResponse {
+    let caught_up = tokio::time::timeout(Duration::from_millis(500), member.serializable_barrier())
         .await
         .is_ok_and(|r| r.is_ok());
-    if server.leader().is_some() && caught_up {
+    if member.leader().is_some() && caught_up {
         (StatusCode::OK, "ok\n")
     } else {
         (
@@ -50,9 +50,9 @@ async fn readyz(server: Arc<Server>) -> impl IntoResponse {
     }
 }
 
-async fn render_metrics(server: Arc<Server>) -> impl IntoResponse {
-    let (size, in_use) = server.sm.mvcc.size();
-    metrics::set_db(size, in_use, server.revision());
+async fn render_metrics(member: Arc<Member>) -> impl IntoResponse {
+    let (size, in_use) = member.state().mvcc.size();
+    metrics::set_db(size, in_use, member.revision());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render())
 }
 
@@ -67,8 +67,8 @@ async fn version() -> impl IntoResponse {
 /// Every path the router serves.
 pub const PATHS: [&str; 5] = ["/health", "/livez", "/readyz", "/metrics", "/version"];
 
-pub fn router(server: Arc<Server>) -> Router {
-    let (s1, s2, s3) = (server.clone(), server.clone(), server);
+pub fn router(member: Arc<Member>) -> Router {
+    let (s1, s2, s3) = (member.clone(), member.clone(), member);
     Router::new()
         .route("/version", get(version))
         .route("/health", get(move || health(s1.clone())))

@@ -25,7 +25,9 @@ pub fn to_status(e: StoreError) -> Status {
         | StoreError::MemberNotLearner
         | StoreError::LearnerNotReady
         | StoreError::TooManyLearners
-        | StoreError::BadLeaderTransferee => Code::FailedPrecondition,
+        | StoreError::BadLeaderTransferee
+        | StoreError::MemberRemoved
+        | StoreError::Misaddressed(_) => Code::FailedPrecondition,
         StoreError::Corrupt => Code::DataLoss,
         StoreError::WatchCanceled => Code::Cancelled,
         StoreError::NoLeader

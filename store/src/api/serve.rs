@@ -9,16 +9,16 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-use super::authority::ClientStream;
 use super::cluster::ClusterService;
 use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
-use super::peer::PeerService;
 use super::watch::WatchService;
-use super::{Server, StartError};
 use crate::config::{self, Config};
+use crate::member::{Member, StartError};
+use crate::net::h2_authority::ClientStream;
+use crate::peer::service::{EnvelopeLayer, PeerService};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -81,11 +81,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .collect();
     let metrics = bind_all(&metrics_urls).await?;
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD;
-    let server = Server::start(cfg, shutdown.clone()).await?;
+    let member = Member::start(cfg, shutdown.clone()).await?;
     tracing::info!(
-        name = %server.cfg.name,
-        member = %format!("{:x}", server.id),
-        cluster = %format!("{:x}", server.cluster_id()),
+        name = %member.config().name,
+        member = %format!("{:x}", member.id()),
+        cluster = %format!("{:x}", member.cluster_id()),
         client = ?client.iter().map(|(u, _)| u).collect::<Vec<_>>(),
         peer = ?peer.iter().map(|(u, _)| u).collect::<Vec<_>>(),
         "serving"
@@ -95,12 +95,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let peers_stop = CancellationToken::new();
     let mut peer_tasks = Vec::new();
     for (_, l) in peer {
-        let svc = PeerServer::new(PeerService { server: server.clone() })
-            .max_decoding_message_size(crate::raft::network::max_peer_message(server.cfg.max_request_bytes))
+        let svc = PeerServer::new(PeerService { member: member.clone() })
+            .max_decoding_message_size(crate::peer::max_message(member.config().max_request_bytes))
             .max_encoding_message_size(i32::MAX as usize);
         let stop = peers_stop.clone();
         peer_tasks.push(tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(EnvelopeLayer { member: member.clone() })
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming(l), stop.cancelled_owned()),
         ));
@@ -110,17 +111,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let mut client_tasks = Vec::new();
     for (_, l) in client {
-        let s = server.clone();
-        let kv = KvServer::new(KvService { server: s.clone() })
+        let s = member.clone();
+        let kv = KvServer::new(KvService { member: s.clone() })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
         let maint =
-            MaintenanceServer::new(MaintenanceService { server: s.clone() }).max_decoding_message_size(max_recv);
-        let cluster = ClusterServer::new(ClusterService { server: s.clone() }).max_decoding_message_size(max_recv);
-        let lease = LeaseServer::new(LeaseService { server: s.clone() }).max_decoding_message_size(max_recv);
-        let lock = LockServer::new(LockService { server: s.clone() }).max_decoding_message_size(max_recv);
-        let election = ElectionServer::new(ElectionService { server: s.clone() }).max_decoding_message_size(max_recv);
-        let watch = WatchServer::new(WatchService { server: s.clone() })
+            MaintenanceServer::new(MaintenanceService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let cluster = ClusterServer::new(ClusterService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let lease = LeaseServer::new(LeaseService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let lock = LockServer::new(LockService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let election = ElectionServer::new(ElectionService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let watch = WatchServer::new(WatchService { member: s.clone() })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
         // Client connections go through the :authority repair (see `authority`).
@@ -132,7 +133,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             tonic::transport::Server::builder()
                 .accept_http1(true)
                 .layer(super::limits::OversizeLayer)
-                .layer(super::guard::GuardLayer { server: s.clone() })
+                .layer(super::guard::GuardLayer { member: s.clone() })
                 .add_routes(http)
                 .add_service(health_service.clone())
                 .add_service(kv)
@@ -148,7 +149,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
 
     let mut http_tasks = Vec::new();
     for (_, l) in metrics {
-        let router = super::http::router(server.clone());
+        let router = super::http::router(member.clone());
         let stop = shutdown.clone();
         http_tasks.push(tokio::spawn(async move {
             axum::serve(l, router)
@@ -165,7 +166,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     for t in http_tasks {
         let _ = t.await;
     }
-    server.stop().await;
+    member.stop().await;
     peers_stop.cancel();
     for t in peer_tasks {
         let _ = t.await;

@@ -1,6 +1,6 @@
 //! Just enough HPACK (RFC 7541) to follow an HTTP/2 client's header compression table and
 //! repair one field in place: an `:authority` that carries a URL scheme (see
-//! [`super::authority`] for why). Nothing here builds header maps; the HTTP/2 stack behind
+//! [`super`] for why). Nothing here builds header maps; the HTTP/2 stack behind
 //! the repair decodes the blocks itself.
 
 use std::collections::VecDeque;

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::Server;
+use super::Member;
 use crate::mvcc::history::Change;
 
 /// Changes kept at most.
@@ -138,7 +138,7 @@ impl WatchCache {
     /// new revision. A jump larger than the window (a snapshot was installed) or a storage
     /// error starts the window afresh at `current`: streams then read storage until it
     /// fills again.
-    async fn catch_up(&self, server: &Server, current: i64) {
+    async fn catch_up(&self, member: &Member, current: i64) {
         let with_prev = self.prev_watchers.load(Ordering::Relaxed) > 0;
         let from = {
             let mut w = self.window.write().expect("watch cache lock");
@@ -153,7 +153,7 @@ impl WatchCache {
             w.upto + 1
         };
         if from <= current {
-            let sm = server.sm.clone();
+            let sm = member.sm.clone();
             let read = tokio::task::spawn_blocking(move || sm.mvcc.history(from, current, with_prev)).await;
             let mut w = self.window.write().expect("watch cache lock");
             match read {
@@ -173,14 +173,14 @@ impl WatchCache {
 }
 
 /// Follows the state machine until shutdown, keeping the cache current.
-pub async fn run(server: Arc<Server>) {
-    let cache = server.watch_cache.clone();
-    let mut revision = server.sm.revision();
+pub async fn run(member: Arc<Member>) {
+    let cache = member.watch_cache.clone();
+    let mut revision = member.sm.revision();
     loop {
         let current = *revision.borrow_and_update();
-        cache.catch_up(&server, current).await;
+        cache.catch_up(&member, current).await;
         tokio::select! {
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown.cancelled() => return,
             r = revision.changed() => if r.is_err() { return },
         }
     }

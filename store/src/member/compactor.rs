@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Server;
+use super::Member;
 use crate::config::Retention;
 use crate::error::StoreError;
 use crate::mvcc::compaction::Step;
@@ -92,21 +92,21 @@ impl Planner {
 }
 
 /// The leader's auto-compaction loop; returns at shutdown.
-pub(super) async fn run(server: Arc<Server>, retention: Retention) {
+pub(super) async fn run(member: Arc<Member>, retention: Retention) {
     if retention == Retention::Disabled {
         return;
     }
-    let mut planner = Planner::new(retention, server.cfg.auto_compaction_check_interval);
+    let mut planner = Planner::new(retention, member.cfg.auto_compaction_check_interval);
     tracing::info!(?retention, "auto compaction enabled");
     let mut tick = tokio::time::interval(planner.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = false;
     loop {
         tokio::select! {
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let leader = server.leader() == Some(server.id);
+        let leader = member.leader() == Some(member.id);
         if leader != leading {
             planner.reset();
             leading = leader;
@@ -114,8 +114,8 @@ pub(super) async fn run(server: Arc<Server>, retention: Retention) {
         if !leader {
             continue;
         }
-        let compacted = server.sm.compacted();
-        let Some(target) = planner.tick(Instant::now(), server.revision(), compacted) else {
+        let compacted = member.sm.compacted();
+        let Some(target) = planner.tick(Instant::now(), member.revision(), compacted) else {
             continue;
         };
         let cmd = pb::Command {
@@ -124,7 +124,7 @@ pub(super) async fn run(server: Arc<Server>, retention: Retention) {
                 physical: false,
             })),
         };
-        match server.propose(cmd).await {
+        match member.propose(cmd).await {
             Ok(_) => tracing::info!(revision = target, "auto compaction: compacted"),
             Err(StoreError::Compacted) => {}
             Err(e) => tracing::warn!(revision = target, error = %e, "auto compaction failed; will retry"),
@@ -140,7 +140,7 @@ const STEP_PAUSE: Duration = Duration::from_millis(10);
 /// How often the loop looks for work it was not woken for (a snapshot installed mid-pass).
 const RECHECK: Duration = Duration::from_secs(10);
 
-impl Server {
+impl Member {
     /// Waits until this member removed the history a compaction at `revision` dropped
     /// (etcd's `physical` compaction option).
     pub async fn wait_compacted_physically(&self, revision: i64) -> Result<(), StoreError> {
@@ -154,28 +154,28 @@ impl Server {
 
 /// Every member's physical compaction loop: after each applied compaction (and now and then
 /// regardless), runs bounded steps until the history it dropped is gone; returns at shutdown.
-pub(super) async fn remove_compacted_history(server: Arc<Server>) {
-    let mut revision = server.sm.revision();
+pub(super) async fn remove_compacted_history(member: Arc<Member>) {
+    let mut revision = member.sm.revision();
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut done = *server.compacted_physically.borrow();
+    let mut done = *member.compacted_physically.borrow();
     let mut force = true;
     loop {
-        if force || server.sm.compacted() > done {
+        if force || member.sm.compacted() > done {
             loop {
-                let sm = server.sm.clone();
+                let sm = member.sm.clone();
                 let step = tokio::task::spawn_blocking(move || sm.mvcc.compact_step(STEP_ENTRIES)).await;
                 match step {
                     Ok(Ok(Step::More)) => {}
                     Ok(Ok(Step::Idle(rev))) => {
                         done = rev;
-                        server.compacted_physically.send_replace(rev);
+                        member.compacted_physically.send_replace(rev);
                         break;
                     }
                     Ok(Ok(Step::Finished(rev))) => {
                         tracing::info!(revision = rev, "compacted history removed");
                         done = rev;
-                        server.compacted_physically.send_replace(rev);
+                        member.compacted_physically.send_replace(rev);
                         continue;
                     }
                     Ok(Err(e)) => {
@@ -188,13 +188,13 @@ pub(super) async fn remove_compacted_history(server: Arc<Server>) {
                     }
                 }
                 tokio::select! {
-                    _ = server.shutdown.cancelled() => return,
+                    _ = member.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(STEP_PAUSE) => {}
                 }
             }
         }
         tokio::select! {
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown.cancelled() => return,
             r = revision.changed() => {
                 if r.is_err() { return }
                 force = false;

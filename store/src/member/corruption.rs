@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Server, alarm_command};
+use super::{Member, alarm_command};
 use crate::mvcc::history::KvHash;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{AlarmType, HashKvRequest};
@@ -28,7 +28,7 @@ pub fn mismatched(leader: KvHash, peers: &[PeerHash]) -> Vec<u64> {
         .collect()
 }
 
-impl Server {
+impl Member {
     /// This member's HashKV at `rev`, once it applied that revision (bounded wait).
     pub async fn hash_kv_at(&self, rev: i64) -> crate::error::Result<KvHash> {
         let mut r = self.sm.revision();
@@ -53,16 +53,16 @@ impl Server {
             Err(e) => return tracing::debug!(error = %e, "corruption check: own hash"),
         };
         let others: Vec<u64> = self
-            .metrics()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
+            .consensus
+            .status()
+            .membership
+            .nodes
+            .into_keys()
             .filter(|id| *id != self.id)
             .collect();
         let mut answers = Vec::new();
         for id in others {
-            let h = match self.peer(id).await {
+            let h = match self.peer_client(id) {
                 Ok(mut c) => match c.hash_kv(HashKvRequest { revision: rev }).await.map(|r| r.into_inner()) {
                     Ok(r) => Some(KvHash {
                         hash: r.hash,
@@ -95,7 +95,7 @@ impl Server {
 }
 
 /// Runs the check on the leader every `interval`; returns at shutdown.
-pub(super) async fn run(server: Arc<Server>, interval: Duration) {
+pub(super) async fn run(member: Arc<Member>, interval: Duration) {
     if interval.is_zero() {
         return;
     }
@@ -103,11 +103,11 @@ pub(super) async fn run(server: Arc<Server>, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = server.shutdown.cancelled() => return,
+            _ = member.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if server.leader() == Some(server.id) && !server.sm.alarm_active(AlarmType::Corrupt) {
-            server.check_corruption().await;
+        if member.leader() == Some(member.id) && !member.sm.alarm_active(AlarmType::Corrupt) {
+            member.check_corruption().await;
         }
     }
 }

@@ -1,0 +1,83 @@
+//! The etcd Cluster service: MemberList, and membership changes decided on the leader
+//! (`member::membership`).
+//!
+//! MemberList combines the Raft membership (ids, peer URLs, learners) with what each member
+//! published about itself (name, client URLs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::member::Member;
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+};
+use crate::proto::lodestone::{MemberChangeReply, member_change::Change};
+
+pub struct ClusterService {
+    pub member: Arc<Member>,
+}
+
+impl ClusterService {
+    async fn change(&self, change: Change) -> Result<MemberChangeReply, Status> {
+        let r = self.member.change_membership(change).await?;
+        // Let this member's own view catch up, so a MemberList right after shows the change.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.member.linearizable_barrier()).await;
+        Ok(r)
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let r = self.change(Change::Add(request.into_inner())).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.member.header(self.member.revision()),
+            member: r.member,
+            members: r.members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let r = self.change(Change::Remove(request.into_inner())).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.member.header(self.member.revision()),
+            members: r.members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let r = self.change(Change::Update(request.into_inner())).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.member.header(self.member.revision()),
+            members: r.members,
+        }))
+    }
+
+    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: self.member.header(self.member.revision()),
+            members: self.member.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let r = self.change(Change::Promote(request.into_inner())).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.member.header(self.member.revision()),
+            members: r.members,
+        }))
+    }
+}

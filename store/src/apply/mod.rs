@@ -1,0 +1,240 @@
+//! Applying committed commands: what each replicated [`pb::Command`] does to the MVCC
+//! store, and the alarm gates in front of it.
+//!
+//! This is the state machine's meaning, apart from its Raft plumbing (`raft::state_machine`
+//! batches entries and calls [`apply_command`] for each). It also answers what a command
+//! costs against the space quota, which the member checks before proposing, so the quota and
+//! the NOSPACE gate agree on what "adds data" means.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::mvcc::WriteTxn;
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::request_op::Request;
+use crate::proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmResponse, AlarmType, RequestOp, TxnRequest};
+use crate::proto::lodestone::{self as pb, command::Kind, command_result::Kind as ResKind};
+
+/// What a member published about itself (name and client URLs), keyed by member id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttributes {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// The replicated state a command may change besides the MVCC data: published member
+/// attributes and active alarms. The caller stores both with the batch.
+pub struct Applying<'a> {
+    pub members: &'a mut BTreeMap<u64, MemberAttributes>,
+    pub alarms: &'a mut Vec<AlarmMember>,
+}
+
+fn refused(e: StoreError) -> pb::CommandResult {
+    pb::CommandResult {
+        kind: Some(ResKind::Error(pb::ApplyError {
+            code: e.code(),
+            message: e.to_string(),
+        })),
+    }
+}
+
+/// The result of an entry that carries no command (a blank or membership entry).
+pub fn empty() -> pb::CommandResult {
+    pb::CommandResult {
+        kind: Some(ResKind::Empty(pb::Empty {})),
+    }
+}
+
+/// Why an active alarm refuses `cmd`, if it does: with CORRUPT nothing changes any more;
+/// with NOSPACE, nothing that adds data.
+pub fn alarm_gate(alarms: &[AlarmMember], cmd: &pb::Command) -> Option<StoreError> {
+    let has = |t: AlarmType| alarms.iter().any(|a| a.alarm == t as i32);
+    match &cmd.kind {
+        Some(Kind::Put(_) | Kind::DeleteRange(_) | Kind::Txn(_) | Kind::Compaction(_) | Kind::LeaseGrant(_))
+            if has(AlarmType::Corrupt) =>
+        {
+            Some(StoreError::Corrupt)
+        }
+        Some(Kind::Put(_) | Kind::LeaseGrant(_)) if has(AlarmType::Nospace) => Some(StoreError::NoSpace),
+        Some(Kind::Txn(t)) if has(AlarmType::Nospace) && txn_has_put(t) => Some(StoreError::NoSpace),
+        _ => None,
+    }
+}
+
+/// Applies one command. Domain errors (a refused request, nothing changed) become the
+/// command's result, so every member answers the same; storage errors abort the batch.
+pub fn apply_command(
+    txn: &mut WriteTxn,
+    state: Applying<'_>,
+    cmd: &pb::Command,
+) -> Result<pb::CommandResult, StoreError> {
+    if let Some(e) = alarm_gate(state.alarms, cmd) {
+        return Ok(refused(e));
+    }
+    let res = match &cmd.kind {
+        Some(Kind::Put(p)) => txn.put(p).map(ResKind::Put),
+        Some(Kind::DeleteRange(d)) => txn.delete_range(d).map(ResKind::DeleteRange),
+        Some(Kind::Txn(t)) => txn.txn(t).map(ResKind::Txn),
+        Some(Kind::Compaction(c)) => txn.compact(c.revision).map(ResKind::Compaction),
+        Some(Kind::LeaseGrant(g)) => txn.lease_grant(g).map(ResKind::LeaseGrant),
+        Some(Kind::LeaseRevoke(r)) => txn.lease_revoke(r).map(ResKind::LeaseRevoke),
+        Some(Kind::Alarm(a)) => apply_alarm(txn, state.alarms, a).map(ResKind::Alarm),
+        Some(Kind::MemberAttributes(m)) => {
+            state.members.insert(
+                m.id,
+                MemberAttributes {
+                    name: m.name.clone(),
+                    client_urls: m.client_urls.clone(),
+                },
+            );
+            Ok(ResKind::Empty(pb::Empty {}))
+        }
+        None => Ok(ResKind::Empty(pb::Empty {})),
+    };
+    match res {
+        Ok(kind) => Ok(pb::CommandResult { kind: Some(kind) }),
+        Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => Err(e),
+        Err(e) => Ok(refused(e)),
+    }
+}
+
+/// Activates or deactivates an alarm (replicated, so every member agrees on the set).
+fn apply_alarm(
+    txn: &mut WriteTxn,
+    alarms: &mut Vec<AlarmMember>,
+    a: &AlarmRequest,
+) -> Result<AlarmResponse, StoreError> {
+    let member = AlarmMember {
+        member_id: a.member_id,
+        alarm: a.alarm,
+    };
+    let mut resp = AlarmResponse::default();
+    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
+        AlarmAction::Activate => {
+            if a.alarm != AlarmType::None as i32 && !alarms.contains(&member) {
+                alarms.push(member);
+                txn.set_alarms(alarms)?;
+                resp.alarms.push(member);
+            }
+        }
+        AlarmAction::Deactivate => {
+            if let Some(pos) = alarms.iter().position(|m| *m == member) {
+                alarms.remove(pos);
+                txn.set_alarms(alarms)?;
+                resp.alarms.push(member);
+            }
+        }
+        AlarmAction::Get => {
+            resp.alarms = alarms
+                .iter()
+                .filter(|m| a.alarm == AlarmType::None as i32 || m.alarm == a.alarm)
+                .cloned()
+                .collect();
+        }
+    }
+    Ok(resp)
+}
+
+/// Commands applied in a RocksDB write of their own: a compaction, so it deletes exactly
+/// the same history on every member whatever the batch boundaries; lease grants and revokes,
+/// so lease checks can read committed state.
+pub fn applies_alone(cmd: &pb::Command) -> bool {
+    matches!(
+        cmd.kind,
+        Some(Kind::Compaction(_) | Kind::LeaseGrant(_) | Kind::LeaseRevoke(_))
+    )
+}
+
+/// True when a txn (with everything nested, in either branch) may write a key: what etcd's
+/// space quota counts.
+pub fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).any(|op| match &op.request {
+        Some(Request::RequestPut(_)) => true,
+        Some(Request::RequestTxn(n)) => txn_has_put(n),
+        _ => false,
+    })
+}
+
+/// etcd's quota cost of a request: 256 + key + value per put (a txn costs its dearer
+/// branch), 64 for a lease grant.
+pub fn quota_cost(cmd: &pb::Command) -> i64 {
+    fn branch(ops: &[RequestOp]) -> i64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Request::RequestPut(p)) => 256 + (p.key.len() + p.value.len()) as i64,
+                Some(Request::RequestTxn(n)) => txn_cost(n),
+                _ => 0,
+            })
+            .sum()
+    }
+    fn txn_cost(t: &TxnRequest) -> i64 {
+        branch(&t.success).max(branch(&t.failure))
+    }
+    match &cmd.kind {
+        Some(Kind::Put(p)) => 256 + (p.key.len() + p.value.len()) as i64,
+        Some(Kind::Txn(t)) => txn_cost(t),
+        Some(Kind::LeaseGrant(_)) => 64,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+
+    #[test]
+    fn quota_cost_is_etcds() {
+        use crate::proto::lodestone::Command;
+        let put = |k: &str, v: &str| RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: k.as_bytes().to_vec().into(),
+                value: v.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        };
+        let cmd = |kind| Command { kind: Some(kind) };
+        assert_eq!(
+            quota_cost(&cmd(Kind::Put(PutRequest {
+                key: "ab".into(),
+                value: "xyz".into(),
+                ..Default::default()
+            }))),
+            261
+        );
+        let t = TxnRequest {
+            success: vec![put("a", "1"), put("b", "2")],
+            failure: vec![put("c", "123456")],
+            ..Default::default()
+        };
+        assert!(txn_has_put(&t));
+        assert_eq!(quota_cost(&cmd(Kind::Txn(t))), 2 * 258);
+        assert!(!txn_has_put(&TxnRequest::default()));
+        assert_eq!(quota_cost(&cmd(Kind::LeaseGrant(Default::default()))), 64);
+        assert_eq!(quota_cost(&cmd(Kind::DeleteRange(Default::default()))), 0);
+    }
+
+    #[test]
+    fn alarm_gates_are_etcds() {
+        let alarm = |t: AlarmType| AlarmMember {
+            member_id: 1,
+            alarm: t as i32,
+        };
+        let cmd = |kind| pb::Command { kind: Some(kind) };
+        let put = cmd(Kind::Put(PutRequest::default()));
+        let delete = cmd(Kind::DeleteRange(Default::default()));
+        let revoke = cmd(Kind::LeaseRevoke(Default::default()));
+        let read_only_txn = cmd(Kind::Txn(TxnRequest::default()));
+        assert_eq!(alarm_gate(&[], &put), None);
+        let corrupt = [alarm(AlarmType::Corrupt)];
+        assert_eq!(alarm_gate(&corrupt, &put), Some(StoreError::Corrupt));
+        assert_eq!(alarm_gate(&corrupt, &delete), Some(StoreError::Corrupt));
+        assert_eq!(alarm_gate(&corrupt, &revoke), None, "revokes free space");
+        let nospace = [alarm(AlarmType::Nospace)];
+        assert_eq!(alarm_gate(&nospace, &put), Some(StoreError::NoSpace));
+        assert_eq!(alarm_gate(&nospace, &delete), None, "deletes free space");
+        assert_eq!(alarm_gate(&nospace, &read_only_txn), None);
+    }
+}
