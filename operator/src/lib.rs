@@ -4,6 +4,8 @@
 //! - [`crd`]: the `LodestoneCluster` and `LodestoneSnapshot` resources and their CRD YAML.
 //! - [`controller`]: the reconcile pipeline, observe → plan → apply → status, and the pure
 //!   object builders under `controller::build`.
+//! - [`names`]: the names, ports and labels of a cluster's objects (the builders, the observe
+//!   step and the member probe agree on them here).
 //! - [`members`]: what the members say about themselves, through the etcd API.
 //! - [`leader`]: leader election over a Lease, so several replicas can run.
 //! - [`http`] and [`metrics`]: health endpoints and Prometheus metrics.
@@ -16,6 +18,7 @@ pub mod http;
 pub mod leader;
 pub mod members;
 pub mod metrics;
+pub mod names;
 
 #[cfg(test)]
 mod fixtures;

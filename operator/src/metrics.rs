@@ -7,8 +7,8 @@ use prometheus::{
 };
 
 use crate::Error;
-use crate::controller::build::Names;
 use crate::crd::LodestoneClusterStatus;
+use crate::names::Names;
 
 pub struct Metrics {
     registry: Registry,

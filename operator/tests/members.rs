@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use lodestone_operator::controller::build::{BootstrapConfig, ClusterState, Names};
-use lodestone_operator::controller::plan::{Observed, plan};
+use lodestone_operator::controller::build::{BootstrapConfig, ClusterState};
+use lodestone_operator::controller::observe::Observed;
+use lodestone_operator::controller::plan::plan;
 use lodestone_operator::crd::LodestoneCluster;
 use lodestone_operator::members::{format_id, observe};
+use lodestone_operator::names::Names;
 use lodestone_tests::{Cluster, Kind, Options};
 
 fn urls(cluster: &Cluster) -> Vec<String> {

@@ -65,7 +65,7 @@ pub async fn publish(recorder: &Recorder, cluster: &LodestoneCluster, events: &[
             secondary: None,
         };
         if let Err(err) = recorder.publish(&event, &reference).await {
-            tracing::warn!(reason = planned.reason, error = %err, "failed to publish event");
+            tracing::warn!(reason = planned.reason.as_str(), error = %err, "failed to publish event");
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::Error;
 use crate::crd::LodestoneCluster;
 use crate::members::MemberProbe;
 use crate::metrics::Metrics;
-use build::Names;
+use crate::names::Names;
 
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {

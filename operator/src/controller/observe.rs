@@ -1,14 +1,24 @@
 //! The observe step: read the owned objects that carry state (the bootstrap ConfigMap, the
-//! StatefulSet) and ask the members how the cluster is.
+//! StatefulSet) and ask the members how the cluster is. [`Observed`] is all the plan step
+//! knows of the world.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
-use super::build::{BootstrapConfig, Names};
-use super::plan::Observed;
+use super::build::BootstrapConfig;
 use crate::Error;
-use crate::members::MemberProbe;
+use crate::members::{MemberProbe, MembersView};
+use crate::names::Names;
+
+/// What the observe step found.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The bootstrap decision already written, if any.
+    pub bootstrap: Option<BootstrapConfig>,
+    pub statefulset: Option<StatefulSet>,
+    pub members: MembersView,
+}
 
 pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Names) -> Result<Observed, Error> {
     let bootstrap = read::<ConfigMap>(client, &names.namespace, &names.bootstrap)

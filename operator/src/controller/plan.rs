@@ -9,19 +9,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::build::{self, BootstrapConfig, ClusterState, Names};
+use super::build::{self, BootstrapConfig, ClusterState};
+use super::observe::Observed;
 use super::validate::validate;
 use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus};
-use crate::members::{MembersView, format_id};
-
-/// What the observe step found.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    /// The bootstrap decision already written, if any.
-    pub bootstrap: Option<BootstrapConfig>,
-    pub statefulset: Option<StatefulSet>,
-    pub members: MembersView,
-}
+use crate::members::format_id;
+use crate::names::{self, Names};
 
 /// The owned objects as they should be.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +31,7 @@ pub struct Desired {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedEvent {
     pub warning: bool,
-    /// PascalCase reason, shown by `kubectl describe`.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// PascalCase action the operator took or attempted.
     pub action: &'static str,
     pub note: String,
@@ -71,6 +63,64 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
 }
 
+/// Why a condition is what it is, or why an Event was published: the PascalCase `reason`
+/// that `kubectl describe` and `kubectl get -o yaml` show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The spec breaks a rule the API server cannot check.
+    InvalidSpec,
+    /// `spec.bootstrap.fromSnapshot` asks for a restore this version cannot do.
+    RestoreNotSupported,
+    /// The founding members are starting and have not formed the cluster yet.
+    Bootstrapping,
+    /// A member reported the cluster for the first time.
+    ClusterFormed,
+    /// A leader is known: a quorum of voters is up.
+    QuorumAvailable,
+    /// No member answered.
+    NoMembersReachable,
+    /// Members answer but none knows a leader.
+    NoLeader,
+    /// `spec.replicas` differs from the membership; scaling is not automated yet.
+    ScalingNotAutomated,
+    /// Some members do not answer or know no leader.
+    MembersUnhealthy,
+    /// Nothing is wrong.
+    AsExpected,
+    /// Members are (re)starting.
+    MembersStarting,
+    /// Everything the spec asks for is in place.
+    Reconciled,
+    /// Leadership moved to another member.
+    LeaderChanged,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::RestoreNotSupported => "RestoreNotSupported",
+            Reason::Bootstrapping => "Bootstrapping",
+            Reason::ClusterFormed => "ClusterFormed",
+            Reason::QuorumAvailable => "QuorumAvailable",
+            Reason::NoMembersReachable => "NoMembersReachable",
+            Reason::NoLeader => "NoLeader",
+            Reason::ScalingNotAutomated => "ScalingNotAutomated",
+            Reason::MembersUnhealthy => "MembersUnhealthy",
+            Reason::AsExpected => "AsExpected",
+            Reason::MembersStarting => "MembersStarting",
+            Reason::Reconciled => "Reconciled",
+            Reason::LeaderChanged => "LeaderChanged",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Re-observe soon while something is changing, less often when all is well.
 const REQUEUE_BUSY: Duration = Duration::from_secs(10);
 const REQUEUE_STEADY: Duration = Duration::from_secs(60);
@@ -81,7 +131,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     let generation = cluster.metadata.generation;
     let mut status = LodestoneClusterStatus {
         conditions: previous.conditions.clone(),
-        selector: Some(build::selector_string(cluster)),
+        selector: Some(names::selector_string(cluster)),
         observed_generation: generation,
         cluster_id: previous.cluster_id.clone(),
         last_snapshot: previous.last_snapshot.clone(),
@@ -97,9 +147,9 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
 
     // Specs that must not be acted on: report and wait for the user to change them.
     let mut problems = validate(&cluster.spec);
-    let mut reason = "InvalidSpec";
+    let mut reason = Reason::InvalidSpec;
     if problems.is_empty() && observed.bootstrap.is_none() && restore_requested(cluster) {
-        reason = "RestoreNotSupported";
+        reason = Reason::RestoreNotSupported;
         problems.push(
             "spec.bootstrap.fromSnapshot is not supported by this operator version yet; remove it to create an empty cluster"
                 .to_string(),
@@ -110,11 +160,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         if conditions.set(condition::DEGRADED, true, reason, &message) {
             events.push(PlannedEvent {
                 warning: true,
-                reason: if reason == "InvalidSpec" {
-                    "InvalidSpec"
-                } else {
-                    "RestoreNotSupported"
-                },
+                reason,
                 action: "Validate",
                 note: message.clone(),
             });
@@ -141,7 +187,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     let mut bootstrap = observed.bootstrap.clone().unwrap_or_else(|| {
         events.push(PlannedEvent {
             warning: false,
-            reason: "Bootstrapping",
+            reason: Reason::Bootstrapping,
             action: "CreateCluster",
             note: format!("founding a cluster of {} members", cluster.spec.replicas),
         });
@@ -159,7 +205,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             let id = format_id(observed.members.cluster_id.unwrap_or_default());
             events.push(PlannedEvent {
                 warning: false,
-                reason: "ClusterFormed",
+                reason: Reason::ClusterFormed,
                 action: "Bootstrap",
                 note: format!("cluster {id} formed with {} members", observed.members.members.len()),
             });
@@ -181,7 +227,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     if conditions.set(condition::AVAILABLE, available, why, &text) && previous_known(&previous) {
         events.push(PlannedEvent {
             warning: !available,
-            reason: if available { "QuorumAvailable" } else { why },
+            reason: why,
             action: "Observe",
             note: text.clone(),
         });
@@ -189,7 +235,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     let unhealthy: Vec<&MemberStatus> = status.members.iter().filter(|m| !m.healthy).collect();
     let degraded = if members != cluster.spec.replicas && status.cluster_id.is_some() {
         Some((
-            "ScalingNotAutomated",
+            Reason::ScalingNotAutomated,
             format!(
                 "spec.replicas is {} but the cluster was founded with {members} members; adding and removing members is not automated by this operator version, so the cluster keeps {members}",
                 cluster.spec.replicas
@@ -207,7 +253,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             })
             .collect();
         Some((
-            "MembersUnhealthy",
+            Reason::MembersUnhealthy,
             format!("members not answering or without a leader: {}", names.join(", ")),
         ))
     } else {
@@ -215,17 +261,22 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     };
     match &degraded {
         Some((reason, message)) => {
-            if conditions.set(condition::DEGRADED, true, reason, message) {
+            if conditions.set(condition::DEGRADED, true, *reason, message) {
                 events.push(PlannedEvent {
                     warning: true,
-                    reason,
+                    reason: *reason,
                     action: "Observe",
                     note: message.clone(),
                 });
             }
         }
         None => {
-            conditions.set(condition::DEGRADED, false, "AsExpected", "all members are healthy");
+            conditions.set(
+                condition::DEGRADED,
+                false,
+                Reason::AsExpected,
+                "all members are healthy",
+            );
         }
     }
     let bootstrapping = status.cluster_id.is_none();
@@ -233,7 +284,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         conditions.set(
             condition::PROGRESSING,
             true,
-            "Bootstrapping",
+            Reason::Bootstrapping,
             &format!("waiting for {members} founding members to form the cluster"),
         );
     } else {
@@ -242,11 +293,16 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             conditions.set(
                 condition::PROGRESSING,
                 true,
-                "MembersStarting",
+                Reason::MembersStarting,
                 &format!("{ready} of {members} members ready"),
             );
         } else {
-            conditions.set(condition::PROGRESSING, false, "Reconciled", "all members are running");
+            conditions.set(
+                condition::PROGRESSING,
+                false,
+                Reason::Reconciled,
+                "all members are running",
+            );
         }
     }
     if let (Some(old), Some(new)) = (&previous.leader, &status.leader)
@@ -254,7 +310,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     {
         events.push(PlannedEvent {
             warning: false,
-            reason: "LeaderChanged",
+            reason: Reason::LeaderChanged,
             action: "Observe",
             note: format!("leader moved from {old} to {new}"),
         });
@@ -295,10 +351,10 @@ fn previous_known(previous: &LodestoneClusterStatus) -> bool {
 }
 
 /// Availability from the members' own answers: a leader means a quorum of voters.
-fn availability(observed: &Observed) -> (bool, &'static str, String) {
+fn availability(observed: &Observed) -> (bool, Reason, String) {
     let view = &observed.members;
     if !view.formed() {
-        return (false, "NoMembersReachable", "no member answered".to_string());
+        return (false, Reason::NoMembersReachable, "no member answered".to_string());
     }
     match view.leader_name() {
         Some(leader) => {
@@ -315,13 +371,13 @@ fn availability(observed: &Observed) -> (bool, &'static str, String) {
             };
             (
                 true,
-                "QuorumAvailable",
+                Reason::QuorumAvailable,
                 format!("{healthy} of {voters} voters healthy; leader {leader}"),
             )
         }
         None => (
             false,
-            "NoLeader",
+            Reason::NoLeader,
             "members answer but none knows a leader: the cluster has no quorum".to_string(),
         ),
     }
@@ -369,8 +425,9 @@ struct Conditions<'a> {
 
 impl Conditions<'_> {
     /// Sets a condition; returns whether its status or reason changed.
-    fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) -> bool {
+    fn set(&mut self, type_: &str, value: bool, reason: Reason, message: &str) -> bool {
         let status = if value { "True" } else { "False" };
+        let reason = reason.as_str();
         let existing = self.list.iter_mut().find(|c| c.type_ == type_);
         match existing {
             Some(c) => {

@@ -118,7 +118,7 @@ async fn formed_cluster_latches_existing_and_records_the_cluster_id() {
     });
     let (ctx, mut api) = fixtures::context(probe.clone());
     let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
-    let names = build::Names::of(&cluster);
+    let names = crate::names::Names::of(&cluster);
     let founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
     let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
     let statefulset = build::statefulset(&cluster, &names, 3);
@@ -155,7 +155,7 @@ async fn unchanged_status_is_not_rewritten() {
         ..FakeProbe::default()
     });
     let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
-    let names = build::Names::of(&cluster);
+    let names = crate::names::Names::of(&cluster);
     let existing = build::BootstrapConfig {
         state: build::ClusterState::Existing,
         ..build::BootstrapConfig::founding(&names, 3, fixtures::UID)
@@ -166,7 +166,7 @@ async fn unchanged_status_is_not_rewritten() {
         ready_replicas: Some(3),
         ..Default::default()
     });
-    let observed = plan::Observed {
+    let observed = observe::Observed {
         bootstrap: Some(existing.clone()),
         statefulset: Some(statefulset.clone()),
         members: probe.view.clone(),

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::{Names, owned_meta};
+use super::owned_meta;
 use crate::crd::LodestoneCluster;
+use crate::names::Names;
 
 const KEY_CLUSTER: &str = "LODESTONE_INITIAL_CLUSTER";
 const KEY_STATE: &str = "LODESTONE_INITIAL_CLUSTER_STATE";

@@ -11,94 +11,14 @@ pub use pdb::pod_disruption_budget;
 pub use service::{client_service, peer_service, service_account};
 pub use statefulset::statefulset;
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::LodestoneCluster;
+use crate::names::labels;
 
-/// Client port of every member (etcd's).
-pub const CLIENT_PORT: i32 = 2379;
-/// Peer (Raft) port of every member (etcd's).
-pub const PEER_PORT: i32 = 2380;
-/// Metrics and health port of every member.
-pub const METRICS_PORT: i32 = 2381;
-/// Where the data volume is mounted; the store's `--data-dir`.
-pub const DATA_DIR: &str = "/var/lib/lodestone/data";
-/// Where the separate WAL volume is mounted; the store's `--wal-dir`.
-pub const WAL_DIR: &str = "/var/lib/lodestone/wal";
 /// Image repository used when the spec names only a version.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/lodestone-dev/lodestone";
-
-/// Names of the objects owned by one cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Names {
-    /// The cluster's name: also the StatefulSet, client Service, PDB and ServiceAccount name.
-    pub cluster: String,
-    pub namespace: String,
-    /// Headless Service that gives each member a stable DNS name.
-    pub peer_service: String,
-    /// ConfigMap holding the bootstrap decision.
-    pub bootstrap: String,
-}
-
-impl Names {
-    pub fn of(cluster: &LodestoneCluster) -> Self {
-        let name = cluster.name_any();
-        Self {
-            peer_service: format!("{name}-peer"),
-            bootstrap: format!("{name}-bootstrap"),
-            namespace: cluster.namespace().unwrap_or_default(),
-            cluster: name,
-        }
-    }
-
-    /// Pod name of the member at `ordinal`.
-    pub fn pod(&self, ordinal: i32) -> String {
-        format!("{}-{ordinal}", self.cluster)
-    }
-
-    /// Stable DNS name of a member pod through the headless Service.
-    pub fn pod_host(&self, pod: &str) -> String {
-        format!("{pod}.{}.{}.svc", self.peer_service, self.namespace)
-    }
-
-    pub fn peer_url(&self, pod: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.pod_host(pod))
-    }
-
-    pub fn client_url(&self, pod: &str) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.pod_host(pod))
-    }
-}
-
-/// Labels that select a cluster's member pods. Never change them: selectors are immutable.
-pub fn selector_labels(cluster: &LodestoneCluster) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "lodestone".to_string()),
-        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
-    ])
-}
-
-/// The selector in the string form of the scale subresource.
-pub fn selector_string(cluster: &LodestoneCluster) -> String {
-    selector_labels(cluster)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// All recommended labels of an owned object.
-pub fn labels(cluster: &LodestoneCluster, component: &str) -> BTreeMap<String, String> {
-    let mut labels = selector_labels(cluster);
-    labels.insert("app.kubernetes.io/component".into(), component.into());
-    labels.insert("app.kubernetes.io/part-of".into(), "lodestone".into());
-    labels.insert("app.kubernetes.io/managed-by".into(), "lodestone-operator".into());
-    labels.insert("app.kubernetes.io/version".into(), cluster.spec.version.clone());
-    labels
-}
 
 /// Metadata of an owned object: name, namespace, labels and the controller owner reference, so
 /// Kubernetes garbage-collects it with the cluster.

@@ -4,8 +4,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Names, owned_meta, selector_labels};
+use super::owned_meta;
 use crate::crd::LodestoneCluster;
+use crate::names::{Names, selector_labels};
 
 pub fn pod_disruption_budget(cluster: &LodestoneCluster, names: &Names) -> PodDisruptionBudget {
     PodDisruptionBudget {

@@ -3,8 +3,9 @@
 use k8s_openapi::api::core::v1::{Service, ServiceAccount, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CLIENT_PORT, METRICS_PORT, Names, PEER_PORT, owned_meta, selector_labels};
+use super::owned_meta;
 use crate::crd::LodestoneCluster;
+use crate::names::{CLIENT_PORT, METRICS_PORT, Names, PEER_PORT, selector_labels};
 
 fn port(name: &str, port: i32) -> ServicePort {
     ServicePort {

@@ -19,10 +19,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{
-    CLIENT_PORT, DATA_DIR, METRICS_PORT, Names, PEER_PORT, WAL_DIR, image, labels, owned_meta, selector_labels,
-};
+use super::{image, owned_meta};
 use crate::crd::{AutoCompactionMode, LodestoneCluster, VolumeSpec};
+use crate::names::{CLIENT_PORT, DATA_DIR, METRICS_PORT, Names, PEER_PORT, WAL_DIR, labels, selector_labels};
 
 /// The non-root user of the `lodestone` image.
 const RUN_AS: i64 = 65532;

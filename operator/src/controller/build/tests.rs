@@ -2,6 +2,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
 use crate::fixtures;
+use crate::names::*;
 
 fn names(cluster: &LodestoneCluster) -> Names {
     Names::of(cluster)

@@ -29,7 +29,7 @@ fn assert_condition(status: &LodestoneClusterStatus, type_: &str, value: &str, r
 }
 
 fn reasons(plan: &Plan) -> Vec<&'static str> {
-    plan.events.iter().map(|e| e.reason).collect()
+    plan.events.iter().map(|e| e.reason.as_str()).collect()
 }
 
 fn bootstrap_of(plan: &Plan) -> BootstrapConfig {
