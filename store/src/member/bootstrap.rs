@@ -38,9 +38,10 @@ pub enum StartError {
     Join(String),
     #[error(
         "member {member} has already been bootstrapped: the cluster at {peer} knows it as a started member, \
-         so its data was lost and it must not found the cluster again under its old identity. Remove it \
-         (`etcdctl member remove {member}`), add it back (`etcdctl member add {name} --peer-urls={peer_urls}`) \
-         and start it on an empty data directory with --initial-cluster-state existing"
+         so its data was lost and it must not come back under its old identity (a voter that forgot its log \
+         could help elect a leader that lacks committed writes). Remove it (`etcdctl member remove {member}`), \
+         add it back (`etcdctl member add {name} --peer-urls={peer_urls}`) and start it on an empty data \
+         directory with --initial-cluster-state existing"
     )]
     AlreadyBootstrapped {
         member: String,
@@ -225,6 +226,13 @@ async fn refuse_if_bootstrapped(
 /// Asks the members named in `--initial-cluster` (other than this one) which cluster they
 /// form, and finds this member in it by its peer URLs, as `etcdctl member add` registered
 /// them. Returns the cluster ID, this member's ID, and whether it was added as a learner.
+///
+/// This member's storage is empty. If the cluster knows it as a voter that has started
+/// before (it published its client URLs), it lost its data: handed its old voting id back,
+/// it would vote with an empty log and could help elect a leader that lacks committed
+/// entries. It refuses to start instead, saying how to replace it (the same rule as
+/// [`refuse_if_bootstrapped`] for founders). A member added but never started, or a learner
+/// (which does not vote), joins.
 async fn join_existing(cfg: &Config) -> Result<(u64, NodeId, bool), StartError> {
     let members = cfg.initial_members()?;
     let me = cfg.self_member(&members)?;
@@ -243,6 +251,14 @@ async fn join_existing(cfg: &Config) -> Result<(u64, NodeId, bool), StartError> 
                             .iter()
                             .find(|x| x.peer_ur_ls.iter().any(|u| me.peer_urls.contains(u)));
                         if let Some(x) = found {
+                            if !x.is_learner && !x.client_ur_ls.is_empty() {
+                                return Err(StartError::AlreadyBootstrapped {
+                                    member: format!("{:x}", x.id),
+                                    name: me.name.clone(),
+                                    peer_urls: me.peer_urls.join(","),
+                                    peer: url.clone(),
+                                });
+                            }
                             return Ok((info.cluster_id, x.id, x.is_learner));
                         }
                         // A member that has not applied the MemberAdd yet answers without

@@ -121,6 +121,86 @@ async fn a_founder_that_lost_its_data_does_not_found_again(kind: Kind) {
     cl.put("still", "serving", None).await.unwrap();
 }
 
+/// Lodestone only. A voter whose data directory is lost, started again to join the running
+/// cluster (`--initial-cluster-state existing`, what the operator latches once the cluster
+/// formed), must not get its old voting id back on empty storage: voting with an empty log,
+/// it could help elect a leader that lacks committed writes. It refuses to start and says
+/// what to do; the others go on serving; and the remedy it names (remove, add back, start
+/// empty) brings it back as a new member holding every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_does_not_rejoin_under_its_old_id() {
+    let mut c = Cluster::start(Kind::Lodestone, Options::members(3)).await;
+    c.wait_published().await;
+    let mut cl = c.client().await;
+    for i in 0..20 {
+        cl.put(format!("before/{i:02}"), "v", None).await.unwrap();
+    }
+    let victim = (c.leader().await + 1) % 3;
+    let name = c.members[victim].name.clone();
+    let initial = c.members[victim]
+        .flag("--initial-cluster")
+        .expect("--initial-cluster")
+        .to_string();
+    let old_id = cl
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .find(|m| m.name() == name)
+        .expect("the victim in the member list")
+        .id();
+    c.kill(victim);
+    std::fs::remove_dir_all(&c.members[victim].data_dir).unwrap();
+    c.start_joining(victim, &initial);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.members[victim].is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "a voter that lost its data rejoined under its old id:\n{}",
+            c.members[victim].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.members[victim].log_text();
+    assert!(log.contains("has already been bootstrapped"), "{log}");
+    assert!(log.contains(&format!("etcdctl member remove {old_id:x}")), "{log}");
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| c.members[i].endpoint())
+        .collect();
+    let mut cl = lodestone_tests::connect(&survivors).await;
+    cl.put("still", "serving", None).await.unwrap();
+
+    // The remedy: remove the old id, add the member back, start it on an empty directory.
+    cl.member_remove(old_id).await.unwrap();
+    let peer = format!("http://127.0.0.1:{}", c.members[victim].peer_port);
+    let added = cl.member_add([peer.as_str()], None).await.unwrap();
+    let new_id = added.member().unwrap().id();
+    assert_ne!(new_id, old_id, "a re-added member gets a new id");
+    std::fs::remove_dir_all(&c.members[victim].data_dir).ok();
+    c.start_joining(victim, &initial_cluster(added.member_list(), &name, new_id));
+    let rejoined = c.client_of(victim).await;
+    let kvs = retry("every write on the re-added member", Duration::from_secs(30), || {
+        let mut r = rejoined.clone();
+        async move {
+            let got = r
+                .get("before/", Some(etcd_client::GetOptions::new().with_prefix()))
+                .await?;
+            if got.kvs().len() == 20 {
+                Ok(got.kvs().len())
+            } else {
+                Err(etcd_client::Error::InvalidArgs(format!(
+                    "{} of 20 keys",
+                    got.kvs().len()
+                )))
+            }
+        }
+    })
+    .await;
+    assert_eq!(kvs, 20);
+}
+
 /// What `etcdctl member add` prints for the new member's `--initial-cluster`.
 fn initial_cluster(list: &[etcd_client::Member], new_name: &str, new_id: u64) -> String {
     list.iter()
