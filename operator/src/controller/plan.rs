@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::build::{self, BootstrapConfig, ClusterState};
 use super::observe::Observed;
 use super::validate::validate;
-use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus};
+use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus, StorageSpec, VolumeSpec};
 use crate::members::format_id;
 use crate::names::{self, Names};
 
@@ -83,6 +83,9 @@ pub enum Reason {
     NoLeader,
     /// `spec.replicas` differs from the membership; scaling is not automated yet.
     ScalingNotAutomated,
+    /// `spec.storage` differs from the volumes the members run on, and a StatefulSet's claim
+    /// templates cannot change.
+    StorageChangeNotApplied,
     /// Some members do not answer or know no leader.
     MembersUnhealthy,
     /// Nothing is wrong.
@@ -106,6 +109,7 @@ impl Reason {
             Reason::NoMembersReachable => "NoMembersReachable",
             Reason::NoLeader => "NoLeader",
             Reason::ScalingNotAutomated => "ScalingNotAutomated",
+            Reason::StorageChangeNotApplied => "StorageChangeNotApplied",
             Reason::MembersUnhealthy => "MembersUnhealthy",
             Reason::AsExpected => "AsExpected",
             Reason::MembersStarting => "MembersStarting",
@@ -213,13 +217,24 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         }
     }
     let members = bootstrap.members();
+    // A StatefulSet's claim templates are immutable: members keep the volumes they run on,
+    // and a changed spec.storage is reported instead of failing every apply.
+    let in_place = storage_in_place(observed).filter(|st| !same_storage(st, &cluster.spec.storage));
+    let statefulset = match &in_place {
+        Some(storage) => {
+            let mut running = cluster.clone();
+            running.spec.storage = storage.clone();
+            build::statefulset(&running, &names, members)
+        }
+        None => build::statefulset(cluster, &names, members),
+    };
     let desired = Desired {
         service_account: build::service_account(cluster, &names),
         peer_service: build::peer_service(cluster, &names),
         client_service: build::client_service(cluster, &names),
         bootstrap: build::bootstrap_config_map(cluster, &names, &bootstrap),
-        statefulset: build::statefulset(cluster, &names, members),
-        pdb: build::pod_disruption_budget(cluster, &names),
+        statefulset,
+        pdb: build::pod_disruption_budget(cluster, &names, members),
     };
 
     // Conditions.
@@ -239,6 +254,15 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             format!(
                 "spec.replicas is {} but the cluster was founded with {members} members; adding and removing members is not automated by this operator version, so the cluster keeps {members}",
                 cluster.spec.replicas
+            ),
+        ))
+    } else if let Some(running) = &in_place {
+        Some((
+            Reason::StorageChangeNotApplied,
+            format!(
+                "spec.storage asks for {} but the members run on {}: a StatefulSet's volume claim templates cannot change, and this operator version does not resize or move volumes; revert spec.storage, or expand each member's PersistentVolumeClaim yourself where its StorageClass allows it",
+                describe_storage(&cluster.spec.storage),
+                describe_storage(running)
             ),
         ))
     } else if !unhealthy.is_empty() && status.cluster_id.is_some() {
@@ -334,6 +358,86 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         status,
         events,
         requeue_after: if steady { REQUEUE_STEADY } else { REQUEUE_BUSY },
+    }
+}
+
+/// The storage the running StatefulSet's claim templates were made from (`None` before it
+/// exists, or when it carries no templates).
+fn storage_in_place(observed: &Observed) -> Option<StorageSpec> {
+    let templates = observed
+        .statefulset
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?;
+    let volume = |name: &str| {
+        let claim = templates.iter().find(|c| c.metadata.name.as_deref() == Some(name))?;
+        let spec = claim.spec.as_ref()?;
+        let size = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?.0.clone();
+        Some(VolumeSpec {
+            size,
+            storage_class_name: spec.storage_class_name.clone(),
+        })
+    };
+    Some(StorageSpec {
+        data: volume("data")?,
+        wal: volume("wal"),
+    })
+}
+
+/// Whether two storage specs ask for the same volumes (sizes compared as quantities, so
+/// `1Gi` and `1024Mi` agree).
+fn same_storage(a: &StorageSpec, b: &StorageSpec) -> bool {
+    fn same(a: &VolumeSpec, b: &VolumeSpec) -> bool {
+        let size = match (quantity_bytes(&a.size), quantity_bytes(&b.size)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.size == b.size,
+        };
+        size && a.storage_class_name == b.storage_class_name
+    }
+    same(&a.data, &b.data)
+        && match (&a.wal, &b.wal) {
+            (Some(x), Some(y)) => same(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// A Kubernetes quantity in bytes (`10Gi`, `500M`, `1.5Gi`, `1e9`), or `None` for a form
+/// this does not read.
+fn quantity_bytes(q: &str) -> Option<i128> {
+    const SUFFIXES: [(&str, i128); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    let q = q.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| q.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or((q, 1));
+    let value: f64 = number.parse().ok()?;
+    value.is_finite().then(|| (value * scale as f64).round() as i128)
+}
+
+fn describe_storage(s: &StorageSpec) -> String {
+    let volume = |v: &VolumeSpec| match &v.storage_class_name {
+        Some(class) => format!("{} ({class})", v.size),
+        None => v.size.clone(),
+    };
+    match &s.wal {
+        Some(wal) => format!("data {}, wal {}", volume(&s.data), volume(wal)),
+        None => format!("data {}", volume(&s.data)),
     }
 }
 

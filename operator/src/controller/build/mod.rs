@@ -7,7 +7,7 @@ mod service;
 mod statefulset;
 
 pub use config::{BootstrapConfig, ClusterState, bootstrap_config_map};
-pub use pdb::pod_disruption_budget;
+pub use pdb::{pod_disruption_budget, quorum};
 pub use service::{client_service, peer_service, service_account};
 pub use statefulset::statefulset;
 

@@ -242,9 +242,18 @@ fn services_and_pdb() {
     assert_eq!(client.publish_not_ready_addresses, None);
     assert!(client.ports.iter().flatten().any(|p| p.port == CLIENT_PORT));
     assert_eq!(client.selector.as_ref(), Some(&selector_labels(&cluster)));
-    let pdb = pod_disruption_budget(&cluster, &n).spec.expect("spec");
-    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
-    assert_eq!(pdb.min_available, None);
+    let pdb = pod_disruption_budget(&cluster, &n, 3).spec.expect("spec");
+    assert_eq!(pdb.min_available, Some(IntOrString::Int(2)));
+    assert_eq!(pdb.max_unavailable, None);
+    assert_eq!(
+        pdb.selector.and_then(|s| s.match_labels),
+        Some(selector_labels(&cluster))
+    );
+    // A quorum of the voters, whatever their number: five members may lose two, not one.
+    for (voters, min) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)] {
+        let pdb = pod_disruption_budget(&cluster, &n, voters).spec.expect("spec");
+        assert_eq!(pdb.min_available, Some(IntOrString::Int(min)), "{voters} voters");
+    }
     let sa = service_account(&cluster, &n);
     assert_eq!(sa.automount_service_account_token, Some(false));
 }

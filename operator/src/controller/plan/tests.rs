@@ -353,3 +353,71 @@ fn a_leader_change_is_an_event() {
     assert_eq!(moved.events[0].note, "leader moved from example-0 to example-2");
     assert_eq!(moved.status.leader.as_deref(), Some("example-2"));
 }
+
+/// The StatefulSet the operator made for `cluster`, as the API server returns it.
+fn sts_for(cluster: &LodestoneCluster, ready: i32) -> StatefulSet {
+    StatefulSet {
+        status: sts_ready(ready).status,
+        ..build::statefulset(cluster, &Names::of(cluster), 3)
+    }
+}
+
+fn claim_sizes(plan: &Plan) -> Vec<(String, String)> {
+    let sts = &plan.desired.as_ref().expect("desired").statefulset;
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let size = c
+                .spec
+                .and_then(|s| s.resources)
+                .and_then(|r| r.requests)
+                .expect("requests")["storage"]
+                .0
+                .clone();
+            (c.metadata.name.unwrap_or_default(), size)
+        })
+        .collect()
+}
+
+#[test]
+fn a_storage_change_the_statefulset_cannot_take_is_reported_not_applied() {
+    let running = fixtures::sample("lodestonecluster-3-members.yaml");
+    let mut cluster = running.clone();
+    cluster.status = Some(LodestoneClusterStatus {
+        cluster_id: Some("c1a5".into()),
+        ..Default::default()
+    });
+    let before = cluster.spec.storage.data.size.clone();
+    let observed = Observed {
+        bootstrap: Some(founded(&cluster, ClusterState::Existing)),
+        statefulset: Some(sts_for(&running, 3)),
+        members: view(&["example-0", "example-1", "example-2"], Some(1), &[]),
+    };
+    // Unchanged (the same size written another way included): nothing to report.
+    let steady = plan(&cluster, &observed, &at(0));
+    assert_condition(&steady.status, condition::DEGRADED, "False", "AsExpected");
+    assert_eq!(quantity_bytes("1Gi"), quantity_bytes("1024Mi"));
+    assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+    assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+    assert_eq!(quantity_bytes("lots"), None);
+
+    // A larger data volume: the StatefulSet keeps its claim templates (so the apply does
+    // not fail), and the cluster reports why.
+    cluster.spec.storage.data.size = "500Gi".into();
+    cluster.status = steady.status.clone().into();
+    let grown = plan(&cluster, &observed, &at(30));
+    assert_eq!(claim_sizes(&grown), [("data".to_string(), before.clone())]);
+    assert_condition(&grown.status, condition::DEGRADED, "True", "StorageChangeNotApplied");
+    let message = &condition(&grown.status, condition::DEGRADED).message;
+    assert!(
+        message.contains("data 500Gi") && message.contains(&format!("data {before}")),
+        "{message}"
+    );
+    assert_eq!(grown.status.phase.as_deref(), Some(phase::DEGRADED));
+    assert_eq!(reasons(&grown), ["StorageChangeNotApplied"]);
+    // Everything else still follows the spec.
+    assert_eq!(replicas_of(&grown), Some(3));
+}
