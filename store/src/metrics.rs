@@ -24,6 +24,8 @@ struct Metrics {
     snapshot_index: IntGauge,
     purged_index: IntGauge,
     linearizable_reads: IntCounter,
+    leadership_rounds: IntCounter,
+    leadership_checks: IntCounter,
     watch_storage_reads: IntCounter,
 }
 
@@ -112,6 +114,14 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "lodestone_linearizable_reads_total",
             "Linearizable reads released by ReadIndex rounds.",
         ),
+        leadership_rounds: counter(
+            "lodestone_lease_leadership_rounds_total",
+            "Rounds in which the leader confirmed its leadership with a quorum before answering lease renewals and TTL queries (or expiring leases); concurrent requests share one round.",
+        ),
+        leadership_checks: counter(
+            "lodestone_lease_leadership_checks_total",
+            "Lease renewals, TTL queries and expiry passes released by leadership rounds.",
+        ),
         watch_storage_reads: counter(
             "lodestone_watch_storage_reads_total",
             "Watch catch-up rounds that read history from storage; caught-up streams share the watch cache instead.",
@@ -148,6 +158,12 @@ pub fn proposal_finished() {
 pub fn read_index_round(reads: usize) {
     M.read_rounds.inc();
     M.linearizable_reads.inc_by(reads as u64);
+}
+
+/// One leadership round that released `waiting` lease requests.
+pub fn leadership_round(waiting: usize) {
+    M.leadership_rounds.inc();
+    M.leadership_checks.inc_by(waiting as u64);
 }
 
 pub fn watch_storage_read() {

@@ -142,7 +142,8 @@ impl Member {
         }
         let member = Arc::new(Member {
             id: who.id,
-            reads: reads::ReadBarrier::new(),
+            reads: reads::ReadBarrier::new(reads::Scope::ThroughLeader),
+            leadership: reads::ReadBarrier::new(reads::Scope::HereOnly),
             cfg,
             cluster_id,
             consensus,
@@ -160,7 +161,8 @@ impl Member {
             tasks: TaskTracker::new(),
         });
         let m = &member;
-        m.tasks.spawn(reads::run(m.clone()));
+        m.tasks.spawn(reads::run(m.clone(), |m| &m.reads));
+        m.tasks.spawn(reads::run(m.clone(), |m| &m.leadership));
         m.tasks.spawn(events::follow_consensus(m.clone()));
         m.tasks.spawn(watch_cache::run(m.clone()));
         m.tasks.spawn(events::publish_attributes(m.clone()));

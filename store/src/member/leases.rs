@@ -163,16 +163,6 @@ impl Member {
         })
     }
 
-    /// Confirms with a quorum of voters that this member still leads (a ReadIndex round),
-    /// within an election timeout; `NotLeader` otherwise.
-    async fn confirm_leadership(&self) -> Result<()> {
-        match tokio::time::timeout(self.cfg.election(), self.consensus.read_index()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(StoreError::Stopped)) => Err(StoreError::Stopped),
-            Ok(Err(_)) | Err(_) => Err(StoreError::NotLeader),
-        }
-    }
-
     /// Checks that this member leads and that its lease clock was restarted in this term;
     /// returns the commit index to wait for.
     fn lease_leader_ready(&self) -> Result<u64> {

@@ -57,7 +57,10 @@ pub struct Member {
     sm: Arc<Shared>,
     log: LogStore,
     peers: Arc<Peers>,
+    /// Linearizable reads waiting for a ReadIndex round through the leader.
     reads: reads::ReadBarrier,
+    /// Lease requests waiting for this leader's leadership to be confirmed.
+    leadership: reads::ReadBarrier,
     /// The commit index saved before the last restart: serializable reads wait until the
     /// state machine is back there, so a restart never shows older data than before.
     recovered_to: u64,

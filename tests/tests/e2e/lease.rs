@@ -362,3 +362,45 @@ async fn a_deposed_leader_revokes_no_lease_the_new_leader_keeps() {
     );
     assert!(ncl.lease_time_to_live(id, None).await.unwrap().ttl() > 0);
 }
+
+/// Lodestone only. The leader answers a renewal or TTL query only after a quorum confirmed
+/// its leadership after the request arrived; concurrent requests share one such round
+/// instead of costing one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lease_requests_share_leadership_rounds() {
+    let c = Cluster::start(Kind::Lodestone, Options::members(3)).await;
+    let leader = c.leader().await;
+    let mut cl = c.client_of(leader).await;
+    let lease = cl.lease_grant(60, None).await.unwrap().id();
+    let url = format!("{}/metrics", c.members[leader].metrics_url());
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let text = lodestone_tests::http_get(&url).1;
+    let (rounds0, checks0) = (
+        metric(&text, "lodestone_lease_leadership_rounds_total"),
+        metric(&text, "lodestone_lease_leadership_checks_total"),
+    );
+    let requests = 300;
+    let queries = (0..requests).map(|_| {
+        let mut cl = cl.clone();
+        async move { cl.lease_time_to_live(lease, None).await.map(|r| r.ttl()) }
+    });
+    for ttl in futures::future::join_all(queries).await {
+        let ttl = ttl.unwrap();
+        assert!(ttl > 0 && ttl <= 60, "ttl {ttl}");
+    }
+    let text = lodestone_tests::http_get(&url).1;
+    let rounds = metric(&text, "lodestone_lease_leadership_rounds_total") - rounds0;
+    let checks = metric(&text, "lodestone_lease_leadership_checks_total") - checks0;
+    assert!(
+        checks >= requests as f64,
+        "{checks} lease requests confirmed, expected at least {requests}"
+    );
+    assert!(
+        rounds < checks / 2.0,
+        "{rounds} leadership rounds for {checks} concurrent lease requests: not shared"
+    );
+}
