@@ -180,6 +180,11 @@ impl Member {
         self.child = Some(cmd.spawn().expect("start member process"));
     }
 
+    /// The process id while the member runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().expect("wait").is_none(),

@@ -1,0 +1,280 @@
+//! `lodestone-bench`: Lodestone and etcd 3.4 side by side on this host, in one run.
+//!
+//! Starts a fresh three-member loopback cluster of each (etcd's default timing: 100 ms
+//! heartbeat, 1 s election), drives the same workloads against both through the `etcd-client`
+//! crate, and prints throughput and latency percentiles with Lodestone's ratio to etcd, then
+//! each member's peak resident memory. Every workload runs for a fixed time, so a run is
+//! bounded: about `2 × rows × --seconds` plus startup.
+//!
+//! Build the store optimized first, or the figures measure a debug build:
+//!
+//! ```sh
+//! cargo build --release --bin lodestone
+//! LODESTONE_BIN=$CARGO_TARGET_DIR/release/lodestone \
+//!   cargo run --release -p lodestone-tests --bin lodestone-bench -- --seconds 10
+//! ```
+//!
+//! Rows: puts (256-byte values over 100,000 keys) at 1, 64 and 1000 clients; linearizable
+//! and serializable single-key ranges and a compare-and-swap txn at 64 clients. Clients share
+//! connections as etcd's own benchmark does (at most 100).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use lodestone_tests::{Cluster, Kind, Options, connect};
+
+const VALUE_SIZE: usize = 256;
+const KEY_SPACE: u64 = 100_000;
+const PRELOADED: u64 = 1_000;
+const MAX_CONNECTIONS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    RangeLinearizable,
+    RangeSerializable,
+    Txn,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::RangeLinearizable => "range (linearizable)",
+            Op::RangeSerializable => "range (serializable)",
+            Op::Txn => "txn (compare-and-swap)",
+        }
+    }
+}
+
+const ROWS: [(Op, usize); 6] = [
+    (Op::Put, 1),
+    (Op::Put, 64),
+    (Op::Put, 1000),
+    (Op::RangeLinearizable, 64),
+    (Op::RangeSerializable, 64),
+    (Op::Txn, 64),
+];
+
+/// What one workload measured.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// A small, fast, seedable generator, so clients pick keys without sharing state.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn key(n: u64) -> String {
+    format!("bench/{n:08}")
+}
+
+async fn one(client: &mut Client, op: Op, rng: &mut Rng, value: &[u8]) -> Result<(), etcd_client::Error> {
+    match op {
+        Op::Put => client.put(key(rng.next() % KEY_SPACE), value, None).await.map(drop),
+        Op::RangeLinearizable => client.get(key(rng.next() % PRELOADED), None).await.map(drop),
+        Op::RangeSerializable => client
+            .get(key(rng.next() % PRELOADED), Some(GetOptions::new().with_serializable()))
+            .await
+            .map(drop),
+        Op::Txn => {
+            // Compare-and-swap on a key of its own: read its version, then write if unchanged.
+            let k = key(rng.next() % PRELOADED);
+            let version = client
+                .get(k.as_str(), None)
+                .await?
+                .kvs()
+                .first()
+                .map_or(0, |kv| kv.version());
+            let txn = Txn::new()
+                .when([Compare::version(k.as_str(), CompareOp::Equal, version)])
+                .and_then([TxnOp::put(k.as_str(), value, None)]);
+            client.txn(txn).await.map(drop)
+        }
+    }
+}
+
+/// Runs `op` from `clients` concurrent clients for `duration`.
+async fn run(endpoints: &[String], op: Op, clients: usize, duration: Duration) -> Figures {
+    let mut conns = Vec::new();
+    for _ in 0..clients.min(MAX_CONNECTIONS) {
+        conns.push(connect(endpoints).await);
+    }
+    let value = Arc::new(vec![b'v'; VALUE_SIZE]);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let mut client = conns[i % conns.len()].clone();
+            let value = value.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match one(&mut client, op, &mut rng, &value).await {
+                        Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client task");
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i] as f64 / 1000.0
+    };
+    Figures {
+        ops_per_sec: latencies.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors,
+    }
+}
+
+/// Peak resident memory of a process in MiB (`VmHWM`), while it runs.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
+/// peak RSS.
+async fn bench(kind: Kind, seconds: u64) -> (Vec<Figures>, Vec<f64>) {
+    let label = match kind {
+        Kind::Lodestone => "lodestone",
+        Kind::Etcd => "etcd",
+    };
+    eprintln!("[{label}] starting a 3-member cluster");
+    let cluster = Cluster::start(
+        kind,
+        Options {
+            size: 3,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            ..Options::default()
+        },
+    )
+    .await;
+    let endpoints = cluster.endpoints();
+    let mut client = connect(&endpoints).await;
+    for n in 0..PRELOADED {
+        client.put(key(n), vec![b'v'; VALUE_SIZE], None).await.expect("preload");
+    }
+    let mut rows = Vec::new();
+    for (op, clients) in ROWS {
+        eprint!("[{label}] {} with {clients} clients for {seconds} s ... ", op.name());
+        let f = run(&endpoints, op, clients, Duration::from_secs(seconds)).await;
+        eprintln!(
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            f.ops_per_sec, f.p50_ms, f.p99_ms, f.errors
+        );
+        rows.push(f);
+    }
+    let rss = cluster
+        .members
+        .iter()
+        .map(|m| m.pid().and_then(peak_rss_mib).unwrap_or(f64::NAN))
+        .collect();
+    (rows, rss)
+}
+
+fn usage() -> ! {
+    eprintln!("usage: lodestone-bench [--seconds N]   (N seconds per workload, 1 to 600; default 5)");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut seconds = 5u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|s| (1..=600).contains(s))
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    eprintln!(
+        "lodestone binary: {} (build it with --release for meaningful figures)",
+        lodestone_tests::lodestone_bin().display()
+    );
+    let (etcd, etcd_rss) = bench(Kind::Etcd, seconds).await;
+    let (lode, lode_rss) = bench(Kind::Lodestone, seconds).await;
+
+    println!();
+    println!(
+        "{:<24} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7} {:>7}",
+        "workload", "clients", "etcd op/s", "p50 ms", "p99 ms", "lode op/s", "p50 ms", "p99 ms", "x op/s", "x p99"
+    );
+    for (i, (op, clients)) in ROWS.iter().enumerate() {
+        let (e, l) = (&etcd[i], &lode[i]);
+        println!(
+            "{:<24} {:>8} | {:>10.0} {:>8.2} {:>8.2} | {:>10.0} {:>8.2} {:>8.2} | {:>7.2} {:>7.2}",
+            op.name(),
+            clients,
+            e.ops_per_sec,
+            e.p50_ms,
+            e.p99_ms,
+            l.ops_per_sec,
+            l.p50_ms,
+            l.p99_ms,
+            l.ops_per_sec / e.ops_per_sec,
+            l.p99_ms / e.p99_ms,
+        );
+    }
+    let show = |v: &[f64]| v.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" / ");
+    println!();
+    println!(
+        "peak RSS per member (MiB): etcd {} | lodestone {}",
+        show(&etcd_rss),
+        show(&lode_rss)
+    );
+    let errors: u64 = etcd.iter().chain(&lode).map(|f| f.errors).sum();
+    if errors > 0 {
+        println!("requests that failed (not counted above): {errors}");
+    }
+    println!(
+        "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
+    );
+}
