@@ -15,13 +15,16 @@
 //! ```
 //!
 //! Rows: puts (256-byte values over 100,000 keys) at 1, 64 and 1000 clients; linearizable
-//! and serializable single-key ranges and a compare-and-swap txn at 64 clients. Clients share
-//! connections as etcd's own benchmark does (at most 100).
+//! and serializable single-key ranges and a compare-and-swap txn at 64 clients; lease
+//! keep-alives from 1000 clients (a lease each); and watch fan-out: one writer putting 100
+//! times a second to a key 1000 watchers follow, measured as delivery latency from the put
+//! to each watcher (its op/s is events delivered per second). Clients share connections as
+//! etcd's own benchmark does (at most 100).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp};
 use lodestone_tests::{Cluster, Kind, Options, connect};
 
 const VALUE_SIZE: usize = 256;
@@ -35,6 +38,8 @@ enum Op {
     RangeLinearizable,
     RangeSerializable,
     Txn,
+    KeepAlive,
+    WatchFanOut,
 }
 
 impl Op {
@@ -44,18 +49,25 @@ impl Op {
             Op::RangeLinearizable => "range (linearizable)",
             Op::RangeSerializable => "range (serializable)",
             Op::Txn => "txn (compare-and-swap)",
+            Op::KeepAlive => "lease keep-alive",
+            Op::WatchFanOut => "watch fan-out delivery",
         }
     }
 }
 
-const ROWS: [(Op, usize); 6] = [
+const ROWS: [(Op, usize); 8] = [
     (Op::Put, 1),
     (Op::Put, 64),
     (Op::Put, 1000),
     (Op::RangeLinearizable, 64),
     (Op::RangeSerializable, 64),
     (Op::Txn, 64),
+    (Op::KeepAlive, 1000),
+    (Op::WatchFanOut, 1000),
 ];
+
+/// Puts per second of the watch fan-out writer.
+const FAN_OUT_PUTS_PER_SEC: u64 = 100;
 
 /// What one workload measured.
 #[derive(Debug, Clone, Default)]
@@ -104,11 +116,122 @@ async fn one(client: &mut Client, op: Op, rng: &mut Rng, value: &[u8]) -> Result
                 .and_then([TxnOp::put(k.as_str(), value, None)]);
             client.txn(txn).await.map(drop)
         }
+        // Streams of their own: `keep_alive` and `fan_out`.
+        Op::KeepAlive | Op::WatchFanOut => unreachable!("{} is not a single request", op.name()),
     }
+}
+
+fn figures(mut latencies_us: Vec<u32>, count: usize, elapsed: Duration, errors: u64) -> Figures {
+    latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        if latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len()) - 1;
+        latencies_us[i] as f64 / 1000.0
+    };
+    Figures {
+        ops_per_sec: count as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors,
+    }
+}
+
+/// Renews its own lease until `deadline`; the latencies of the renewals.
+async fn keep_alive(mut client: Client, deadline: Instant) -> (Vec<u32>, u64) {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let Ok(lease) = client.lease_grant(60, None).await else {
+        return (latencies, 1);
+    };
+    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease.id()).await else {
+        return (latencies, 1);
+    };
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        match keeper.keep_alive().await {
+            Ok(()) => match stream.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => latencies.push(t.elapsed().as_micros() as u32),
+                _ => errors += 1,
+            },
+            Err(_) => errors += 1,
+        }
+        if errors > 0 && latencies.is_empty() {
+            break;
+        }
+    }
+    let _ = client.lease_revoke(lease.id()).await;
+    (latencies, errors)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One writer puts its wall-clock time to a key `watchers` watchers follow, for `duration`;
+/// the figures are the delivery latencies (put sent → event received) of every event.
+async fn fan_out(endpoints: &[String], watchers: usize, duration: Duration) -> Figures {
+    const KEY: &str = "bench-fan-out";
+    let mut conns = Vec::new();
+    for _ in 0..watchers.min(MAX_CONNECTIONS) {
+        conns.push(connect(endpoints).await);
+    }
+    let mut streams = Vec::new();
+    for i in 0..watchers {
+        let mut c = conns[i % conns.len()].clone();
+        match c.watch(KEY, None).await {
+            Ok(stream) => streams.push(stream),
+            Err(e) => eprint!("(watch {i}: {e}) "),
+        }
+    }
+    let open = streams.len();
+    let stop = Instant::now() + duration + Duration::from_secs(2);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while let Ok(Ok(Some(r))) = tokio::time::timeout_at(stop.into(), stream.message()).await {
+                    for e in r.events() {
+                        if e.event_type() == EventType::Put
+                            && let Some(sent) = e.kv().and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok())
+                        {
+                            latencies.push(now_us().saturating_sub(sent) as u32);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut writer = connect(endpoints).await;
+    let start = Instant::now();
+    let mut puts = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FAN_OUT_PUTS_PER_SEC));
+    while start.elapsed() < duration {
+        tick.tick().await;
+        if writer.put(KEY, now_us().to_string(), None).await.is_ok() {
+            puts += 1;
+        }
+    }
+    let mut latencies = Vec::new();
+    for r in readers {
+        latencies.extend(r.await.expect("watch reader"));
+    }
+    let expected = puts * open as u64;
+    let missing = expected.saturating_sub(latencies.len() as u64) + (watchers - open) as u64;
+    let count = latencies.len();
+    figures(latencies, count, duration, missing)
 }
 
 /// Runs `op` from `clients` concurrent clients for `duration`.
 async fn run(endpoints: &[String], op: Op, clients: usize, duration: Duration) -> Figures {
+    if op == Op::WatchFanOut {
+        return fan_out(endpoints, clients, duration).await;
+    }
     let mut conns = Vec::new();
     for _ in 0..clients.min(MAX_CONNECTIONS) {
         conns.push(connect(endpoints).await);
@@ -121,6 +244,9 @@ async fn run(endpoints: &[String], op: Op, clients: usize, duration: Duration) -
             let mut client = conns[i % conns.len()].clone();
             let value = value.clone();
             tokio::spawn(async move {
+                if op == Op::KeepAlive {
+                    return keep_alive(client, deadline).await;
+                }
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -142,21 +268,8 @@ async fn run(endpoints: &[String], op: Op, clients: usize, duration: Duration) -
         latencies.extend(l);
         errors += e;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i] as f64 / 1000.0
-    };
-    Figures {
-        ops_per_sec: latencies.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        errors,
-    }
+    let count = latencies.len();
+    figures(latencies, count, start.elapsed(), errors)
 }
 
 /// Peak resident memory of a process in MiB (`VmHWM`), while it runs.
@@ -272,7 +385,7 @@ async fn main() {
     );
     let errors: u64 = etcd.iter().chain(&lode).map(|f| f.errors).sum();
     if errors > 0 {
-        println!("requests that failed (not counted above): {errors}");
+        println!("requests that failed, or watch events not delivered (not counted above): {errors}");
     }
     println!(
         "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
