@@ -166,17 +166,17 @@ impl Member {
     /// Checks that this member leads and that its lease clock was restarted in this term;
     /// returns the commit index to wait for.
     fn lease_leader_ready(&self) -> Result<u64> {
-        let s = self.consensus.status();
-        if s.leader != Some(self.id) {
+        let (leader, term, committed) = self.consensus.leadership();
+        if leader != Some(self.id) {
             return Err(StoreError::NotLeader);
         }
         let mut promoted = self.lease_clock.promoted_term.lock().expect("lease clock lock");
-        if *promoted != s.term {
+        if *promoted != term {
             self.sm.lessor.promote(Instant::now());
-            *promoted = s.term;
-            tracing::info!(term = s.term, "leader: restarted every lease's TTL");
+            *promoted = term;
+            tracing::info!(term, "leader: restarted every lease's TTL");
         }
-        Ok(s.committed)
+        Ok(committed)
     }
 }
 

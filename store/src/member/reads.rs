@@ -120,11 +120,11 @@ impl Member {
     /// shared by every caller waiting when it starts); `NotLeader` otherwise. A waiter sits
     /// out at most the running round, then its own, each bounded by an election timeout.
     pub(super) async fn confirm_leadership(&self) -> Result<()> {
-        match tokio::time::timeout(self.cfg.election() * 2, self.leadership.next_round()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(StoreError::Stopped)) => Err(StoreError::Stopped),
-            Ok(Err(_)) | Err(_) => Err(StoreError::NotLeader),
-        }
+        // A round answers only NotLeader or Stopped when it fails (see `round`).
+        tokio::time::timeout(self.cfg.election() * 2, self.leadership.next_round())
+            .await
+            .unwrap_or(Err(StoreError::NotLeader))
+            .map(drop)
     }
 
     /// ReadIndex on the leader: confirm leadership with a quorum, return the index to apply.

@@ -52,14 +52,7 @@ pub fn answer<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> R
 impl Member {
     /// A client for member `id`, at the peer URL the membership records for it.
     pub(super) fn peer_client(&self, id: NodeId) -> Result<Client> {
-        let url = self
-            .consensus
-            .status()
-            .membership
-            .nodes
-            .get(&id)
-            .and_then(|n| n.peer_urls.first().cloned())
-            .ok_or(StoreError::NoLeader)?;
+        let url = self.consensus.peer_url(id).ok_or(StoreError::NoLeader)?;
         // Requests are commands and queries within the peer bound; answers to forwarded
         // writes carry whole txn results, bounded like any gRPC message (2 GiB).
         Ok(self

@@ -244,6 +244,31 @@ impl Consensus {
         self.raft.metrics().borrow_watched().current_term
     }
 
+    /// The leader, the term and the commit index, read together and cheaply: what the
+    /// lease clock checks on every renewal.
+    pub fn leadership(&self) -> (Option<NodeId>, u64, u64) {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        (
+            m.current_leader,
+            m.current_term,
+            m.cluster_committed.as_ref().map_or(0, |c| c.index),
+        )
+    }
+
+    /// Where peers reach member `id` (its first peer URL), cheaply: what every request
+    /// routed to the leader looks up.
+    pub fn peer_url(&self, id: NodeId) -> Option<String> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        m.membership_config
+            .membership()
+            .get_node(&id)?
+            .peer_urls
+            .first()
+            .cloned()
+    }
+
     /// `(committed, applied)` indexes, cheaply.
     pub fn progress(&self) -> (u64, u64) {
         let rx = self.raft.metrics();
