@@ -602,6 +602,16 @@ pub fn http_get(url: &str) -> (u16, String) {
     (code, body)
 }
 
+/// The value of metric `name` (its first sample) in a Prometheus text page; panics when the
+/// page does not have it.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
 /// Asserts that an `etcd-client` error is a gRPC status with `code` and exactly `message`.
 pub fn assert_status(err: etcd_client::Error, code: tonic::Code, message: &str) {
     match err {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, WatchOptions};
-use lodestone_tests::{Cluster, Kind, Options, connect, http_get};
+use lodestone_tests::{Cluster, Kind, Options, connect, http_get, metric};
 
 fn opts(size: usize) -> Options {
     Options {
@@ -330,14 +330,6 @@ async fn health_and_metrics_endpoints() {
             .unwrap();
         assert!(fsyncs > 0.0);
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 /// Caught-up watch streams take new revisions from the member's shared watch cache: 20

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
-use lodestone_tests::{Cluster, Kind, Options, assert_status};
+use lodestone_tests::{Cluster, Kind, Options, assert_status, metric};
 use tonic::Code;
 
 lodestone_tests::compat!(grant_attach_revoke, negative_lease_ids, errors, expiry_and_keep_alive);
@@ -373,11 +373,6 @@ async fn concurrent_lease_requests_share_leadership_rounds() {
     let mut cl = c.client_of(leader).await;
     let lease = cl.lease_grant(60, None).await.unwrap().id();
     let url = format!("{}/metrics", c.members[leader].metrics_url());
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
-    };
     let text = lodestone_tests::http_get(&url).1;
     let (rounds0, checks0) = (
         metric(&text, "lodestone_lease_leadership_rounds_total"),

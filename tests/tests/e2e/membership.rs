@@ -102,23 +102,37 @@ async fn a_founder_that_lost_its_data_does_not_found_again(kind: Kind) {
     c.kill(victim);
     std::fs::remove_dir_all(&c.members[victim].data_dir).unwrap();
     c.restart(victim);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c.members[victim].is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "a founder that lost its data started again:\n{}",
-            c.members[victim].log_tail()
-        );
+    let log = refused_start_log(
+        &mut c,
+        victim,
+        Duration::from_secs(15),
+        "a founder that lost its data started again",
+    )
+    .await;
+    assert!(log.contains("has already been bootstrapped"), "{log}");
+    survivors_serving(&c, victim).await;
+}
+
+/// Waits until member `i` exits by itself (it refused to start) and returns its log; fails
+/// with `what` and the log's tail if it still runs after `timeout`.
+async fn refused_start_log(c: &mut Cluster, i: usize, timeout: Duration, what: &str) -> String {
+    let deadline = Instant::now() + timeout;
+    while c.members[i].is_running() {
+        assert!(Instant::now() < deadline, "{what}:\n{}", c.members[i].log_tail());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = c.members[victim].log_text();
-    assert!(log.contains("has already been bootstrapped"), "{log}");
-    let survivors: Vec<String> = (0..3)
-        .filter(|i| *i != victim)
-        .map(|i| c.members[i].endpoint())
+    c.members[i].log_text()
+}
+
+/// A client of every member but `i`, once they took a write.
+async fn survivors_serving(c: &Cluster, i: usize) -> Client {
+    let survivors: Vec<String> = (0..c.members.len())
+        .filter(|m| *m != i)
+        .map(|m| c.members[m].endpoint())
         .collect();
     let mut cl = lodestone_tests::connect(&survivors).await;
     cl.put("still", "serving", None).await.unwrap();
+    cl
 }
 
 /// Lodestone only. A voter whose data directory is lost, started again to join the running
@@ -153,24 +167,16 @@ async fn a_voter_that_lost_its_data_does_not_rejoin_under_its_old_id() {
     c.kill(victim);
     std::fs::remove_dir_all(&c.members[victim].data_dir).unwrap();
     c.start_joining(victim, &initial);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.members[victim].is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "a voter that lost its data rejoined under its old id:\n{}",
-            c.members[victim].log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = c.members[victim].log_text();
+    let log = refused_start_log(
+        &mut c,
+        victim,
+        Duration::from_secs(20),
+        "a voter that lost its data rejoined under its old id",
+    )
+    .await;
     assert!(log.contains("has already been bootstrapped"), "{log}");
     assert!(log.contains(&format!("etcdctl member remove {old_id:x}")), "{log}");
-    let survivors: Vec<String> = (0..3)
-        .filter(|i| *i != victim)
-        .map(|i| c.members[i].endpoint())
-        .collect();
-    let mut cl = lodestone_tests::connect(&survivors).await;
-    cl.put("still", "serving", None).await.unwrap();
+    let mut cl = survivors_serving(&c, victim).await;
 
     // The remedy: remove the old id, add the member back, start it on an empty directory.
     cl.member_remove(old_id).await.unwrap();
