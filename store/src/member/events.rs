@@ -22,7 +22,7 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
         let s = watch.status();
         if s.membership.nodes.contains_key(&member.id) {
             was_member = true;
-        } else if was_member && !s.membership.joint {
+        } else if was_member && !s.membership.joint && !removing_itself(&s, member.id) {
             tracing::warn!("this member was removed from the cluster; shutting down");
             member.shutdown.cancel();
             return;
@@ -41,6 +41,14 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
             changed = watch.changed() => if !changed { return },
         }
     }
+}
+
+/// Whether this member leads the change that removes it and that change is not committed
+/// yet. The leader must stay until its removal commits (it then steps down): stopping at the
+/// append would fail the MemberRemove it is answering, and leave the removal to whichever
+/// member is elected next.
+fn removing_itself(s: &crate::raft::RaftStatus, me: crate::raft::NodeId) -> bool {
+    s.leader == Some(me) && s.membership.log_index.is_some_and(|at| s.committed < at)
 }
 
 /// Publishes this member's name and client URLs through Raft, retrying until it is

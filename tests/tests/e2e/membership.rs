@@ -12,7 +12,8 @@ use tonic::Code;
 
 lodestone_tests::compat!(
     membership_errors_and_learner_bookkeeping,
-    a_founder_that_lost_its_data_does_not_found_again
+    a_founder_that_lost_its_data_does_not_found_again,
+    removing_the_leader_succeeds_and_the_rest_carry_on
 );
 
 async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
@@ -115,6 +116,56 @@ async fn a_founder_that_lost_its_data_does_not_found_again(kind: Kind) {
 
 /// Waits until member `i` exits by itself (it refused to start) and returns its log; fails
 /// with `what` and the log's tail if it still runs after `timeout`.
+/// MemberRemove of the leader, asked through a follower, answers success once the removal
+/// is committed; the leader then leaves and the other two elect a leader and serve. (The
+/// fault suite found Lodestone's leader stopping at the append, failing the request with
+/// "server stopped" and leaving the removal to the next leader.)
+async fn removing_the_leader_succeeds_and_the_rest_carry_on(kind: Kind) {
+    let mut c = Cluster::start(kind, Options::members(3)).await;
+    c.wait_published().await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let cl = c.client_of(follower).await;
+    cl.clone().put("before", "1", None).await.unwrap();
+    let list = cl.clone().member_list().await.unwrap();
+    let leader_name = c.members[leader].name.as_str();
+    let id = list.members().iter().find(|m| m.name() == leader_name).unwrap().id();
+    // etcd refuses membership changes until its members have been connected for a while
+    // ("unhealthy cluster"), so the first attempts may be refused.
+    let left = retry("removing the leader", Duration::from_secs(20), || {
+        let mut cl = cl.clone();
+        async move { cl.member_remove(id).await }
+    })
+    .await;
+    assert_eq!(left.members().len(), 2, "{:?}", left.members());
+    assert!(left.members().iter().all(|m| m.id() != id));
+
+    // The removed leader stops (etcd and Lodestone both exit once removed).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.members[leader].is_running() {
+        assert!(Instant::now() < deadline, "the removed leader is still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.kill(leader);
+    let mut rest = c.client_of(follower).await;
+    let put = retry("a write after the removal", Duration::from_secs(20), || {
+        let mut rest = rest.clone();
+        async move { rest.put("after", "2", None).await }
+    })
+    .await;
+    assert!(put.header().is_some());
+    let other = 3 - leader - follower;
+    let mut o = c.client_of(other).await;
+    let list = retry("member list", Duration::from_secs(10), || {
+        let mut o = o.clone();
+        async move { o.member_list().await }
+    })
+    .await;
+    assert_eq!(list.members().len(), 2);
+    assert_eq!(rest.get("before", None).await.unwrap().kvs()[0].value(), b"1");
+    assert_eq!(o.get("after", None).await.unwrap().kvs()[0].value(), b"2");
+}
+
 async fn refused_start_log(c: &mut Cluster, i: usize, timeout: Duration, what: &str) -> String {
     let deadline = Instant::now() + timeout;
     while c.members[i].is_running() {
