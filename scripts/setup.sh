@@ -12,6 +12,8 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# The fault suite puts members in network namespaces (`ip netns`).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
+pub mod history;
+pub mod linearizability;
+pub mod netlab;
+pub mod robustness;
+pub mod validate;
+
 /// For each named `async fn(Kind)`, generates a test against Lodestone (in module
 /// `lodestone`) and the same test against etcd 3.4 (in module `etcd`).
 #[macro_export]
@@ -47,12 +53,16 @@ pub fn lodestone_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/lodestone
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("lodestone");
+    // A program (target/<profile>/lodestone-faults) has it beside itself; a test
+    // (target/<profile>/deps/<test>) one directory up.
+    let dir = exe.parent().expect("target dir");
+    let p = [
+        dir.join("lodestone"),
+        dir.parent().expect("target dir").join("lodestone"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| dir.join("lodestone"));
     assert!(
         p.exists(),
         "lodestone binary not found at {}; build it first (`cargo build --bin lodestone`) or set LODESTONE_BIN",

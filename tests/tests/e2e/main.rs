@@ -13,4 +13,5 @@ mod listeners;
 mod maintenance;
 mod membership;
 mod quorum_loss;
+mod robustness;
 mod watch;

@@ -1,0 +1,449 @@
+//! The fault suite's checks that use revisions: the store's own account of what happened
+//! (every change, read back at the end of a run by a watch from revision 1) is held against
+//! what the clients were told.
+//!
+//! - **No acknowledged write lost**: each acknowledged put, successful compare-and-swap
+//!   and delete is in the record, at the revision its response reported.
+//! - **Nothing invented**: every value in the record was written by some client, once.
+//! - **Revisions**: the record has every revision from 2 to the last, none twice; a read
+//!   answered at revision R saw exactly the record's state at R (this covers serializable
+//!   reads too, which may be stale but never wrong); a compare-and-swap succeeded exactly
+//!   when its comparison held just before its revision.
+//! - **Real time**: an operation that began after another ended is at the same or a later
+//!   revision, and strictly later when it wrote.
+//! - **Watches**: each stream delivered, in order and without duplicates, exactly the
+//!   record's changes under its prefix from its start revision to the last one it delivered
+//!   (so a resumed watch misses nothing and repeats nothing).
+//!
+//! Unknown writes found in the record took effect at that revision; unknown writes not in it
+//! never did. The functions return one line per violation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::history::{Event, NEVER, Operation, Request, Response, WatchSession};
+
+/// The store's record of changes, indexed for replay.
+pub struct Record<'a> {
+    events: &'a [Event],
+    /// Per key: (revision, value) in revision order.
+    by_key: HashMap<&'a str, Vec<(i64, Option<&'a str>)>>,
+    /// Written value → its event.
+    by_value: HashMap<&'a str, &'a Event>,
+    pub last_revision: i64,
+}
+
+impl<'a> Record<'a> {
+    /// Indexes `events`, reporting into `violations` what makes the record itself wrong
+    /// (a value written twice, revisions missing, repeated or going back).
+    pub fn new(events: &'a [Event], last_revision: i64, violations: &mut Vec<String>) -> Record<'a> {
+        let mut by_key: HashMap<&str, Vec<(i64, Option<&str>)>> = HashMap::new();
+        let mut by_value: HashMap<&str, &Event> = HashMap::new();
+        let mut previous = 1;
+        for e in events {
+            if e.revision < previous {
+                violations.push(format!("record goes back from revision {previous} to {}", e.revision));
+            } else if e.revision > previous + 1 {
+                violations.push(format!("record skips revisions {}..{}", previous + 1, e.revision - 1));
+            }
+            previous = previous.max(e.revision);
+            by_key.entry(&e.key).or_default().push((e.revision, e.value.as_deref()));
+            if let Some(v) = &e.value
+                && by_value.insert(v, e).is_some()
+            {
+                violations.push(format!("value {v:?} written twice (second at revision {})", e.revision));
+            }
+        }
+        if previous != last_revision {
+            violations.push(format!(
+                "record ends at revision {previous}, the store's revision is {last_revision}"
+            ));
+        }
+        let mut seen_rev_key = HashSet::new();
+        for e in events {
+            if !seen_rev_key.insert((e.revision, &e.key)) {
+                violations.push(format!("key {:?} changed twice at revision {}", e.key, e.revision));
+            }
+        }
+        Record {
+            events,
+            by_key,
+            by_value,
+            last_revision,
+        }
+    }
+
+    /// The value of `key` at `revision`.
+    pub fn value_at(&self, key: &str, revision: i64) -> Option<&'a str> {
+        let changes = self.by_key.get(key)?;
+        let i = changes.partition_point(|(r, _)| *r <= revision);
+        i.checked_sub(1).and_then(|i| changes[i].1)
+    }
+
+    /// The event that wrote `value`.
+    pub fn written(&self, value: &str) -> Option<&'a Event> {
+        self.by_value.get(value).copied()
+    }
+
+    pub fn events(&self) -> &'a [Event] {
+        self.events
+    }
+}
+
+/// Checks the client history against the record. `traffic_prefix` is the key prefix the
+/// clients wrote under (other keys in the record, such as lease keys, are not theirs).
+pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut written_values = HashSet::new();
+    // Deletes of a key that no acknowledged delete explains, allowed by unknown ones.
+    let mut unknown_deletes: HashMap<&str, usize> = HashMap::new();
+    let mut acked_deletes: HashMap<&str, HashSet<i64>> = HashMap::new();
+    // (call, ret, revision, created a revision) for the real-time check.
+    let mut timed: Vec<(u64, u64, i64, bool)> = Vec::new();
+
+    for op in history {
+        let key = op.request.key();
+        if let Some(v) = op.request.written_value() {
+            written_values.insert(v);
+        }
+        let describe = || format!("client {} {:?} → {:?}", op.client, op.request, op.response);
+        if let Some(rev) = op.response.revision()
+            && rev > record.last_revision
+        {
+            out.push(format!(
+                "{}: revision beyond the store's last ({})",
+                describe(),
+                record.last_revision
+            ));
+            continue;
+        }
+        match (&op.request, &op.response) {
+            (Request::Get { serializable, .. }, Response::Get { value, revision }) => {
+                let expected = record.value_at(key, *revision);
+                if value.as_deref() != expected {
+                    out.push(format!("{}: the record has {expected:?} at that revision", describe()));
+                }
+                if !serializable {
+                    timed.push((op.call, op.ret, *revision, false));
+                }
+            }
+            (Request::Put { value, .. }, Response::Put { revision })
+            | (
+                Request::Cas { value, .. },
+                Response::Cas {
+                    succeeded: true,
+                    revision,
+                },
+            ) => {
+                match record.written(value) {
+                    None => out.push(format!("{}: acknowledged write lost (not in the record)", describe())),
+                    Some(e) if e.revision != *revision || e.key != key => out.push(format!(
+                        "{}: the record has it at revision {} on {:?}",
+                        describe(),
+                        e.revision,
+                        e.key
+                    )),
+                    Some(_) => timed.push((op.call, op.ret, *revision, true)),
+                }
+                if let Request::Cas { expect, .. } = &op.request {
+                    let before = record.value_at(key, revision - 1);
+                    if before != expect.as_deref() {
+                        out.push(format!("{}: succeeded, but the key held {before:?} before", describe()));
+                    }
+                }
+            }
+            (
+                Request::Cas { value, expect, .. },
+                Response::Cas {
+                    succeeded: false,
+                    revision,
+                },
+            ) => {
+                if let Some(e) = record.written(value) {
+                    out.push(format!(
+                        "{}: failed, but the record has it at revision {}",
+                        describe(),
+                        e.revision
+                    ));
+                }
+                let now = record.value_at(key, *revision);
+                if now == expect.as_deref() {
+                    out.push(format!(
+                        "{}: failed, but the key held {now:?} at that revision",
+                        describe()
+                    ));
+                }
+                timed.push((op.call, op.ret, *revision, false));
+            }
+            (Request::Delete { .. }, Response::Delete { deleted, revision }) => {
+                if *deleted {
+                    let here = record
+                        .by_key
+                        .get(key)
+                        .and_then(|c| c.iter().find(|(r, _)| r == revision));
+                    match here {
+                        Some((_, None)) => {
+                            acked_deletes.entry(key).or_default().insert(*revision);
+                        }
+                        _ => out.push(format!("{}: acknowledged delete not in the record", describe())),
+                    }
+                    if record.value_at(key, revision - 1).is_none() {
+                        out.push(format!("{}: deleted a key that was absent", describe()));
+                    }
+                } else if record.value_at(key, *revision).is_some() {
+                    out.push(format!("{}: deleted nothing, but the key existed", describe()));
+                }
+                timed.push((op.call, op.ret, *revision, *deleted));
+            }
+            (Request::Delete { .. }, Response::Unknown) => *unknown_deletes.entry(key).or_default() += 1,
+            (Request::Put { value, .. } | Request::Cas { value, .. }, Response::Unknown) => {
+                // Took effect at the recorded revision, or never.
+                if let Some(e) = record.written(value) {
+                    timed.push((op.call, NEVER, e.revision, true));
+                }
+            }
+            (request, response) => out.push(format!(
+                "client {}: response {response:?} does not answer {request:?}",
+                op.client
+            )),
+        }
+    }
+
+    // Every change under the traffic prefix comes from a client.
+    let mut unexplained: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in record.events() {
+        if !e.key.starts_with(traffic_prefix) {
+            continue;
+        }
+        match &e.value {
+            Some(v) if !written_values.contains(v.as_str()) => out.push(format!(
+                "revision {}: {:?} = {v:?} was written by no client",
+                e.revision, e.key
+            )),
+            None if !acked_deletes
+                .get(e.key.as_str())
+                .is_some_and(|r| r.contains(&e.revision)) =>
+            {
+                *unexplained.entry(&e.key).or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    for (key, n) in unexplained {
+        let allowed = unknown_deletes.get(key).copied().unwrap_or(0);
+        if n > allowed {
+            out.push(format!(
+                "{key:?} was deleted {n} times that no acknowledged delete explains ({allowed} unknown deletes)"
+            ));
+        }
+    }
+
+    out.extend(check_real_time(&mut timed));
+    out
+}
+
+/// If A returned before B was sent, B's revision is at least A's, and greater when B wrote.
+fn check_real_time(ops: &mut [(u64, u64, i64, bool)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut by_ret: Vec<(u64, i64)> = ops.iter().filter(|o| o.1 != NEVER).map(|o| (o.1, o.2)).collect();
+    by_ret.sort_unstable();
+    ops.sort_unstable_by_key(|o| o.0);
+    let mut done = 0;
+    let mut highest = (0i64, 0u64);
+    for &(call, _, revision, wrote) in ops.iter() {
+        while done < by_ret.len() && by_ret[done].0 < call {
+            if by_ret[done].1 > highest.0 {
+                highest = (by_ret[done].1, by_ret[done].0);
+            }
+            done += 1;
+        }
+        let behind = if wrote {
+            revision <= highest.0
+        } else {
+            revision < highest.0
+        };
+        if behind {
+            out.push(format!(
+                "an operation sent at {call} ns has revision {revision}, but one that finished at {} ns before it had {}",
+                highest.1, highest.0
+            ));
+        }
+    }
+    out
+}
+
+/// Checks each watch stream against the record.
+pub fn check_watches(sessions: &[WatchSession], record: &Record<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in sessions {
+        let who = format!("watch of client {} from revision {}", s.client, s.start_revision);
+        let mut last = (0i64, String::new());
+        for e in &s.events {
+            if (e.revision, &e.key) <= (last.0, &last.1) {
+                out.push(format!(
+                    "{who}: event at revision {} {:?} after {} {:?} (out of order or repeated)",
+                    e.revision, e.key, last.0, last.1
+                ));
+            }
+            last = (e.revision, e.key.clone());
+        }
+        let Some(end) = s.events.last().map(|e| e.revision) else {
+            continue;
+        };
+        let expected: Vec<&Event> = record
+            .events()
+            .iter()
+            .filter(|e| e.key.starts_with(&s.prefix) && e.revision >= s.start_revision && e.revision <= end)
+            .collect();
+        let got: Vec<&Event> = s.events.iter().collect();
+        if got != expected {
+            let missing = expected.iter().find(|e| !got.contains(e));
+            let extra = got.iter().find(|e| !expected.contains(e));
+            out.push(format!(
+                "{who}: delivered {} events up to revision {end}, the record has {} (first missing {missing:?}, first unexpected {extra:?})",
+                got.len(),
+                expected.len()
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(revision: i64, key: &str, value: Option<&str>) -> Event {
+        Event {
+            revision,
+            key: key.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    fn op(request: Request, response: Response, call: u64, ret: u64) -> Operation {
+        Operation {
+            client: 0,
+            request,
+            response,
+            call,
+            ret,
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Request {
+        Request::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn get(k: &str) -> Request {
+        Request::Get {
+            key: k.into(),
+            serializable: true,
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        vec![ev(2, "k", Some("a")), ev(3, "k", Some("b")), ev(4, "j", Some("c"))]
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let events = events();
+        let mut v = Vec::new();
+        let record = Record::new(&events, 4, &mut v);
+        let h = [
+            op(put("k", "a"), Response::Put { revision: 2 }, 0, 1),
+            op(put("k", "b"), Response::Unknown, 2, NEVER),
+            op(
+                get("k"),
+                Response::Get {
+                    value: Some("b".into()),
+                    revision: 3,
+                },
+                5,
+                6,
+            ),
+            op(put("j", "c"), Response::Put { revision: 4 }, 7, 8),
+            op(put("j", "lost-but-unknown"), Response::Unknown, 9, NEVER),
+        ];
+        v.extend(check_history(&h, &record, ""));
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_reported() {
+        let events = events();
+        let mut v = Vec::new();
+        let record = Record::new(&events, 4, &mut v);
+        let h = [op(put("k", "z"), Response::Put { revision: 4 }, 0, 1)];
+        let v = check_history(&h, &record, "");
+        assert!(v.iter().any(|l| l.contains("acknowledged write lost")), "{v:?}");
+    }
+
+    #[test]
+    fn a_read_that_disagrees_with_its_revision_is_reported() {
+        let events = events();
+        let mut v = Vec::new();
+        let record = Record::new(&events, 4, &mut v);
+        let h = [op(
+            get("k"),
+            Response::Get {
+                value: Some("a".into()),
+                revision: 3,
+            },
+            0,
+            1,
+        )];
+        // (A prefix no event is under: only the read is judged.)
+        let v = check_history(&h, &record, "other/");
+        assert_eq!(v.len(), 1, "{v:?}");
+    }
+
+    #[test]
+    fn going_back_in_revision_after_a_completed_operation_is_reported() {
+        let mut ops = vec![(0, 10, 5, false), (11, 12, 4, false)];
+        assert_eq!(check_real_time(&mut ops).len(), 1);
+        // Same revision is fine for a read, not for a write.
+        let mut ops = vec![(0, 10, 5, false), (11, 12, 5, false)];
+        assert!(check_real_time(&mut ops).is_empty());
+        let mut ops = vec![(0, 10, 5, false), (11, 12, 5, true)];
+        assert_eq!(check_real_time(&mut ops).len(), 1);
+    }
+
+    #[test]
+    fn record_gaps_and_phantom_values_are_reported() {
+        let events = vec![ev(2, "k", Some("a")), ev(4, "k", Some("b"))];
+        let mut v = Vec::new();
+        let record = Record::new(&events, 4, &mut v);
+        assert!(v.iter().any(|l| l.contains("skips revisions 3..3")), "{v:?}");
+        let h = [op(put("k", "a"), Response::Put { revision: 2 }, 0, 1)];
+        let v = check_history(&h, &record, "");
+        assert!(v.iter().any(|l| l.contains("written by no client")), "{v:?}");
+    }
+
+    #[test]
+    fn watches_must_deliver_exactly_the_record() {
+        let events = events();
+        let mut v = Vec::new();
+        let record = Record::new(&events, 4, &mut v);
+        let good = WatchSession {
+            client: 0,
+            prefix: "k".into(),
+            start_revision: 3,
+            events: vec![ev(3, "k", Some("b"))],
+        };
+        assert!(check_watches(std::slice::from_ref(&good), &record).is_empty());
+        let gap = WatchSession {
+            start_revision: 2,
+            ..good.clone()
+        };
+        assert_eq!(check_watches(&[gap], &record).len(), 1);
+        let repeated = WatchSession {
+            events: vec![ev(3, "k", Some("b")), ev(3, "k", Some("b"))],
+            ..good
+        };
+        assert_eq!(check_watches(&[repeated], &record).len(), 2);
+    }
+}
