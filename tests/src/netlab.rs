@@ -1,8 +1,8 @@
 //! A small network for the fault suite: one Linux network namespace per member, all on one
 //! bridge, so that the network between members can really break.
 //!
-//! Member `i` lives in namespace `lsn<pid>-<i>` at `10.<a>.<b>.<10+i>`; the bridge
-//! `lsb<pid>` holds `10.<a>.<b>.1`, so the test process (in the host's namespace) reaches
+//! Member `i` lives in namespace `lsn<pid>x<n>-<i>` at `10.<a>.<b>.<10+i>`; the bridge
+//! `lsb<pid>x<n>` holds `10.<a>.<b>.1`, so the test process (in the host's namespace) reaches
 //! every member directly. Cutting member `i` off from member `j` installs a blackhole route
 //! to `j` inside `i`'s namespace and one to `i` inside `j`'s: packets between them go
 //! nowhere, in both directions, while both still answer clients. Healing removes the routes;
@@ -16,7 +16,9 @@ use std::process::Command;
 
 /// The namespaces and the bridge of one run.
 pub struct Lab {
-    id: u32,
+    /// `<pid>x<n>`: the process and its n-th lab, so names never repeat within a process
+    /// (the kernel removes a deleted namespace's links asynchronously).
+    id: String,
     subnet: [u8; 3],
     size: usize,
 }
@@ -65,13 +67,22 @@ impl Lab {
             );
         }
         Lab::remove_abandoned();
-        let id = std::process::id();
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pid = std::process::id();
+        let id = format!(
+            "{pid}x{}",
+            LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100
+        );
         let used = ip_output(&["-4", "-o", "addr"]);
         let subnet = (0..250u32)
-            .map(|n| [10, 200 + ((id + n) % 50) as u8, ((id / 50 + n) % 256) as u8])
+            .map(|n| [10, 200 + ((pid + n) % 50) as u8, ((pid / 50 + n) % 256) as u8])
             .find(|s| !used.contains(&format!("inet {}.{}.{}.", s[0], s[1], s[2])))
             .ok_or("no free 10.x.y.0/24 subnet for the lab")?;
-        let lab = Lab { id, subnet, size };
+        let lab = Lab {
+            id: id.clone(),
+            subnet,
+            size,
+        };
         let bridge = lab.bridge();
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}/24", lab.host()), "dev", &bridge])?;
@@ -103,7 +114,7 @@ impl Lab {
     fn remove_abandoned() {
         for line in ip_output(&["netns", "list"]).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if let Some(pid) = name.strip_prefix("lsn").and_then(|r| r.split('-').next())
+            if let Some(pid) = name.strip_prefix("lsn").and_then(|r| r.split('x').next())
                 && !std::path::Path::new(&format!("/proc/{pid}")).exists()
             {
                 let _ = ip(&["netns", "del", name]);
@@ -111,7 +122,7 @@ impl Lab {
         }
         for line in ip_output(&["-o", "link", "show", "type", "bridge"]).lines() {
             let name = line.split(':').nth(1).unwrap_or("").trim();
-            if let Some(pid) = name.strip_prefix("lsb")
+            if let Some(pid) = name.strip_prefix("lsb").and_then(|r| r.split('x').next())
                 && !std::path::Path::new(&format!("/proc/{pid}")).exists()
             {
                 let _ = ip(&["link", "del", name]);
@@ -170,6 +181,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for i in 0..self.size {
+            let _ = ip(&["link", "del", &format!("lsv{}-{i}", self.id)]);
             let _ = ip(&["netns", "del", &self.namespace(i)]);
         }
         let _ = ip(&["link", "del", &self.bridge()]);
