@@ -14,6 +14,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 # The fault suite puts members in network namespaces (`ip netns`).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# lodestone-bench draws its plot's labels with DejaVu Sans.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -3,8 +3,9 @@
 //! Starts a fresh three-member loopback cluster of each (etcd's default timing: 100 ms
 //! heartbeat, 1 s election), drives the same workloads against both through the `etcd-client`
 //! crate, and prints throughput and latency percentiles with Lodestone's ratio to etcd, then
-//! each member's peak resident memory. Every workload runs for a fixed time, so a run is
-//! bounded: about `2 × rows × --seconds` plus startup.
+//! each member's peak resident memory, `etcdctl check perf` verdicts, and a PNG plot of both
+//! (`--plot`). Every workload runs for a fixed time, so a run is bounded: about
+//! `2 × rows × --seconds`, plus a minute per `check perf` load and cluster, plus startup.
 //!
 //! Build the store optimized first, or the figures measure a debug build:
 //!
@@ -19,8 +20,12 @@
 //! keep-alives from 1000 clients (a lease each); and watch fan-out: one writer putting 100
 //! times a second to a key 1000 watchers follow, measured as delivery latency from the put
 //! to each watcher (its op/s is events delivered per second). Clients share connections as
-//! etcd's own benchmark does (at most 100).
+//! etcd's own benchmark does (at most 100). After the rows, `etcdctl check perf` runs at each
+//! `--check-perf` load (default `l` and `xl`) against the same cluster.
 
+mod plot;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +57,64 @@ impl Op {
             Op::KeepAlive => "lease keep-alive",
             Op::WatchFanOut => "watch fan-out delivery",
         }
+    }
+
+    /// The row's name on the plot.
+    fn short(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::RangeLinearizable => "lin read",
+            Op::RangeSerializable => "ser read",
+            Op::Txn => "txn",
+            Op::KeepAlive => "keep-alive",
+            Op::WatchFanOut => "watch",
+        }
+    }
+}
+
+/// `etcdctl check perf --load=<load>`: its verdict and the throughput it measured.
+#[derive(Debug, Clone)]
+struct CheckPerf {
+    load: String,
+    verdict: String,
+    /// The lines etcdctl printed about the run (throughput, slowest request, stddev).
+    details: Vec<String>,
+}
+
+/// Runs `etcdctl check perf` against `endpoints` (each load takes a minute).
+fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
+    let out = std::process::Command::new(lodestone_tests::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(["check", "perf", &format!("--load={load}")])
+        .output();
+    let (verdict, details) = match out {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+                .collect();
+            let verdict = lines
+                .iter()
+                .rev()
+                .find(|l| *l == "PASS" || *l == "FAIL")
+                .cloned()
+                .unwrap_or_else(|| format!("no verdict (exit {:?}): {}", out.status.code(), text.trim()));
+            let details = lines
+                .into_iter()
+                .filter(|l| l.contains(':'))
+                .map(|l| l.split_once(": ").map_or(l.clone(), |(_, d)| d.to_string()))
+                .collect();
+            (verdict, details)
+        }
+        Err(e) => (format!("etcdctl did not run: {e}"), Vec::new()),
+    };
+    CheckPerf {
+        load: load.to_string(),
+        verdict,
+        details,
     }
 }
 
@@ -288,7 +351,7 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
 /// peak RSS.
-async fn bench(kind: Kind, seconds: u64) -> (Vec<Figures>, Vec<f64>) {
+async fn bench(kind: Kind, seconds: u64, loads: &[String]) -> (Vec<Figures>, Vec<CheckPerf>, Vec<f64>) {
     let label = match kind {
         Kind::Lodestone => "lodestone",
         Kind::Etcd => "etcd",
@@ -319,25 +382,51 @@ async fn bench(kind: Kind, seconds: u64) -> (Vec<Figures>, Vec<f64>) {
         );
         rows.push(f);
     }
+    let mut checks = Vec::new();
+    for load in loads {
+        eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
+        let c = tokio::task::block_in_place(|| check_perf(&endpoints, load));
+        eprintln!("{} ({})", c.verdict, c.details.join("; "));
+        checks.push(c);
+    }
     let rss = cluster
         .members
         .iter()
         .map(|m| m.pid().and_then(peak_rss_mib).unwrap_or(f64::NAN))
         .collect();
-    (rows, rss)
+    (rows, checks, rss)
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lodestone-bench [--seconds N]   (N seconds per workload, 1 to 600; default 5)");
+    eprintln!(
+        "usage: lodestone-bench [--seconds N] [--check-perf LOADS] [--plot FILE]\n  \
+         --seconds N         seconds per workload, 1 to 600 (default 5)\n  \
+         --check-perf LOADS  etcdctl check perf loads, comma-separated, a minute each (default l,xl; none to skip)\n  \
+         --plot FILE         where to write the PNG plot (default lodestone-bench.png)"
+    );
     std::process::exit(2)
 }
 
 #[tokio::main]
 async fn main() {
     let mut seconds = 5u64;
+    let mut loads: Vec<String> = vec!["l".into(), "xl".into()];
+    let mut plot_path = PathBuf::from("lodestone-bench.png");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--check-perf" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                loads = if v == "none" {
+                    Vec::new()
+                } else {
+                    v.split(',').map(str::to_string).collect()
+                };
+                if !loads.iter().all(|l| ["s", "m", "l", "xl"].contains(&l.as_str())) {
+                    usage()
+                }
+            }
+            "--plot" => plot_path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--seconds" => {
                 seconds = args
                     .next()
@@ -352,8 +441,8 @@ async fn main() {
         "lodestone binary: {} (build it with --release for meaningful figures)",
         lodestone_tests::lodestone_bin().display()
     );
-    let (etcd, etcd_rss) = bench(Kind::Etcd, seconds).await;
-    let (lode, lode_rss) = bench(Kind::Lodestone, seconds).await;
+    let (etcd, etcd_checks, etcd_rss) = bench(Kind::Etcd, seconds, &loads).await;
+    let (lode, lode_checks, lode_rss) = bench(Kind::Lodestone, seconds, &loads).await;
 
     println!();
     println!(
@@ -383,6 +472,16 @@ async fn main() {
         show(&etcd_rss),
         show(&lode_rss)
     );
+    for (e, l) in etcd_checks.iter().zip(&lode_checks) {
+        println!(
+            "etcdctl check perf --load={}: etcd {} ({}) | lodestone {} ({})",
+            e.load,
+            e.verdict,
+            e.details.join("; "),
+            l.verdict,
+            l.details.join("; ")
+        );
+    }
     let errors: u64 = etcd.iter().chain(&lode).map(|f| f.errors).sum();
     if errors > 0 {
         println!("requests that failed, or watch events not delivered (not counted above): {errors}");
@@ -390,4 +489,23 @@ async fn main() {
     println!(
         "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
     );
+    let rows: Vec<(String, Figures, Figures)> = ROWS
+        .iter()
+        .enumerate()
+        .map(|(i, (op, clients))| {
+            let clients = if *clients >= 1000 {
+                format!("{}k", clients / 1000)
+            } else {
+                clients.to_string()
+            };
+            (format!("{} ×{clients}", op.short()), etcd[i].clone(), lode[i].clone())
+        })
+        .collect();
+    match plot::draw(&plot_path, &rows) {
+        Ok(()) => println!("plot: {}", plot_path.display()),
+        Err(e) => {
+            eprintln!("lodestone-bench: cannot draw the plot: {e}");
+            std::process::exit(1);
+        }
+    }
 }
