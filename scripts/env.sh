@@ -10,3 +10,6 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # The operator never links RocksDB (ARCHITECTURE.md).
 STORE_PACKAGES=(-p lodestone -p lodestone-tests)
 OPERATOR_PACKAGES=(-p lodestone-operator)
+# The fault suite's lazy filesystem: fuser enables libc features that would otherwise rebuild
+# RocksDB, so it is resolved on its own as well.
+LAZYFS_PACKAGES=(-p lodestone-lazyfs)

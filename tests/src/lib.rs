@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 
 pub mod history;
+pub mod lazyfs;
 pub mod linearizability;
 pub mod netlab;
 pub mod robustness;

@@ -66,13 +66,14 @@ impl Lab {
                     .into(),
             );
         }
+        // Labs of one process (tests run in parallel) are made one at a time, so that each
+        // sees the subnets of those before it as taken.
+        static CREATING: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+        let mut made = CREATING.lock().unwrap_or_else(|e| e.into_inner());
         Lab::remove_abandoned();
-        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
-        let id = format!(
-            "{pid}x{}",
-            LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100
-        );
+        let id = format!("{pid}x{}", *made % 100);
+        *made += 1;
         let used = ip_output(&["-4", "-o", "addr"]);
         let subnet = (0..250u32)
             .map(|n| [10, 200 + ((pid + n) % 50) as u8, ((pid / 50 + n) % 256) as u8])

@@ -34,6 +34,7 @@ use etcd_client::{
 };
 
 use crate::history::{Event, NEVER, Operation, Request, Response, Time, WatchSession};
+use crate::lazyfs::LazyMount;
 use crate::netlab::Lab;
 use crate::{linearizability, lodestone_bin, validate};
 
@@ -59,6 +60,9 @@ pub struct Config {
     pub progress: bool,
     /// Search steps per key for the linearizability checker.
     pub search_budget: u64,
+    /// Put every member's data on a lazy filesystem and drop what it had not fsynced
+    /// whenever it is killed: a crash of the machine, not just of the process.
+    pub lose_unsynced: bool,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             rate: 150,
             progress: true,
             search_budget: 20_000_000,
+            lose_unsynced: false,
         }
     }
 }
@@ -79,6 +84,8 @@ impl Default for Config {
 #[derive(Debug, Default)]
 pub struct Report {
     pub seed: u64,
+    pub members: usize,
+    pub lose_unsynced: bool,
     pub snapshot_count: u64,
     /// The faults, in order.
     pub faults: Vec<String>,
@@ -101,8 +108,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "seed {} (snapshot-count {}): {} cycles survived in {:.1} s: {}",
+            "seed {} ({} members{}, snapshot-count {}): {} cycles survived in {:.1} s: {}",
             self.seed,
+            self.members,
+            if self.lose_unsynced {
+                ", unsynced writes lost at crashes"
+            } else {
+                ""
+            },
             self.snapshot_count,
             self.faults.len(),
             self.elapsed.as_secs_f64(),
@@ -185,6 +198,9 @@ struct Node {
 struct LabCluster {
     lab: Lab,
     nodes: Vec<Node>,
+    /// Per member, its lazy filesystem when the run loses unsynced writes at crashes
+    /// (dropped before `dir`, which holds their backing directories).
+    mounts: Vec<Option<LazyMount>>,
     dir: tempfile::TempDir,
     snapshot_count: u64,
     token: String,
@@ -252,6 +268,7 @@ impl LabCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        self.mounts.clear();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         dir.keep()
     }
@@ -260,6 +277,14 @@ impl LabCluster {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// After a kill: on a lazy filesystem, what the member had not fsynced is lost too.
+    fn lose_unsynced(&mut self, i: usize) -> Result<Option<(u64, u64)>, String> {
+        match self.mounts.get_mut(i).and_then(Option::as_mut) {
+            Some(m) => m.drop_unsynced().map(Some),
+            None => Ok(None),
         }
     }
 
@@ -347,7 +372,11 @@ impl LabCluster {
             .map_err(|e| format!("replace: member remove: {e}"))?;
         self.kill(i);
         let _ = std::fs::remove_dir_all(&self.nodes[i].data_dir);
-        self.nodes[i].data_dir = self.dir.path().join(format!("{name}.{generation}.data"));
+        let base = match &self.mounts[i] {
+            Some(m) => m.mountpoint().to_path_buf(),
+            None => self.dir.path().to_path_buf(),
+        };
+        self.nodes[i].data_dir = base.join(format!("{name}.{generation}.data"));
         // Removing the leader leaves the cluster without one for an election: retry.
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Err(e) = c.member_add([self.peer_url(i)], None).await {
@@ -655,10 +684,24 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     };
     let lab = Lab::new(config.members)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut mounts = Vec::new();
+    for i in 0..config.members {
+        mounts.push(if config.lose_unsynced {
+            Some(LazyMount::start(
+                &dir.path().join(format!("m{i}.backing")),
+                &dir.path().join(format!("m{i}.lazy")),
+            )?)
+        } else {
+            None
+        });
+    }
     let nodes = (0..config.members)
         .map(|i| Node {
             name: format!("m{i}"),
-            data_dir: dir.path().join(format!("m{i}.data")),
+            data_dir: match &mounts[i] {
+                Some(m) => m.mountpoint().join("data"),
+                None => dir.path().join(format!("m{i}.data")),
+            },
             log: dir.path().join(format!("m{i}.log")),
             child: None,
         })
@@ -666,6 +709,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     let mut cluster = LabCluster {
         lab,
         nodes,
+        mounts,
         dir,
         snapshot_count,
         token: format!("faults-{}", std::process::id()),
@@ -718,29 +762,43 @@ pub async fn run(config: &Config) -> Result<Report, String> {
 
     let mut report = Report {
         seed: config.seed,
+        members: config.members,
+        lose_unsynced: config.lose_unsynced,
         snapshot_count,
         ..Report::default()
     };
     let mut generation = 0;
+    let mut recovered = Instant::now();
     for cycle in 1..=config.cycles {
         tokio::time::sleep(rng.millis(800, 1200)).await;
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        // One member can only crash or stall; there is no one to cut it off from or to
+        // replace it with.
+        let faults: &[Fault] = if config.members == 1 {
+            &[Fault::KillLeader, Fault::PauseMember]
+        } else {
+            &FAULTS
+        };
+        let fault = faults[rng.below(faults.len() as u64) as usize];
         let Some(leader) = cluster.leader().await else {
             report
                 .violations
                 .push(format!("cycle {cycle}: no leader before the fault"));
             break;
         };
-        let follower = (leader + 1 + rng.below(config.members as u64 - 1) as usize) % config.members;
+        let follower = (leader + 1 + rng.below(config.members.max(2) as u64 - 1) as usize) % config.members;
         let anyone = rng.below(config.members as u64) as usize;
         let hold = rng.millis(500, 2500);
         let what = match fault {
             Fault::KillFollower | Fault::KillLeader => {
                 let i = if fault == Fault::KillLeader { leader } else { follower };
                 cluster.kill(i);
+                let lost = match cluster.lose_unsynced(i)? {
+                    Some((files, bytes)) => format!(", unsynced data lost ({bytes} bytes in {files} files)"),
+                    None => String::new(),
+                };
                 tokio::time::sleep(hold).await;
                 cluster.spawn(i, "new")?;
-                format!("kill -9 m{i}{}", if i == leader { " (leader)" } else { "" })
+                format!("kill -9 m{i}{}{lost}", if i == leader { " (leader)" } else { "" })
             }
             Fault::PauseMember => {
                 cluster.signal(anyone, "-STOP");
@@ -776,6 +834,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
             report.violations.push(format!("cycle {cycle} ({what}): {e}"));
             break;
         }
+        recovered = Instant::now();
     }
 
     // Stop the traffic, then the final write: it must succeed, and reach every watcher.
@@ -829,7 +888,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
 
     // Lease expiries change the store after the final write: settle them first, then take
     // the record up to the store's revision at that point.
-    check_leases(&cluster, &traffic, &mut report).await;
+    check_leases(&cluster, &traffic, recovered, &mut report).await;
     let settled = c
         .get(FINAL_KEY, None)
         .await
@@ -962,7 +1021,7 @@ async fn record(cluster: &LabCluster, revision: i64) -> Result<Vec<Event>, Strin
 }
 
 /// Lease checks made during the run, and that abandoned leases expired.
-async fn check_leases(cluster: &LabCluster, t: &Traffic, report: &mut Report) {
+async fn check_leases(cluster: &LabCluster, t: &Traffic, recovered: Instant, report: &mut Report) {
     let (checks, violations) = std::mem::take(&mut *t.lease_checks.lock().expect("lease checks"));
     report.lease_checks = checks;
     report.violations.extend(violations);
@@ -971,20 +1030,33 @@ async fn check_leases(cluster: &LabCluster, t: &Traffic, report: &mut Report) {
         report.violations.push("lease check: cannot connect".into());
         return;
     };
-    // An abandoned lease must be gone once its TTL and a few election rounds have passed.
-    let grace = Duration::from_secs(LEASE_TTL as u64 + 5);
+    // An abandoned lease must be gone within its TTL of its grant, or of the last leader
+    // change (a new leader gives every lease its full TTL again, as etcd's does), plus a few
+    // election rounds.
+    let ttl = Duration::from_secs(LEASE_TTL as u64);
     for (id, granted) in abandoned {
-        let wait = (granted + grace).saturating_duration_since(Instant::now());
-        tokio::time::sleep(wait).await;
+        let deadline = granted.max(recovered) + ttl + Duration::from_secs(10);
         report.lease_checks += 1;
-        match c.lease_time_to_live(id, None).await {
-            Ok(r) if r.ttl() == -1 => {}
-            Ok(r) => report.violations.push(format!(
-                "abandoned lease {id:x} still has TTL {} s {:?} after its grant",
-                r.ttl(),
-                granted.elapsed()
-            )),
-            Err(e) => report.violations.push(format!("lease check of {id:x}: {e}")),
+        loop {
+            match c.lease_time_to_live(id, None).await {
+                Ok(r) if r.ttl() == -1 => break,
+                Ok(r) if Instant::now() > deadline => {
+                    report.violations.push(format!(
+                        "abandoned lease {id:x} still has TTL {} s {:?} after its grant, {:?} after the last recovery",
+                        r.ttl(),
+                        granted.elapsed(),
+                        recovered.elapsed()
+                    ));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if Instant::now() > deadline => {
+                    report.violations.push(format!("lease check of {id:x}: {e}"));
+                    break;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

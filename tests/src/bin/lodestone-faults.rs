@@ -1,7 +1,9 @@
 //! `lodestone-faults`: the fault suite's long run. Runs `--rounds` fresh clusters, each
 //! under traffic through `--cycles` random faults, checks every history, and prints the
 //! figures: cycles survived, operations checked, violations. Exits non-zero on any
-//! violation. Needs root (network namespaces).
+//! violation. Needs root (network namespaces). `--lose-unsynced` puts every member's data on
+//! a lazy filesystem that forgets unsynced writes whenever the member is killed (build
+//! `lodestone-lazyfs` too: `cargo build -p lodestone-lazyfs`).
 //!
 //! ```sh
 //! cargo build --bin lodestone && \
@@ -15,7 +17,8 @@ use lodestone_tests::robustness::{Config, run};
 fn usage() -> ! {
     eprintln!(
         "usage: lodestone-faults [--rounds N (default 5)] [--cycles N (default 20)] [--seed S] \
-         [--rate OPS_PER_S (default 150)] [--clients N (default 6)] [--quiet]"
+         [--rate OPS_PER_S (default 150)] [--clients N (default 6)] [--members N (default 3)] \
+         [--lose-unsynced] [--quiet]"
     );
     std::process::exit(2)
 }
@@ -43,6 +46,8 @@ async fn main() {
             "--seed" => config.seed = value(),
             "--rate" => config.rate = value() as u32,
             "--clients" => config.clients = value() as usize,
+            "--members" => config.members = value().clamp(1, 5) as usize,
+            "--lose-unsynced" => config.lose_unsynced = true,
             "--quiet" => config.progress = false,
             _ => usage(),
         }
