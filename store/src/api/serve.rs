@@ -172,5 +172,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let _ = t.await;
     }
     tracing::info!("stopped");
-    Ok(())
+    match member.failure() {
+        Some(why) => Err(StartError::Failed(why)),
+        None => Ok(()),
+    }
 }

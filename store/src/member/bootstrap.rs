@@ -51,6 +51,9 @@ pub enum StartError {
     },
     #[error("cannot listen on {url}: {err}")]
     Listen { url: String, err: std::io::Error },
+    /// The member ran, then had to stop on an error (see `Member::failure`).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Who this member is and how it starts.
@@ -158,6 +161,7 @@ impl Member {
             compacted_physically: tokio::sync::watch::channel(compacted_physically).0,
             joined_as_learner: who.joined_as_learner,
             shutdown,
+            failure: std::sync::Mutex::new(None),
             tasks: TaskTracker::new(),
         });
         let m = &member;

@@ -20,6 +20,13 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
     let mut was_member = false;
     loop {
         let s = watch.status();
+        if let Some(why) = &s.fatal {
+            // A member whose consensus died (say, its log could not be written: a full or
+            // failing disk) must not linger answering "server stopped": it exits with an
+            // error, as etcd does, so that whatever supervises it restarts it once fixed.
+            member.fail(format!("consensus stopped: {why}"));
+            return;
+        }
         if s.membership.nodes.contains_key(&member.id) {
             was_member = true;
         } else if was_member && !s.membership.joint && !removing_itself(&s, member.id) {
@@ -38,7 +45,12 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
         metrics::set_log_compaction(s.snapshot_index, s.purged_index);
         tokio::select! {
             _ = member.shutdown.cancelled() => return,
-            changed = watch.changed() => if !changed { return },
+            changed = watch.changed() => if !changed {
+                if !member.shutdown.is_cancelled() {
+                    member.fail(watch.status().fatal.map_or("consensus stopped".into(), |why| format!("consensus stopped: {why}")));
+                }
+                return
+            },
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct Member {
     /// Stands in for the membership until the first replicated one names this member.
     joined_as_learner: bool,
     shutdown: CancellationToken,
+    /// Why the member shut itself down on an error it cannot go on after (the process then
+    /// exits non-zero).
+    failure: std::sync::Mutex<Option<String>>,
     /// The background loops: [`Member::stop`] waits for them.
     tasks: TaskTracker,
 }
@@ -195,6 +198,18 @@ impl Member {
                 StoreError::Storage(e.to_string())
             })?;
         Ok((path, index))
+    }
+
+    /// Shuts the member down because of `why`, an error it cannot go on after.
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!("{why}; shutting down");
+        self.failure.lock().expect("failure lock").get_or_insert(why);
+        self.shutdown.cancel();
+    }
+
+    /// Why the member shut itself down, if it did so on an error.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Stops the member after its client listeners closed: ends the background loops, stops

@@ -58,6 +58,8 @@ pub struct RaftStatus {
     pub matched: BTreeMap<NodeId, u64>,
     /// On the leader: how long ago each member last acknowledged it.
     pub acked_ago: BTreeMap<NodeId, Duration>,
+    /// Why consensus stopped for good (a storage error it cannot go on after), if it did.
+    pub fatal: Option<String>,
 }
 
 impl RaftStatus {
@@ -89,6 +91,7 @@ impl RaftStatus {
                 })
                 .unwrap_or_default(),
             acked_ago: acked_ago(m),
+            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
         }
     }
 }
