@@ -53,6 +53,8 @@ struct State {
     next: u64,
     /// Inode → its waiting changes, oldest first.
     unsynced: HashMap<u64, Vec<Change>>,
+    /// The disk is full: anything that needs new space fails with ENOSPC.
+    full: bool,
 }
 
 impl State {
@@ -197,6 +199,12 @@ impl LazyFs {
         s.unsynced.clear();
         dropped
     }
+
+    /// Makes the disk full (`true`: writes, new files and directories fail with ENOSPC) or
+    /// gives the space back.
+    pub fn set_full(&self, full: bool) {
+        self.state.lock().expect("lazyfs state").full = full;
+    }
 }
 
 struct Fs(Arc<Mutex<State>>);
@@ -268,6 +276,9 @@ impl fuser::Filesystem for Fs {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let mut s = self.state();
+        if s.full {
+            return reply.error(Errno::ENOSPC);
+        }
         let Some(rel) = s.child(parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
@@ -369,6 +380,9 @@ impl fuser::Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         let mut s = self.state();
+        if s.full {
+            return reply.error(Errno::ENOSPC);
+        }
         let Some(rel) = s.child(parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
@@ -460,6 +474,9 @@ impl fuser::Filesystem for Fs {
         if s.real(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
         }
+        if s.full {
+            return reply.error(Errno::ENOSPC);
+        }
         s.unsynced.entry(ino.0).or_default().push(Change::Write {
             offset,
             data: data.to_vec(),
@@ -545,6 +562,9 @@ impl fuser::Filesystem for Fs {
             };
             let len = std::fs::metadata(real).map(|m| m.len()).unwrap_or(0);
             let size = s.size(ino.0, len);
+            if offset + length > size && s.full {
+                return reply.error(Errno::ENOSPC);
+            }
             if offset + length > size {
                 s.unsynced
                     .entry(ino.0)
@@ -605,6 +625,19 @@ mod tests {
         // The file exists (metadata is passed through) but its data is gone.
         assert_eq!(read("renamed"), "");
         assert_eq!(std::fs::metadata(mnt.join("renamed")).unwrap().len(), 0);
+
+        // A full disk refuses new data and new files, until space comes back.
+        fs.set_full(true);
+        let mut f = OpenOptions::new().append(true).open(mnt.join("d/synced")).unwrap();
+        assert_eq!(f.write_all(b"x").unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(
+            File::create(mnt.join("new")).unwrap_err().raw_os_error(),
+            Some(libc::ENOSPC)
+        );
+        fs.set_full(false);
+        f.write_all(b"!").unwrap();
+        assert_eq!(read("d/synced"), "durable!");
+        fs.drop_unsynced();
 
         // A truncation waits like a write.
         let f = OpenOptions::new().write(true).open(mnt.join("d/synced")).unwrap();

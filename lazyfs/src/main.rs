@@ -2,6 +2,7 @@
 //! takes commands on standard input, one per line, answering each on standard output:
 //!
 //! - `drop-unsynced` → `dropped <files> <bytes>`: forget every write not yet fsynced.
+//! - `disk-full on` / `disk-full off` → `ok`: new data and files fail with ENOSPC, or not.
 //!
 //! It prints `mounted` once the mount is ready, and unmounts and exits when its standard
 //! input closes. Needs root and `/dev/fuse`.
@@ -31,6 +32,14 @@ fn main() {
             "drop-unsynced" => {
                 let d = fs.drop_unsynced();
                 format!("dropped {} {}", d.files, d.bytes)
+            }
+            "disk-full on" => {
+                fs.set_full(true);
+                "ok".to_string()
+            }
+            "disk-full off" => {
+                fs.set_full(false);
+                "ok".to_string()
             }
             other => format!("error unknown command {other:?}"),
         };

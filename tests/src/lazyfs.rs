@@ -59,14 +59,28 @@ impl LazyMount {
         &self.mountpoint
     }
 
-    /// Drops every write not yet fsynced; returns (files, bytes) dropped. Call it with the
-    /// writer dead.
-    pub fn drop_unsynced(&mut self) -> Result<(u64, u64), String> {
+    fn command(&mut self, command: &str) -> Result<String, String> {
         let stdin = self.commands.as_mut().ok_or("lazyfs closed")?;
-        writeln!(stdin, "drop-unsynced").map_err(|e| e.to_string())?;
+        writeln!(stdin, "{command}").map_err(|e| e.to_string())?;
         stdin.flush().map_err(|e| e.to_string())?;
         let mut line = String::new();
         self.answers.read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line)
+    }
+
+    /// Fills the disk (writes and new files fail with ENOSPC), or frees it.
+    pub fn set_full(&mut self, full: bool) -> Result<(), String> {
+        let answer = self.command(if full { "disk-full on" } else { "disk-full off" })?;
+        match answer.trim() {
+            "ok" => Ok(()),
+            other => Err(format!("lodestone-lazyfs answered {other:?}")),
+        }
+    }
+
+    /// Drops every write not yet fsynced; returns (files, bytes) dropped. Call it with the
+    /// writer dead.
+    pub fn drop_unsynced(&mut self) -> Result<(u64, u64), String> {
+        let line = self.command("drop-unsynced")?;
         let mut it = line.split_whitespace();
         match (
             it.next(),

@@ -175,6 +175,8 @@ pub enum Fault {
     IsolateLeader,
     IsolateFollower,
     ReplaceMember,
+    /// A member's disk fills up (lazy filesystem only), then frees.
+    DiskFull,
 }
 
 const FAULTS: [Fault; 6] = [
@@ -277,6 +279,20 @@ impl LabCluster {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    fn running(&mut self, i: usize) -> bool {
+        self.nodes[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn set_full(&mut self, i: usize, full: bool) -> Result<(), String> {
+        match self.mounts.get_mut(i).and_then(Option::as_mut) {
+            Some(m) => m.set_full(full),
+            None => Err("a full disk needs the lazy filesystem".into()),
         }
     }
 
@@ -773,11 +789,14 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         tokio::time::sleep(rng.millis(800, 1200)).await;
         // One member can only crash or stall; there is no one to cut it off from or to
         // replace it with.
-        let faults: &[Fault] = if config.members == 1 {
-            &[Fault::KillLeader, Fault::PauseMember]
+        let mut faults: Vec<Fault> = if config.members == 1 {
+            vec![Fault::KillLeader, Fault::PauseMember]
         } else {
-            &FAULTS
+            FAULTS.to_vec()
         };
+        if config.lose_unsynced {
+            faults.push(Fault::DiskFull);
+        }
         let fault = faults[rng.below(faults.len() as u64) as usize];
         let Some(leader) = cluster.leader().await else {
             report
@@ -816,6 +835,23 @@ pub async fn run(config: &Config) -> Result<Report, String> {
                 tokio::time::sleep(hold).await;
                 cluster.lab.heal()?;
                 format!("isolate m{i}{}", if i == leader { " (leader)" } else { "" })
+            }
+            Fault::DiskFull => {
+                cluster.set_full(anyone, true)?;
+                tokio::time::sleep(hold).await;
+                cluster.set_full(anyone, false)?;
+                // A member may stop on a write it cannot make (as etcd does); it is started
+                // again once there is room.
+                let stopped = !cluster.running(anyone);
+                if stopped {
+                    cluster.kill(anyone);
+                    cluster.spawn(anyone, "new")?;
+                }
+                format!(
+                    "disk full on m{anyone}{}{}",
+                    if anyone == leader { " (leader)" } else { "" },
+                    if stopped { ", it stopped and was restarted" } else { "" }
+                )
             }
             Fault::ReplaceMember => {
                 generation += 1;

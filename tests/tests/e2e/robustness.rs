@@ -60,3 +60,90 @@ async fn crashes_that_lose_unsynced_writes_lose_no_acknowledged_write() {
     assert_eq!(report.faults.len(), config.cycles, "{report}");
     assert!(report.linearizable_checked > 200, "{report}");
 }
+
+/// A member whose log cannot be written (its disk is full) stops with an error and a
+/// non-zero exit, as etcd does, instead of lingering and answering "server stopped"; once
+/// there is room again it starts on its data with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_disk_fills_up_exits_and_recovers_after() {
+    use lodestone_tests::lazyfs::LazyMount;
+    use lodestone_tests::{connect, free_port, lodestone_bin};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut disk =
+        LazyMount::start(&dir.path().join("backing"), &dir.path().join("disk")).unwrap_or_else(|e| panic!("{e}"));
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data = disk.mountpoint().join("data");
+    let log = dir.path().join("member.log");
+    let spawn = || {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::process::Command::new(lodestone_bin())
+            .args(["--name", "m0", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("m0={peer_url}")])
+            .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(out))
+            .spawn()
+            .unwrap()
+    };
+    let mut member = spawn();
+    let endpoint = vec![format!("127.0.0.1:{client}")];
+    let mut c = connect(&endpoint).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = c.put("k0", "v", None).await {
+        assert!(Instant::now() < deadline, "the member did not start: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 1..20 {
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+
+    disk.set_full(true).unwrap();
+    assert!(
+        c.put("while-full", "v", None).await.is_err(),
+        "a write succeeded on a full disk"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = member.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member kept running with its log unwritable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "exit status {status:?}; log:\n{text}");
+    assert!(text.contains("consensus stopped"), "{text}");
+
+    disk.set_full(false).unwrap();
+    let mut member = spawn();
+    let mut c = connect(&endpoint).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let kvs = loop {
+        match c.get("k", Some(etcd_client::GetOptions::new().with_prefix())).await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "the member did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(kvs.kvs().len(), 20, "acknowledged writes lost on the full disk");
+    c.put("after", "v", None).await.unwrap();
+    let _ = member.kill();
+    let _ = member.wait();
+}

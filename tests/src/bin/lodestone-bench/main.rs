@@ -351,16 +351,25 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
 /// peak RSS.
-async fn bench(kind: Kind, seconds: u64, loads: &[String]) -> (Vec<Figures>, Vec<CheckPerf>, Vec<f64>) {
+/// What one run measures.
+struct Plan {
+    members: usize,
+    seconds: u64,
+    rows: Vec<(Op, usize)>,
+    loads: Vec<String>,
+}
+
+async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<f64>) {
+    let seconds = plan.seconds;
     let label = match kind {
         Kind::Lodestone => "lodestone",
         Kind::Etcd => "etcd",
     };
-    eprintln!("[{label}] starting a 3-member cluster");
+    eprintln!("[{label}] starting a {}-member cluster", plan.members);
     let cluster = Cluster::start(
         kind,
         Options {
-            size: 3,
+            size: plan.members,
             heartbeat_ms: 100,
             election_ms: 1000,
             ..Options::default()
@@ -373,7 +382,7 @@ async fn bench(kind: Kind, seconds: u64, loads: &[String]) -> (Vec<Figures>, Vec
         client.put(key(n), vec![b'v'; VALUE_SIZE], None).await.expect("preload");
     }
     let mut rows = Vec::new();
-    for (op, clients) in ROWS {
+    for &(op, clients) in &plan.rows {
         eprint!("[{label}] {} with {clients} clients for {seconds} s ... ", op.name());
         let f = run(&endpoints, op, clients, Duration::from_secs(seconds)).await;
         eprintln!(
@@ -383,7 +392,7 @@ async fn bench(kind: Kind, seconds: u64, loads: &[String]) -> (Vec<Figures>, Vec
         rows.push(f);
     }
     let mut checks = Vec::new();
-    for load in loads {
+    for load in &plan.loads {
         eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
         let c = tokio::task::block_in_place(|| check_perf(&endpoints, load));
         eprintln!("{} ({})", c.verdict, c.details.join("; "));
@@ -399,8 +408,10 @@ async fn bench(kind: Kind, seconds: u64, loads: &[String]) -> (Vec<Figures>, Vec
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lodestone-bench [--seconds N] [--check-perf LOADS] [--plot FILE]\n  \
+        "usage: lodestone-bench [--seconds N] [--check-perf LOADS] [--plot FILE] [--members N] [--only ROW]\n  \
          --seconds N         seconds per workload, 1 to 600 (default 5)\n  \
+         --members N         members per cluster, 1 to 5 (default 3)\n  \
+         --only ROW          only the rows whose name contains ROW (e.g. put, read, watch)\n  \
          --check-perf LOADS  etcdctl check perf loads, comma-separated, a minute each (default l,xl; none to skip)\n  \
          --plot FILE         where to write the PNG plot (default lodestone-bench.png)"
     );
@@ -410,6 +421,8 @@ fn usage() -> ! {
 #[tokio::main]
 async fn main() {
     let mut seconds = 5u64;
+    let mut members = 3usize;
+    let mut only: Option<String> = None;
     let mut loads: Vec<String> = vec!["l".into(), "xl".into()];
     let mut plot_path = PathBuf::from("lodestone-bench.png");
     let mut args = std::env::args().skip(1);
@@ -427,6 +440,14 @@ async fn main() {
                 }
             }
             "--plot" => plot_path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--members" => {
+                members = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=5).contains(n))
+                    .unwrap_or_else(|| usage())
+            }
+            "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             "--seconds" => {
                 seconds = args
                     .next()
@@ -441,15 +462,28 @@ async fn main() {
         "lodestone binary: {} (build it with --release for meaningful figures)",
         lodestone_tests::lodestone_bin().display()
     );
-    let (etcd, etcd_checks, etcd_rss) = bench(Kind::Etcd, seconds, &loads).await;
-    let (lode, lode_checks, lode_rss) = bench(Kind::Lodestone, seconds, &loads).await;
+    let plan = Plan {
+        members,
+        seconds,
+        rows: ROWS
+            .iter()
+            .copied()
+            .filter(|(op, _)| only.as_ref().is_none_or(|o| op.name().contains(o.as_str())))
+            .collect(),
+        loads,
+    };
+    if plan.rows.is_empty() {
+        usage()
+    }
+    let (etcd, etcd_checks, etcd_rss) = bench(Kind::Etcd, &plan).await;
+    let (lode, lode_checks, lode_rss) = bench(Kind::Lodestone, &plan).await;
 
     println!();
     println!(
         "{:<24} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7} {:>7}",
         "workload", "clients", "etcd op/s", "p50 ms", "p99 ms", "lode op/s", "p50 ms", "p99 ms", "x op/s", "x p99"
     );
-    for (i, (op, clients)) in ROWS.iter().enumerate() {
+    for (i, (op, clients)) in plan.rows.iter().enumerate() {
         let (e, l) = (&etcd[i], &lode[i]);
         println!(
             "{:<24} {:>8} | {:>10.0} {:>8.2} {:>8.2} | {:>10.0} {:>8.2} {:>8.2} | {:>7.2} {:>7.2}",
@@ -489,7 +523,8 @@ async fn main() {
     println!(
         "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
     );
-    let rows: Vec<(String, Figures, Figures)> = ROWS
+    let rows: Vec<(String, Figures, Figures)> = plan
+        .rows
         .iter()
         .enumerate()
         .map(|(i, (op, clients))| {
@@ -501,7 +536,7 @@ async fn main() {
             (format!("{} ×{clients}", op.short()), etcd[i].clone(), lode[i].clone())
         })
         .collect();
-    match plot::draw(&plot_path, &rows) {
+    match plot::draw(&plot_path, members, &rows) {
         Ok(()) => println!("plot: {}", plot_path.display()),
         Err(e) => {
             eprintln!("lodestone-bench: cannot draw the plot: {e}");

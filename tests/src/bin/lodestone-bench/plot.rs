@@ -16,17 +16,15 @@ const LODESTONE: RGBColor = RGBColor(230, 140, 40);
 
 type Error = Box<dyn std::error::Error>;
 
-/// Draws `rows` (label, etcd, Lodestone) into `path`.
-pub fn draw(path: &Path, rows: &[(String, Figures, Figures)]) -> Result<(), Error> {
+/// Draws `rows` (label, etcd, Lodestone) of clusters of `members` into `path`.
+pub fn draw(path: &Path, members: usize, rows: &[(String, Figures, Figures)]) -> Result<(), Error> {
     let font = std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (install fonts-dejavu-core)"))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
         .map_err(|_| format!("{FONT} is not a font plotters can read"))?;
     let root = BitMapBackend::new(path, (1600, 720)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        "etcd 3.4 (blue) and Lodestone (orange), 3 members each on this host",
-        ("sans-serif", 24),
-    )?;
+    let title = format!("etcd 3.4 (blue) and Lodestone (orange), {members} member(s) each on this host");
+    let root = root.titled(&title, ("sans-serif", 24))?;
     let (left, right) = root.split_horizontally(800);
     let labels: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     let throughput: Vec<(f64, f64)> = rows.iter().map(|r| (r.1.ops_per_sec, r.2.ops_per_sec)).collect();
