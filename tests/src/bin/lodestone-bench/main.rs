@@ -101,7 +101,16 @@ fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
                 .rev()
                 .find(|l| *l == "PASS" || *l == "FAIL")
                 .cloned()
-                .unwrap_or_else(|| format!("no verdict (exit {:?}): {}", out.status.code(), text.trim()));
+                .unwrap_or_else(|| {
+                    // etcdctl's progress bar shares the output: name only its error.
+                    let error = text
+                        .lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|l| l.starts_with("Error:"))
+                        .unwrap_or("no error printed");
+                    format!("no verdict (exit {:?}; {error})", out.status.code())
+                });
             let details = lines
                 .into_iter()
                 .filter(|l| l.contains(':'))
