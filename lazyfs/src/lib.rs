@@ -213,6 +213,22 @@ impl Fs {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().expect("lazyfs state")
     }
+
+    /// Unlink or rmdir: `remove` on the backing path, then forget the path and its waiting
+    /// writes.
+    fn remove(&self, parent: INodeNo, name: &OsStr, reply: ReplyEmpty, remove: fn(&Path) -> std::io::Result<()>) {
+        let mut s = self.state();
+        let Some(rel) = s.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match remove(&s.backing.join(&rel)) {
+            Ok(()) => {
+                s.forget(&rel);
+                reply.ok()
+            }
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
 }
 
 impl fuser::Filesystem for Fs {
@@ -295,31 +311,11 @@ impl fuser::Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let Some(rel) = s.child(parent.0, name) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match std::fs::remove_file(s.backing.join(&rel)) {
-            Ok(()) => {
-                s.forget(&rel);
-                reply.ok()
-            }
-            Err(e) => reply.error(Errno::from(e)),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let Some(rel) = s.child(parent.0, name) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match std::fs::remove_dir(s.backing.join(&rel)) {
-            Ok(()) => {
-                s.forget(&rel);
-                reply.ok()
-            }
-            Err(e) => reply.error(Errno::from(e)),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p))
     }
 
     fn rename(
