@@ -16,7 +16,8 @@ lodestone_tests::compat!(
     historical_reads_and_compaction,
     delete_range,
     txn_semantics,
-    bad_input
+    bad_input,
+    a_delete_range_of_many_keys_succeeds
 );
 
 async fn one(kind: Kind) -> Cluster {
@@ -552,4 +553,31 @@ async fn bad_input(kind: Kind) {
     let after = rev(cl.get("exists", None).await.unwrap().header());
     assert_eq!(after, before + 1);
     assert!(cl.get("big", None).await.unwrap().kvs().is_empty());
+}
+
+/// One DeleteRange over a hundred thousand keys (the kind `etcdctl check perf` sends to clean
+/// up after itself) is one request: it must finish within the request timeout.
+async fn a_delete_range_of_many_keys_succeeds(kind: Kind) {
+    const KEYS: usize = 100_000;
+    let c = one(kind).await;
+    let mut cl = c.client().await;
+    let value = vec![b'v'; 64];
+    for chunk in 0..KEYS / 100 {
+        let puts: Vec<TxnOp> = (0..100)
+            .map(|i| TxnOp::put(format!("many/{:06}", chunk * 100 + i), value.clone(), None))
+            .collect();
+        cl.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let r = cl
+        .delete("many/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap_or_else(|e| panic!("deleting {KEYS} keys failed after {:?}: {e}", started.elapsed()));
+    eprintln!("{kind:?}: deleted {KEYS} keys in {:?}", started.elapsed());
+    assert_eq!(r.deleted(), KEYS as i64);
+    let left = cl
+        .get("many/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(left.count(), 0);
 }
