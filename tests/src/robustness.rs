@@ -7,9 +7,10 @@
 //!    serializable reads on ten keys, each value unique), watchers that resume where their
 //!    stream broke, and lease holders that keep a lease alive and watch its key.
 //! 2. For each cycle: a second of traffic, one fault (kill -9 of a follower or of the
-//!    leader, SIGSTOP/SIGCONT, the leader or a follower cut off from its peers, a member
-//!    replaced by a new one on an empty disk), heal, and wait until every member serves a
-//!    linearizable read again.
+//!    leader, SIGSTOP/SIGCONT, the leader or a follower cut off from its peers, a follower
+//!    cut off until only a snapshot can catch it up, a member replaced by a new one on an
+//!    empty disk; on the lazy filesystem also crashes that lose unsynced data, and a full
+//!    disk), heal, and wait until every member serves a linearizable read again.
 //! 3. Stop the traffic; one last write must succeed (liveness) and reach every watcher.
 //! 4. Read the store's record of every change (a watch from revision 1) and check: every
 //!    member has the same revision and HashKV and the same member list; no acknowledged
@@ -87,6 +88,7 @@ pub struct Report {
     pub members: usize,
     pub lose_unsynced: bool,
     pub snapshot_count: u64,
+    pub catchup_entries: u64,
     /// The faults, in order.
     pub faults: Vec<String>,
     pub operations: usize,
@@ -108,7 +110,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "seed {} ({} members{}, snapshot-count {}): {} cycles survived in {:.1} s: {}",
+            "seed {} ({} members{}, snapshot-count {}, catch-up entries {}): {} cycles survived in {:.1} s: {}",
             self.seed,
             self.members,
             if self.lose_unsynced {
@@ -117,6 +119,7 @@ impl std::fmt::Display for Report {
                 ""
             },
             self.snapshot_count,
+            self.catchup_entries,
             self.faults.len(),
             self.elapsed.as_secs_f64(),
             self.faults.join(", ")
@@ -174,17 +177,22 @@ pub enum Fault {
     PauseMember,
     IsolateLeader,
     IsolateFollower,
+    /// A follower cut off until the leader purged its log past the follower's commit
+    /// index, so that it can only catch up from a snapshot (etcd's "blackhole until
+    /// snapshot").
+    IsolateUntilSnapshot,
     ReplaceMember,
     /// A member's disk fills up (lazy filesystem only), then frees.
     DiskFull,
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 7] = [
     Fault::KillFollower,
     Fault::KillLeader,
     Fault::PauseMember,
     Fault::IsolateLeader,
     Fault::IsolateFollower,
+    Fault::IsolateUntilSnapshot,
     Fault::ReplaceMember,
 ];
 
@@ -205,6 +213,9 @@ struct LabCluster {
     mounts: Vec<Option<LazyMount>>,
     dir: tempfile::TempDir,
     snapshot_count: u64,
+    /// `--experimental-snapshot-catchup-entries`: how much log the leader keeps behind its
+    /// snapshot for slow followers.
+    catchup_entries: u64,
     token: String,
 }
 
@@ -249,6 +260,10 @@ impl LabCluster {
             ("--heartbeat-interval", "50".into()),
             ("--election-timeout", "500".into()),
             ("--snapshot-count", self.snapshot_count.to_string()),
+            (
+                "--experimental-snapshot-catchup-entries",
+                self.catchup_entries.to_string(),
+            ),
         ];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -311,6 +326,22 @@ impl LabCluster {
                 .arg(c.id().to_string())
                 .status();
         }
+    }
+
+    /// A metric of member `i` (from `/metrics` on its client URL).
+    fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.endpoint(i));
+        let (code, text) = crate::http_get(&url);
+        (code == 200)
+            .then(|| {
+                text.lines()
+                    .find(|l| l.starts_with(name))?
+                    .split_whitespace()
+                    .last()?
+                    .parse()
+                    .ok()
+            })
+            .flatten()
     }
 
     fn log_tail(&self, i: usize) -> String {
@@ -693,6 +724,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     let started = Instant::now();
     let mut rng = Rng(config.seed);
     let snapshot_count = [100, 1000][rng.below(2) as usize];
+    let catchup_entries = [100, 5000][rng.below(2) as usize];
     let progress = |line: String| {
         if config.progress {
             eprintln!("[{:6.1} s] {line}", started.elapsed().as_secs_f64());
@@ -728,6 +760,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         mounts,
         dir,
         snapshot_count,
+        catchup_entries,
         token: format!("faults-{}", std::process::id()),
     };
     for i in 0..config.members {
@@ -735,7 +768,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     }
     cluster.wait_healthy(RECOVERY).await?;
     progress(format!(
-        "{} members up in their own network namespaces (seed {}, snapshot-count {snapshot_count})",
+        "{} members up in their own network namespaces (seed {}, snapshot-count {snapshot_count}, catch-up entries {catchup_entries})",
         config.members, config.seed
     ));
 
@@ -780,6 +813,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         seed: config.seed,
         members: config.members,
         lose_unsynced: config.lose_unsynced,
+        catchup_entries,
         snapshot_count,
         ..Report::default()
     };
@@ -835,6 +869,25 @@ pub async fn run(config: &Config) -> Result<Report, String> {
                 tokio::time::sleep(hold).await;
                 cluster.lab.heal()?;
                 format!("isolate m{i}{}", if i == leader { " (leader)" } else { "" })
+            }
+            Fault::IsolateUntilSnapshot => {
+                let i = follower;
+                let behind = cluster
+                    .metric(i, "etcd_server_proposals_committed_total")
+                    .unwrap_or(0.0);
+                cluster.lab.isolate(i)?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut purged = 0.0;
+                while purged <= behind && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    purged = cluster.metric(leader, "lodestone_raft_purged_index").unwrap_or(0.0);
+                }
+                cluster.lab.heal()?;
+                if purged > behind {
+                    format!("isolate m{i} until the leader purged its log past it (catch-up by snapshot)")
+                } else {
+                    format!("isolate m{i} for 20 s (the leader kept its log: catch-up by log)")
+                }
             }
             Fault::DiskFull => {
                 cluster.set_full(anyone, true)?;
