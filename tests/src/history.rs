@@ -132,4 +132,7 @@ pub struct WatchSession {
     pub prefix: String,
     pub start_revision: i64,
     pub events: Vec<Event>,
+    /// For each event, what the stream said came before it: the previous value (`prev_kv`;
+    /// None when the key did not exist) and whether the event created the key.
+    pub before: Vec<(Option<String>, bool)>,
 }

@@ -607,8 +607,12 @@ async fn watcher(id: usize, endpoints: Vec<String>, t: Arc<Traffic>, deadline: A
             prefix: PREFIX.into(),
             start_revision: next,
             events: Vec::new(),
+            before: Vec::new(),
         };
-        let options = WatchOptions::new().with_prefix().with_start_revision(next);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(next);
         if let Ok(mut stream) = c.watch(PREFIX, Some(options)).await {
             loop {
                 let Ok(message) = tokio::time::timeout(Duration::from_millis(500), stream.message()).await else {
@@ -625,6 +629,11 @@ async fn watcher(id: usize, endpoints: Vec<String>, t: Arc<Traffic>, deadline: A
                     let Some(kv) = e.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     done |= key == FINAL_KEY;
+                    let put = e.event_type() == EventType::Put;
+                    session.before.push((
+                        e.prev_kv().map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+                        put && kv.create_revision() == kv.mod_revision(),
+                    ));
                     session.events.push(Event {
                         revision: kv.mod_revision(),
                         value: (e.event_type() == EventType::Put)

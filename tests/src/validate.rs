@@ -13,7 +13,9 @@
 //!   revision, and strictly later when it wrote.
 //! - **Watches**: each stream delivered, in order and without duplicates, exactly the
 //!   record's changes under its prefix from its start revision to the last one it delivered
-//!   (so a resumed watch misses nothing and repeats nothing).
+//!   (so a resumed watch misses nothing and repeats nothing), each event's `prev_kv` is the
+//!   record's value just before it, and a put is marked as creating its key exactly when the
+//!   key was absent before.
 //!
 //! Unknown writes found in the record took effect at that revision; unknown writes not in it
 //! never did. The functions return one line per violation.
@@ -286,6 +288,22 @@ pub fn check_watches(sessions: &[WatchSession], record: &Record<'_>) -> Vec<Stri
             }
             last = (e.revision, e.key.clone());
         }
+        for (e, (prev, created)) in s.events.iter().zip(&s.before) {
+            let expected = record.value_at(&e.key, e.revision - 1);
+            if prev.as_deref() != expected {
+                out.push(format!(
+                    "{who}: event at revision {} on {:?} carries prev_kv {prev:?}, the record has {expected:?}",
+                    e.revision, e.key
+                ));
+            }
+            let creates = e.value.is_some() && expected.is_none();
+            if *created != creates {
+                out.push(format!(
+                    "{who}: event at revision {} on {:?} says created={created}, the record says {creates}",
+                    e.revision, e.key
+                ));
+            }
+        }
         let Some(end) = s.events.last().map(|e| e.revision) else {
             continue;
         };
@@ -433,6 +451,7 @@ mod tests {
             prefix: "k".into(),
             start_revision: 3,
             events: vec![ev(3, "k", Some("b"))],
+            before: vec![(Some("a".into()), false)],
         };
         assert!(check_watches(std::slice::from_ref(&good), &record).is_empty());
         let gap = WatchSession {
@@ -442,8 +461,20 @@ mod tests {
         assert_eq!(check_watches(&[gap], &record).len(), 1);
         let repeated = WatchSession {
             events: vec![ev(3, "k", Some("b")), ev(3, "k", Some("b"))],
-            ..good
+            before: vec![(Some("a".into()), false); 2],
+            ..good.clone()
         };
         assert_eq!(check_watches(&[repeated], &record).len(), 2);
+        // A wrong prev_kv, or a put marked as creating a key that existed.
+        let wrong_prev = WatchSession {
+            before: vec![(None, false)],
+            ..good.clone()
+        };
+        assert_eq!(check_watches(&[wrong_prev], &record).len(), 1);
+        let wrong_create = WatchSession {
+            before: vec![(Some("a".into()), true)],
+            ..good
+        };
+        assert_eq!(check_watches(&[wrong_create], &record).len(), 1);
     }
 }
