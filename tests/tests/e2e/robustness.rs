@@ -95,6 +95,7 @@ async fn a_member_whose_disk_fills_up_exits_and_recovers_after() {
             .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
             .stderr(std::process::Stdio::from(out))
             .spawn()
+            .map(Process)
             .unwrap()
     };
     let mut member = spawn();
@@ -116,7 +117,7 @@ async fn a_member_whose_disk_fills_up_exits_and_recovers_after() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = member.try_wait().unwrap() {
+        if let Some(s) = member.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -130,7 +131,7 @@ async fn a_member_whose_disk_fills_up_exits_and_recovers_after() {
     assert!(text.contains("consensus stopped"), "{text}");
 
     disk.set_full(false).unwrap();
-    let mut member = spawn();
+    let _member = spawn();
     let mut c = connect(&endpoint).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let kvs = loop {
@@ -142,6 +143,14 @@ async fn a_member_whose_disk_fills_up_exits_and_recovers_after() {
     };
     assert_eq!(kvs.kvs().len(), 20, "acknowledged writes lost on the full disk");
     c.put("after", "v", None).await.unwrap();
-    let _ = member.kill();
-    let _ = member.wait();
+}
+
+/// A child process killed when dropped, also when the test fails.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
