@@ -77,6 +77,15 @@ impl State {
         self.paths.get(&parent).map(|p| p.join(name))
     }
 
+    /// Where a new file or directory `name` under `parent` goes; ENOSPC when the disk is
+    /// full.
+    fn new_child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
+        if self.full {
+            return Err(Errno::ENOSPC);
+        }
+        self.child(parent, name).ok_or(Errno::ENOENT)
+    }
+
     /// Forgets a path (and everything under it) that no longer exists.
     fn forget(&mut self, rel: &Path) {
         let gone: Vec<(PathBuf, u64)> = self
@@ -292,11 +301,9 @@ impl fuser::Filesystem for Fs {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let mut s = self.state();
-        if s.full {
-            return reply.error(Errno::ENOSPC);
-        }
-        let Some(rel) = s.child(parent.0, name) else {
-            return reply.error(Errno::ENOENT);
+        let rel = match s.new_child(parent.0, name) {
+            Ok(rel) => rel,
+            Err(e) => return reply.error(e),
         };
         let real = s.backing.join(&rel);
         if let Err(e) = std::fs::create_dir(&real) {
@@ -376,11 +383,9 @@ impl fuser::Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         let mut s = self.state();
-        if s.full {
-            return reply.error(Errno::ENOSPC);
-        }
-        let Some(rel) = s.child(parent.0, name) else {
-            return reply.error(Errno::ENOENT);
+        let rel = match s.new_child(parent.0, name) {
+            Ok(rel) => rel,
+            Err(e) => return reply.error(e),
         };
         let real = s.backing.join(&rel);
         let mut options = OpenOptions::new();

@@ -616,11 +616,15 @@ pub fn http_get(url: &str) -> (u16, String) {
 /// The value of metric `name` (its first sample) in a Prometheus text page; panics when the
 /// page does not have it.
 pub fn metric(text: &str, name: &str) -> f64 {
+    try_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// The value of metric `name` (its first sample) in a Prometheus text page, if it has one.
+pub fn try_metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 /// Asserts that an `etcd-client` error is a gRPC status with `code` and exactly `message`.

@@ -332,16 +332,7 @@ impl LabCluster {
     fn metric(&self, i: usize, name: &str) -> Option<f64> {
         let url = format!("http://{}/metrics", self.endpoint(i));
         let (code, text) = crate::http_get(&url);
-        (code == 200)
-            .then(|| {
-                text.lines()
-                    .find(|l| l.starts_with(name))?
-                    .split_whitespace()
-                    .last()?
-                    .parse()
-                    .ok()
-            })
-            .flatten()
+        (code == 200).then(|| crate::try_metric(&text, name)).flatten()
     }
 
     fn log_tail(&self, i: usize) -> String {
@@ -626,21 +617,16 @@ async fn watcher(id: usize, endpoints: Vec<String>, t: Arc<Traffic>, deadline: A
                     break;
                 }
                 for e in response.events() {
-                    let Some(kv) = e.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    done |= key == FINAL_KEY;
-                    let put = e.event_type() == EventType::Put;
+                    let (Some(kv), Some(event)) = (e.kv(), event_of(e)) else {
+                        continue;
+                    };
+                    done |= event.key == FINAL_KEY;
                     session.before.push((
                         e.prev_kv().map(|p| String::from_utf8_lossy(p.value()).into_owned()),
-                        put && kv.create_revision() == kv.mod_revision(),
+                        event.value.is_some() && kv.create_revision() == kv.mod_revision(),
                     ));
-                    session.events.push(Event {
-                        revision: kv.mod_revision(),
-                        value: (e.event_type() == EventType::Put)
-                            .then(|| String::from_utf8_lossy(kv.value()).into_owned()),
-                        key,
-                    });
-                    next = kv.mod_revision() + 1;
+                    next = event.revision + 1;
+                    session.events.push(event);
                 }
                 if done {
                     break;
@@ -1077,6 +1063,16 @@ async fn check_members(cluster: &LabCluster, revision: i64, report: &mut Report)
     }
 }
 
+/// A watch event as the checkers see it (None without a key-value, which etcd never sends).
+fn event_of(e: &etcd_client::Event) -> Option<Event> {
+    let kv = e.kv()?;
+    Some(Event {
+        revision: kv.mod_revision(),
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: (e.event_type() == EventType::Put).then(|| String::from_utf8_lossy(kv.value()).into_owned()),
+    })
+}
+
 /// The store's record of every change, from revision 1 to `revision`.
 async fn record(cluster: &LabCluster, revision: i64) -> Result<Vec<Event>, String> {
     let mut c = Client::connect(cluster.endpoints(), Some(connect_options()))
@@ -1098,16 +1094,12 @@ async fn record(cluster: &LabCluster, revision: i64) -> Result<Vec<Event>, Strin
             .map_err(|e| format!("record: {e}"))?
             .ok_or("record: the watch from revision 1 ended early")?;
         for e in message.events() {
-            let Some(kv) = e.kv() else { continue };
-            if kv.mod_revision() > revision {
+            let Some(event) = event_of(e) else { continue };
+            if event.revision > revision {
                 // (A lease expiring after the record's revision was taken.)
                 break;
             }
-            events.push(Event {
-                revision: kv.mod_revision(),
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: (e.event_type() == EventType::Put).then(|| String::from_utf8_lossy(kv.value()).into_owned()),
-            });
+            events.push(event);
         }
         reached = message
             .events()

@@ -20,11 +20,11 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
     let mut was_member = false;
     loop {
         let s = watch.status();
-        if let Some(why) = &s.fatal {
+        if s.fatal.is_some() {
             // A member whose consensus died (say, its log could not be written: a full or
             // failing disk) must not linger answering "server stopped": it exits with an
             // error, as etcd does, so that whatever supervises it restarts it once fixed.
-            member.fail(format!("consensus stopped: {why}"));
+            member.fail(consensus_stopped(s.fatal));
             return;
         }
         if s.membership.nodes.contains_key(&member.id) {
@@ -47,12 +47,17 @@ pub(super) async fn follow_consensus(member: Arc<Member>) {
             _ = member.shutdown.cancelled() => return,
             changed = watch.changed() => if !changed {
                 if !member.shutdown.is_cancelled() {
-                    member.fail(watch.status().fatal.map_or("consensus stopped".into(), |why| format!("consensus stopped: {why}")));
+                    member.fail(consensus_stopped(watch.status().fatal));
                 }
                 return
             },
         }
     }
+}
+
+/// The member's failure when consensus stopped, with openraft's reason if it gave one.
+fn consensus_stopped(fatal: Option<String>) -> String {
+    fatal.map_or_else(|| "consensus stopped".into(), |why| format!("consensus stopped: {why}"))
 }
 
 /// Whether this member leads the change that removes it and that change is not committed
