@@ -94,11 +94,7 @@ impl WriteTxn {
             return Err(StoreError::LeaseExist);
         }
         let (id, ttl) = (req.id, req.ttl);
-        self.request(|t| {
-            t.staged
-                .push(Staged::Put(CF_LEASE, lease_record_key(id), ttl.to_be_bytes().to_vec()));
-            Ok(())
-        })?;
+        self.request(|t| t.write(Staged::Put(CF_LEASE, lease_record_key(id), ttl.to_be_bytes().to_vec())))?;
         Ok(LeaseGrantResponse {
             header: self.header(),
             id,
@@ -120,14 +116,12 @@ impl WriteTxn {
             for key in &keys {
                 // An attachment always names a live key holding this lease; check anyway so a
                 // damaged index can never delete a key that moved to another lease.
-                if t.latest(key)?.is_some_and(|kv| kv.lease == id) {
-                    t.delete_key(key, id)?;
-                } else {
-                    t.staged.push(Staged::Delete(CF_LEASE, lease_attach_key(id, key)));
+                match t.latest(key)? {
+                    Some(kv) if kv.lease == id => t.delete_key(&kv.key, id)?,
+                    _ => t.write(Staged::Delete(CF_LEASE, lease_attach_key(id, key)))?,
                 }
             }
-            t.staged.push(Staged::Delete(CF_LEASE, lease_record_key(id)));
-            Ok(())
+            t.write(Staged::Delete(CF_LEASE, lease_record_key(id)))
         })?;
         Ok(LeaseRevokeResponse { header: self.header() })
     }

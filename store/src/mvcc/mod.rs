@@ -241,3 +241,18 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
 pub(crate) fn decode_kv(b: &[u8]) -> Result<crate::proto::mvccpb::KeyValue> {
     crate::proto::mvccpb::KeyValue::decode(b).map_err(|e| StoreError::Storage(format!("corrupt key-value record: {e}")))
 }
+
+/// Just the lease of a stored `mvccpb.KeyValue`: its field 6. Decoding into this skips the
+/// key and value without copying them, which matters when a delete visits many keys.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeaseOfKv {
+    #[prost(int64, tag = "6")]
+    lease: i64,
+}
+
+/// The lease a stored `mvccpb.KeyValue` is attached to (0 for none).
+pub(crate) fn decode_lease(b: &[u8]) -> Result<i64> {
+    LeaseOfKv::decode(b)
+        .map(|l| l.lease)
+        .map_err(|e| StoreError::Storage(format!("corrupt key-value record: {e}")))
+}

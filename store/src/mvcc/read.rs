@@ -212,20 +212,34 @@ pub(crate) fn scan_latest_db(
     range: &KeyRange,
     f: &mut dyn FnMut(KeyValue) -> bool,
 ) -> Result<()> {
+    scan_latest_raw(db, opts, range, &mut |_, v| Ok(f(decode_kv(v)?)))
+}
+
+/// Visits a stored key and its encoded record; answers whether to go on.
+pub(crate) type RawVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// Scans the `latest` family over `range` as stored: each live key with its encoded record,
+/// in key order, until `f` answers false. For callers that need less than the whole record.
+pub(crate) fn scan_latest_raw(
+    db: &DB,
+    opts: impl Fn(Option<Vec<u8>>) -> ReadOptions,
+    range: &KeyRange,
+    f: &mut RawVisit<'_>,
+) -> Result<()> {
     let cf = db
         .cf_handle(CF_LATEST)
         .ok_or_else(|| StoreError::Storage("missing latest column family".into()))?;
     match range {
         KeyRange::Single(k) => {
             if let Some(v) = db.get_cf_opt(&cf, k, &opts(None))? {
-                f(decode_kv(&v)?);
+                f(k, &v)?;
             }
         }
         KeyRange::Span { start, end } => {
             let it = db.iterator_cf_opt(&cf, opts(end.clone()), IteratorMode::From(start, Direction::Forward));
             for item in it {
-                let (_, v) = item?;
-                if !f(decode_kv(&v)?) {
+                let (k, v) = item?;
+                if !f(&k, &v)? {
                     break;
                 }
             }

@@ -169,6 +169,102 @@ fn requests_in_one_batch_see_each_other() {
 }
 
 #[test]
+fn a_batch_merges_its_changes_with_stored_keys_in_key_order() {
+    use crate::proto::etcdserverpb::LeaseGrantRequest;
+    use crate::proto::etcdserverpb::response_op::Response;
+    let (_d, m) = store();
+    let mut t = m.write_txn().unwrap();
+    t.lease_grant(&LeaseGrantRequest { ttl: 60, id: 7 }).unwrap();
+    t.commit(vec![]).unwrap();
+    for k in ["a", "c", "e", "g"] {
+        put(&m, k, "stored");
+    }
+    let leased = |k: &str| PutRequest {
+        key: k.to_string().into(),
+        value: "leased".into(),
+        lease: 7,
+        ..Default::default()
+    };
+    let mut t = m.write_txn().unwrap();
+    t.put(&leased("d")).unwrap();
+    t.commit(vec![]).unwrap();
+    // d is attached in RocksDB, h only in the batch below.
+    let mut t = m.write_txn().unwrap();
+    t.put(&leased("h")).unwrap();
+    t.put(&put_req("b", "batch")).unwrap();
+    t.delete_range(&DeleteRangeRequest {
+        key: "c".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    t.put(&put_req("f", "batch")).unwrap();
+    t.put(&put_req("g", "batch")).unwrap();
+    let read = |t: &mut crate::mvcc::write::WriteTxn, limit: i64| {
+        let r = t
+            .txn(&TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp {
+                    request: Some(Op::RequestRange(RangeRequest {
+                        key: "a".into(),
+                        range_end: "z".into(),
+                        limit,
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            })
+            .unwrap();
+        match r.responses[0].response.clone() {
+            Some(Response::ResponseRange(rr)) => {
+                let kvs: Vec<String> = rr
+                    .kvs
+                    .iter()
+                    .map(|kv| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value)
+                        )
+                    })
+                    .collect();
+                (kvs, rr.more)
+            }
+            _ => panic!("not a range response"),
+        }
+    };
+    // Stored and batch keys interleave; the batch's change wins for g, c is gone.
+    assert_eq!(
+        read(&mut t, 0).0,
+        [
+            "a=stored", "b=batch", "d=leased", "e=stored", "f=batch", "g=batch", "h=leased"
+        ]
+    );
+    // Stopping early works on either side of the merge.
+    assert_eq!(
+        read(&mut t, 2),
+        (vec!["a=stored".to_string(), "b=batch".to_string()], true)
+    );
+    // A delete without prev_kv removes stored and batch keys alike, in key order, and
+    // detaches the lease of the key it removes.
+    let before = t.revision();
+    let r = t
+        .delete_range(&DeleteRangeRequest {
+            key: "b".into(),
+            range_end: "i".into(),
+            prev_kv: false,
+        })
+        .unwrap();
+    assert_eq!((r.deleted, r.prev_kvs.len()), (6, 0));
+    assert_eq!(t.revision(), before + 1, "one revision for the whole delete");
+    t.commit(vec![]).unwrap();
+    for k in ["b", "d", "e", "f", "g", "h"] {
+        assert!(get(&m, k, 0).is_none(), "{k} is deleted");
+    }
+    assert_eq!(get(&m, "a", 0).unwrap().value, "stored");
+    assert!(m.lease_keys(7).unwrap().is_empty(), "the deleted keys left their lease");
+}
+
+#[test]
 fn failed_request_leaves_no_trace() {
     let (_d, m) = store();
     put(&m, "k", "v"); // 2
@@ -200,10 +296,53 @@ fn failed_request_leaves_no_trace() {
     // A later request in the same batch sees the state before the failed one.
     t.put(&put_req("after", "1")).unwrap();
     assert_eq!(t.revision(), 3);
+    // The same failure once the batch holds writes: the key changed earlier in the batch
+    // gets that change back, the key the batch never touched is forgotten again.
+    let again = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp {
+                request: Some(Op::RequestPut(put_req("after", "2"))),
+            },
+            RequestOp {
+                request: Some(Op::RequestPut(put_req("fresh", "1"))),
+            },
+            RequestOp {
+                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: "after".into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Op::RequestPut(PutRequest {
+                    key: "after".into(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(t.txn(&again).unwrap_err(), crate::error::StoreError::KeyNotFound);
+    assert_eq!(t.revision(), 3);
+    t.put(&PutRequest {
+        key: "after".into(),
+        value: "3".into(),
+        prev_kv: true,
+        ..Default::default()
+    })
+    .map(|r| assert_eq!(r.prev_kv.unwrap().value, "1", "the batch's own change is back"))
+    .unwrap();
     t.commit(vec![]).unwrap();
     assert_eq!(get(&m, "k", 0).unwrap().value, "v");
     assert!(get(&m, "other", 0).is_none());
-    assert_eq!(get(&m, "after", 0).unwrap().mod_revision, 3);
+    assert!(get(&m, "fresh", 0).is_none());
+    let after = get(&m, "after", 0).unwrap();
+    assert_eq!(
+        (after.value.as_ref(), after.version, after.mod_revision),
+        (&b"3"[..], 2, 4)
+    );
+    assert_eq!(get(&m, "after", 3).unwrap().value, "1");
 }
 
 #[test]

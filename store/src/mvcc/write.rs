@@ -5,15 +5,17 @@
 //! Requests later in a batch must see the writes of earlier ones before anything reaches
 //! RocksDB, so the transaction keeps an overlay of changed keys and of this batch's history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message;
 use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
 
 use super::keys::{KeyRange, Revision, index_key, lease_attach_key, lease_record_key, revision_key};
-use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db};
-use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, cf, encode_meta};
+use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db, scan_latest_raw};
+use super::{CF_INDEX, CF_KV, CF_LATEST, CF_LEASE, CF_META, Meta, cf, decode_kv, decode_lease, encode_meta};
 use crate::error::{Result, StoreError};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request;
@@ -27,7 +29,8 @@ use crate::proto::mvccpb::KeyValue;
 /// One change recorded in this batch's history overlay.
 struct Change {
     rev: Revision,
-    key: Vec<u8>,
+    /// Shared with the overlay and the stored record: one copy of the key per change.
+    key: Bytes,
     /// `None` for a delete.
     kv: Option<KeyValue>,
 }
@@ -45,19 +48,31 @@ pub struct WriteTxn {
     pub(super) meta: Meta,
     /// Store revision when the batch started: what RocksDB itself holds.
     base_rev: i64,
-    /// Latest value of every key changed in this batch (`None` = deleted).
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Latest value of every key changed in this batch (`None` = deleted): always the
+    /// key's last change in `history`, which is how a failed request's changes are undone.
+    overlay: BTreeMap<Bytes, Option<KeyValue>>,
     history: Vec<Change>,
     /// Changes made so far by the request in progress.
     sub: i64,
-    /// The request in progress's writes, staged until it succeeds, and how to undo its
-    /// overlay changes if it fails: a failed request leaves no trace.
-    pub(super) staged: Vec<Staged>,
-    undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
+    /// Whether the request in progress writes straight into the batch (it started the
+    /// batch, so clearing the batch undoes it) or stages its writes in `staged` until it
+    /// succeeds (it joined a batch holding other requests' writes). Either way a failed
+    /// request leaves no trace, and a large request that starts its batch (a DeleteRange
+    /// of many keys, say) is not held in memory twice.
+    direct: bool,
+    staged: Vec<Staged>,
+    /// Where the request in progress's changes start in `history`.
     history_mark: usize,
     commit_lock: Arc<std::sync::RwLock<()>>,
 }
 
+/// Lower and upper bound of a key range, for `BTreeMap::range`.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// Makes a stored key and its encoded record into what a scan's caller needs.
+type DecodeLive = dyn Fn(&[u8], &[u8]) -> Result<KeyValue>;
+
+/// One write of a request, to a column family.
 pub(super) enum Staged {
     Put(&'static str, Vec<u8>, Vec<u8>),
     Delete(&'static str, Vec<u8>),
@@ -74,8 +89,8 @@ impl WriteTxn {
             overlay: BTreeMap::new(),
             history: Vec::new(),
             sub: 0,
+            direct: false,
             staged: Vec::new(),
-            undo: Vec::new(),
             history_mark: 0,
             commit_lock,
         }
@@ -134,40 +149,80 @@ impl WriteTxn {
     pub(super) fn request<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.sub = 0;
         self.staged.clear();
-        self.undo.clear();
+        self.direct = self.batch.is_empty();
         self.history_mark = self.history.len();
-        match f(self) {
+        let outcome = f(self);
+        let outcome = match outcome {
+            Ok(v) => self.write_staged().map(|()| v),
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(v) => {
-                for op in std::mem::take(&mut self.staged) {
-                    match op {
-                        Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
-                        Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
-                    }
-                }
                 if self.sub > 0 {
                     self.meta.revision += 1;
                 }
                 self.sub = 0;
+                self.direct = false;
                 Ok(v)
             }
             Err(e) => {
-                self.staged.clear();
-                for (k, prev) in std::mem::take(&mut self.undo).into_iter().rev() {
-                    match prev {
-                        Some(v) => self.overlay.insert(k, v),
-                        None => self.overlay.remove(&k),
-                    };
+                if self.direct {
+                    self.batch.clear();
                 }
-                self.history.truncate(self.history_mark);
+                self.staged.clear();
+                self.undo_overlay();
                 self.sub = 0;
+                self.direct = false;
                 Err(e)
             }
         }
     }
 
-    fn set_overlay(&mut self, key: &[u8], kv: Option<KeyValue>) {
-        let prev = self.overlay.insert(key.to_vec(), kv);
-        self.undo.push((key.to_vec(), prev));
+    /// Adds one write of the request in progress: to the batch at once, or to `staged`.
+    pub(super) fn write(&mut self, op: Staged) -> Result<()> {
+        if !self.direct {
+            self.staged.push(op);
+            return Ok(());
+        }
+        match op {
+            Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
+            Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
+        }
+        Ok(())
+    }
+
+    /// Moves a succeeded request's staged writes into the batch, in order.
+    fn write_staged(&mut self) -> Result<()> {
+        for op in std::mem::take(&mut self.staged) {
+            match op {
+                Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
+                Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the failed request's changes: each key it touched gets back its last change
+    /// from earlier in the batch, or leaves the overlay if it had none.
+    fn undo_overlay(&mut self) {
+        let failed = self.history.split_off(self.history_mark);
+        let touched: HashSet<&Bytes> = failed.iter().map(|c| &c.key).collect();
+        let mut before: HashMap<&Bytes, &Option<KeyValue>> = HashMap::new();
+        for c in self.history.iter().filter(|c| touched.contains(&c.key)) {
+            before.insert(&c.key, &c.kv);
+        }
+        for key in touched {
+            match before.get(key) {
+                Some(kv) => self.overlay.insert(key.clone(), (*kv).clone()),
+                None => self.overlay.remove(key),
+            };
+        }
+    }
+
+    /// Records a change of the request in progress in the overlay and the history.
+    fn record(&mut self, rev: Revision, key: Bytes, kv: Option<KeyValue>) {
+        self.overlay.insert(key.clone(), kv.clone());
+        self.history.push(Change { rev, key, kv });
     }
 
     /// The revision the request in progress sees (its own writes included).
@@ -186,11 +241,11 @@ impl WriteTxn {
         }
     }
 
-    fn put_key(&mut self, key: &[u8], value: bytes::Bytes, lease: i64) -> Result<Option<KeyValue>> {
+    fn put_key(&mut self, key: &Bytes, value: Bytes, lease: i64) -> Result<Option<KeyValue>> {
         let prev = self.latest(key)?;
         let rev = Revision::new(self.meta.revision + 1, self.sub);
         let kv = KeyValue {
-            key: bytes::Bytes::copy_from_slice(key),
+            key: key.clone(),
             create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
             mod_revision: rev.main,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -201,50 +256,36 @@ impl WriteTxn {
         let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {
-                self.staged
-                    .push(Staged::Delete(CF_LEASE, lease_attach_key(prev_lease, key)));
+                self.write(Staged::Delete(CF_LEASE, lease_attach_key(prev_lease, key)))?;
             }
             if lease != 0 {
-                self.staged
-                    .push(Staged::Put(CF_LEASE, lease_attach_key(lease, key), Vec::new()));
+                self.write(Staged::Put(CF_LEASE, lease_attach_key(lease, key), Vec::new()))?;
             }
         }
-        self.staged
-            .push(Staged::Put(CF_KV, revision_key(rev, false), enc.clone()));
-        self.staged.push(Staged::Put(CF_INDEX, index_key(key, rev), vec![0u8]));
-        self.staged.push(Staged::Put(CF_LATEST, key.to_vec(), enc));
-        self.set_overlay(key, Some(kv.clone()));
-        self.history.push(Change {
-            rev,
-            key: key.to_vec(),
-            kv: Some(kv),
-        });
+        self.write(Staged::Put(CF_KV, revision_key(rev, false), enc.clone()))?;
+        self.write(Staged::Put(CF_INDEX, index_key(key, rev), vec![0u8]))?;
+        self.write(Staged::Put(CF_LATEST, key.to_vec(), enc))?;
+        self.record(rev, key.clone(), Some(kv));
         self.sub += 1;
         Ok(prev)
     }
 
     /// Deletes a live key; `lease` is the lease it was attached to (0 for none).
-    pub(super) fn delete_key(&mut self, key: &[u8], lease: i64) -> Result<()> {
+    pub(super) fn delete_key(&mut self, key: &Bytes, lease: i64) -> Result<()> {
         if lease != 0 {
-            self.staged.push(Staged::Delete(CF_LEASE, lease_attach_key(lease, key)));
+            self.write(Staged::Delete(CF_LEASE, lease_attach_key(lease, key)))?;
         }
         let rev = Revision::new(self.meta.revision + 1, self.sub);
         // etcd's tombstone: the key with only its deletion revision set.
         let tomb = KeyValue {
-            key: bytes::Bytes::copy_from_slice(key),
+            key: key.clone(),
             mod_revision: rev.main,
             ..Default::default()
         };
-        self.staged
-            .push(Staged::Put(CF_KV, revision_key(rev, true), tomb.encode_to_vec()));
-        self.staged.push(Staged::Put(CF_INDEX, index_key(key, rev), vec![1u8]));
-        self.staged.push(Staged::Delete(CF_LATEST, key.to_vec()));
-        self.set_overlay(key, None);
-        self.history.push(Change {
-            rev,
-            key: key.to_vec(),
-            kv: None,
-        });
+        self.write(Staged::Put(CF_KV, revision_key(rev, true), tomb.encode_to_vec()))?;
+        self.write(Staged::Put(CF_INDEX, index_key(key, rev), vec![1u8]))?;
+        self.write(Staged::Delete(CF_LATEST, key.to_vec()))?;
+        self.record(rev, key.clone(), None);
         self.sub += 1;
         Ok(())
     }
@@ -256,6 +297,74 @@ impl WriteTxn {
             true
         })?;
         Ok(out)
+    }
+
+    /// The live keys in `range` with their leases only (no values): what a delete without
+    /// `prev_kv` needs, at a fraction of the copying when it covers many keys.
+    fn live_keys_in(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        let key_and_lease = |k: &[u8], v: &[u8]| {
+            Ok(KeyValue {
+                key: bytes::Bytes::copy_from_slice(k),
+                lease: decode_lease(v)?,
+                ..Default::default()
+            })
+        };
+        self.scan_live(range, &key_and_lease, &mut |kv| {
+            out.push(kv);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// This batch's changes to keys in `range`, in key order (`None` = deleted).
+    fn overlay_in(&self, range: &KeyRange) -> impl Iterator<Item = (&Bytes, &Option<KeyValue>)> {
+        let bounds: Option<KeyBounds<'_>> = match range {
+            KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
+            KeyRange::Span { start, end: Some(end) } if end <= start => None,
+            KeyRange::Span { start, end } => Some((
+                Bound::Included(start),
+                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            )),
+        };
+        bounds.map(|b| self.overlay.range::<[u8], _>(b)).into_iter().flatten()
+    }
+
+    /// The live keys in `range` as this batch sees them, in key order: RocksDB's state (as
+    /// the batch started) merged with the batch's overlay, which wins where both hold a key.
+    /// `decode` makes a stored record into what the caller needs (all of it, or less);
+    /// overlay entries are passed whole. Stops when `f` answers false.
+    fn scan_live(&self, range: &KeyRange, decode: &DecodeLive, f: &mut dyn FnMut(KeyValue) -> bool) -> Result<()> {
+        let mut changed = self.overlay_in(range).peekable();
+        let mut stopped = false;
+        scan_latest_raw(&self.db, bounded, range, &mut |k, v| {
+            // The batch's changes to keys sorting up to this stored one come first; a change
+            // to this very key replaces the stored record.
+            while let Some((ck, cv)) = changed.next_if(|(ck, _)| ck.as_ref() <= k) {
+                if let Some(kv) = cv
+                    && !f(kv.clone())
+                {
+                    stopped = true;
+                    return Ok(false);
+                }
+                if ck.as_ref() == k {
+                    return Ok(true);
+                }
+            }
+            if !f(decode(k, v)?) {
+                stopped = true;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if !stopped {
+            for kv in changed.filter_map(|(_, cv)| cv.as_ref()) {
+                if !f(kv.clone()) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn header(&self) -> Option<ResponseHeader> {
@@ -433,7 +542,13 @@ impl WriteTxn {
 
     fn exec_delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         let kr = KeyRange::new(&req.key, &req.range_end);
-        let victims = if kr.is_empty() { Vec::new() } else { self.live_in(&kr)? };
+        let victims = if kr.is_empty() {
+            Vec::new()
+        } else if req.prev_kv {
+            self.live_in(&kr)?
+        } else {
+            self.live_keys_in(&kr)?
+        };
         for kv in &victims {
             self.delete_key(&kv.key, kv.lease)?;
         }
@@ -533,28 +648,7 @@ impl KvSource for WriteTxn {
     }
 
     fn scan_latest(&self, range: &KeyRange, f: &mut dyn FnMut(KeyValue) -> bool) -> Result<()> {
-        // Merge RocksDB's view (the batch's starting state) with this batch's overlay.
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-        let overlay_hit = |k: &[u8]| self.overlay.contains_key(k);
-        scan_latest_db(&self.db, bounded, range, &mut |kv| {
-            if !overlay_hit(&kv.key) {
-                merged.insert(kv.key.to_vec(), kv);
-            }
-            true
-        })?;
-        for (k, v) in &self.overlay {
-            if let Some(kv) = v
-                && range.contains(k)
-            {
-                merged.insert(k.clone(), kv.clone());
-            }
-        }
-        for (_, kv) in merged {
-            if !f(kv) {
-                break;
-            }
-        }
-        Ok(())
+        self.scan_live(range, &|_, v| decode_kv(v), f)
     }
 
     fn scan_at(&self, range: &KeyRange, rev: i64, f: &mut dyn FnMut(KeyValue) -> bool) -> Result<()> {
@@ -573,8 +667,8 @@ impl KvSource for WriteTxn {
             .filter(|c| c.rev.main <= rev && range.contains(&c.key))
         {
             match &ch.kv {
-                Some(kv) => state.insert(ch.key.clone(), kv.clone()),
-                None => state.remove(&ch.key),
+                Some(kv) => state.insert(ch.key.to_vec(), kv.clone()),
+                None => state.remove(ch.key.as_ref()),
             };
         }
         for (_, kv) in state {

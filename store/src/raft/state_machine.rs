@@ -29,6 +29,9 @@ use crate::metrics;
 use crate::mvcc::Mvcc;
 use crate::proto::lodestone::{command::Kind, command_result::Kind as ResKind};
 
+/// A batch whose apply takes longer than this is logged (etcd's `warnApplyDuration`).
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// openraft's handle on the state machine.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -175,9 +178,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
         let shared = self.shared.clone();
         let n = entries.len();
+        let start = Instant::now();
         let (results, last, revision) = tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
             .await
             .map_err(io_err)??;
+        let took = start.elapsed();
+        if took > SLOW_APPLY {
+            // etcd's warning for the same thing: every request behind this batch waited.
+            tracing::warn!(?took, expected = ?SLOW_APPLY, entries = n, last_index = last, "apply request took too long");
+        }
         self.shared.applied_tx.send_replace(last);
         self.shared.revision_tx.send_replace(revision);
         metrics::proposals_applied(n as u64);

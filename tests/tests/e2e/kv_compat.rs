@@ -555,19 +555,41 @@ async fn bad_input(kind: Kind) {
     assert!(cl.get("big", None).await.unwrap().kvs().is_empty());
 }
 
-/// One DeleteRange over a hundred thousand keys (the kind `etcdctl check perf` sends to clean
-/// up after itself) is one request: it must finish within the request timeout.
+/// One DeleteRange over 180,000 keys on three members, shaped like what `etcdctl check perf
+/// --load=l` leaves (256-byte keys, 1 KiB values) and sends to clean up after itself. It is
+/// one request and one revision, so it must be applied within the request timeout on every
+/// member.
 async fn a_delete_range_of_many_keys_succeeds(kind: Kind) {
-    const KEYS: usize = 100_000;
-    let c = one(kind).await;
-    let mut cl = c.client().await;
-    let value = vec![b'v'; 64];
-    for chunk in 0..KEYS / 100 {
-        let puts: Vec<TxnOp> = (0..100)
-            .map(|i| TxnOp::put(format!("many/{:06}", chunk * 100 + i), value.clone(), None))
-            .collect();
-        cl.txn(Txn::new().and_then(puts)).await.unwrap();
+    const KEYS: usize = 180_000;
+    const WRITERS: usize = 6;
+    const PER_TXN: usize = 100;
+    let c = Cluster::start(kind, Options::members(3)).await;
+    let cl = c.client().await;
+    // "many/" and six digits, then filler up to 256 bytes.
+    let filler = "k".repeat(256 - 12);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let mut cl = cl.clone();
+        let filler = filler.clone();
+        writers.spawn(async move {
+            for chunk in (w..KEYS / PER_TXN).step_by(WRITERS) {
+                let puts: Vec<TxnOp> = (0..PER_TXN)
+                    .map(|i| {
+                        TxnOp::put(
+                            format!("many/{:06}/{filler}", chunk * PER_TXN + i),
+                            vec![b'v'; 1024],
+                            None,
+                        )
+                    })
+                    .collect();
+                cl.txn(Txn::new().and_then(puts)).await.unwrap();
+            }
+        });
     }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let mut cl = cl;
     let started = std::time::Instant::now();
     let r = cl
         .delete("many/", Some(etcd_client::DeleteOptions::new().with_prefix()))
