@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::net::tls;
 use sha2::{Digest, Sha256};
 
 /// `lodestone`: a strongly consistent key-value store speaking the etcd v3 API.
@@ -151,6 +153,66 @@ pub struct Config {
     #[arg(long, env = "LODESTONE_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
 
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "LODESTONE_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "LODESTONE_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Enable client cert authentication: clients must present a certificate signed by
+    /// --trusted-ca-file.
+    #[arg(long, env = "LODESTONE_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "LODESTONE_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Client TLS using generated certificates.
+    #[arg(long, env = "LODESTONE_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub auto_tls: bool,
+
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "LODESTONE_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "LODESTONE_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Enable peer client cert authentication: members must present a certificate signed
+    /// by --peer-trusted-ca-file.
+    #[arg(long, env = "LODESTONE_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "LODESTONE_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file
+    /// are not provided.
+    #[arg(long, env = "LODESTONE_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_auto_tls: bool,
+
+    /// Comma-separated list of supported TLS 1.2 cipher suites between client/server and
+    /// peers (Go's names; empty means the defaults).
+    #[arg(long, env = "LODESTONE_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+
+    /// Minimum TLS version supported: TLS1.2 or TLS1.3 [default: TLS1.2].
+    #[arg(long, env = "LODESTONE_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// Maximum TLS version supported: TLS1.2 or TLS1.3 [default: TLS1.3].
+    #[arg(long, env = "LODESTONE_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "LODESTONE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -233,12 +295,14 @@ pub enum ConfigError {
         cluster: Vec<String>,
         advertised: Vec<String>,
     },
-    #[error("invalid URL {0:?}: expected http://host:port")]
+    #[error("invalid URL {0:?}: expected http://host:port or https://host:port")]
     BadUrl(String),
     #[error("could not resolve {0:?}")]
     Unresolvable(String),
     #[error("--auto-compaction-retention {0:?}: {1}")]
     BadRetention(String, String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// One member as named in `--initial-cluster`.
@@ -250,6 +314,44 @@ pub struct InitialMember {
 }
 
 impl Config {
+    /// The client URLs' TLS settings.
+    pub fn client_tls(&self) -> tls::Side {
+        tls::Side {
+            flag_prefix: "",
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+        }
+    }
+
+    /// The peer URLs' TLS settings (serving peers and dialing them).
+    pub fn peer_tls(&self) -> tls::Side {
+        tls::Side {
+            flag_prefix: "peer-",
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+        }
+    }
+
+    /// Cipher suites and protocol versions, shared by both sides.
+    pub fn tls_policy(&self) -> tls::Policy {
+        tls::Policy {
+            cipher_suites: self.cipher_suites.clone(),
+            min_version: self.tls_min_version.clone(),
+            max_version: self.tls_max_version.clone(),
+        }
+    }
+
+    /// Where `--auto-tls` and `--peer-auto-tls` keep their certificates (etcd's place).
+    pub fn auto_tls_dir(&self, side: &str) -> PathBuf {
+        self.data_dir().join("fixtures").join(side)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -395,10 +497,16 @@ pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     u64::from_be_bytes(d[..8].try_into().expect("8 bytes")).max(1)
 }
 
-/// Parses `http://host:port` into `host:port`.
+/// Whether a URL asks for TLS (`https://`).
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Parses `http://host:port` (or `https://`) into `host:port`.
 pub fn parse_url(url: &str) -> Result<String, ConfigError> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .or_else(|| url.strip_prefix("unix://"))
         .ok_or_else(|| ConfigError::BadUrl(url.to_string()))?;
     let hostport = rest.trim_end_matches('/');

@@ -13,6 +13,7 @@ pub mod history;
 pub mod lazyfs;
 pub mod linearizability;
 pub mod netlab;
+pub mod pki;
 pub mod robustness;
 pub mod validate;
 
@@ -140,6 +141,9 @@ pub struct Member {
     /// Whether the member has a listener of its own for HTTP (`--listen-metrics-urls`);
     /// without one it serves HTTP on its client URL, as etcd does by default.
     pub metrics_listener: bool,
+    /// Client and peer URLs are `https://` (see [`Options::client_tls`], [`Options::peer_tls`]).
+    pub client_https: bool,
+    pub peer_https: bool,
     pub data_dir: PathBuf,
     args: Vec<String>,
     kind: Kind,
@@ -149,14 +153,28 @@ pub struct Member {
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.client_https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        let scheme = if self.peer_https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Changes the value of `flag` for the member's next start (the flag must be set).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let at = self.args.iter().position(|a| a == flag).expect("flag is set") + 1;
+        self.args[at] = value.to_string();
     }
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// Where the member serves `/health`, `/metrics` and the other HTTP endpoints.
+    /// Where the member serves `/health`, `/metrics` and the other HTTP endpoints. A
+    /// separate metrics listener is plain HTTP even when the client URL is https, as etcd
+    /// allows.
     pub fn metrics_url(&self) -> String {
         if self.metrics_listener {
             format!("http://127.0.0.1:{}", self.metrics_port)
@@ -252,6 +270,11 @@ impl Member {
     }
 
     /// The member's last log lines (for failure messages).
+    /// Everything the member logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
@@ -263,6 +286,8 @@ impl Member {
 pub struct Cluster {
     pub kind: Kind,
     pub members: Vec<Member>,
+    /// The certificate the harness's clients present when the client URLs are https.
+    pub client_tls: Option<pki::TlsFiles>,
     _dir: tempfile::TempDir,
 }
 
@@ -277,6 +302,12 @@ pub struct Options {
     /// Start every member with `--listen-metrics-urls` (a listener of its own for HTTP);
     /// without it, members use etcd's default: HTTP on the client URLs, no extra port.
     pub metrics_listener: bool,
+    /// Serve clients on https URLs with this certificate, requiring client certificates
+    /// signed by its CA; the harness's clients present the same certificate.
+    pub client_tls: Option<pki::TlsFiles>,
+    /// Talk between members on https URLs with this certificate, requiring peer
+    /// certificates signed by its CA.
+    pub peer_tls: Option<pki::TlsFiles>,
 }
 
 impl Options {
@@ -297,6 +328,8 @@ impl Default for Options {
             election_ms: 500,
             extra: Vec::new(),
             metrics_listener: true,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }
@@ -311,10 +344,16 @@ impl Cluster {
 
     /// Starts every member of a [`Cluster::prepare`]d cluster and waits until it is healthy.
     pub async fn launch(&mut self) {
+        self.spawn_all();
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    /// Starts every member without waiting (for clusters the harness's client cannot
+    /// reach, e.g. with self-signed certificates).
+    pub fn spawn_all(&mut self) {
         for m in &mut self.members {
             m.spawn(&[]);
         }
-        self.wait_healthy(Duration::from_secs(30)).await;
     }
 
     /// Lays out a cluster (ports, directories, flags) without starting it, so a test can
@@ -330,6 +369,8 @@ impl Cluster {
                 peer_port: free_port(),
                 metrics_port: free_port(),
                 metrics_listener: opts.metrics_listener,
+                client_https: opts.client_tls.is_some(),
+                peer_https: opts.peer_tls.is_some(),
                 data_dir: dir.path().join(format!("{name}.data")),
                 log: dir.path().join(format!("{name}.log")),
                 name,
@@ -338,10 +379,7 @@ impl Cluster {
                 child: None,
             });
         }
-        let initial: Vec<String> = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect();
+        let initial: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
         let initial = initial.join(",");
         for m in &mut members {
             m.args = vec![
@@ -354,9 +392,9 @@ impl Cluster {
                 "--advertise-client-urls".into(),
                 m.client_url(),
                 "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{}", m.peer_port),
+                m.peer_url(),
                 "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{}", m.peer_port),
+                m.peer_url(),
                 "--initial-cluster".into(),
                 initial.clone(),
                 "--initial-cluster-state".into(),
@@ -371,11 +409,18 @@ impl Cluster {
             if opts.metrics_listener {
                 m.args.extend(["--listen-metrics-urls".into(), m.metrics_url()]);
             }
+            if let Some(t) = &opts.client_tls {
+                m.args.extend(tls_flags("", t));
+            }
+            if let Some(t) = &opts.peer_tls {
+                m.args.extend(tls_flags("peer-", t));
+            }
             m.args.extend(opts.extra.iter().cloned());
         }
         Cluster {
             kind,
             members,
+            client_tls: opts.client_tls.clone(),
             _dir: dir,
         }
     }
@@ -384,14 +429,27 @@ impl Cluster {
         self.members.iter().map(|m| m.endpoint()).collect()
     }
 
+    /// How the `etcd-client` crate reaches member `m`: its client URL when that is https
+    /// (so the client speaks TLS), else `host:port`.
+    fn grpc_endpoint(&self, m: &Member) -> String {
+        if m.client_https { m.client_url() } else { m.endpoint() }
+    }
+
+    /// Connection options for the harness's clients: TLS with the cluster's client
+    /// certificate when the client URLs are https.
+    pub fn connect_options(&self) -> ConnectOptions {
+        connect_options(self.client_tls.as_ref())
+    }
+
     /// A client of one member only.
     pub async fn client_of(&self, i: usize) -> Client {
-        connect(&[self.members[i].endpoint()]).await
+        connect_with(&[self.grpc_endpoint(&self.members[i])], self.connect_options()).await
     }
 
     /// A client of all members.
     pub async fn client(&self) -> Client {
-        connect(&self.endpoints()).await
+        let eps: Vec<String> = self.members.iter().map(|m| self.grpc_endpoint(m)).collect();
+        connect_with(&eps, self.connect_options()).await
     }
 
     /// Waits until every running member answers a linearizable read.
@@ -403,7 +461,9 @@ impl Cluster {
             }
             loop {
                 let ok = async {
-                    let mut c = Client::connect([m.endpoint()], Some(opts())).await.ok()?;
+                    let mut c = Client::connect([self.grpc_endpoint(m)], Some(self.connect_options()))
+                        .await
+                        .ok()?;
                     c.get("health", None).await.ok()
                 }
                 .await
@@ -429,7 +489,7 @@ impl Cluster {
                 if m.child.is_none() {
                     continue;
                 }
-                if let Ok(mut c) = Client::connect([m.endpoint()], Some(opts())).await
+                if let Ok(mut c) = Client::connect([self.grpc_endpoint(m)], Some(self.connect_options())).await
                     && let Ok(s) = c.status().await
                     && s.leader() != 0
                     && s.leader() == s.header().map_or(0, |h| h.member_id())
@@ -479,6 +539,8 @@ impl Cluster {
             peer_port: free_port(),
             metrics_port: free_port(),
             metrics_listener: self.members[0].metrics_listener,
+            client_https: self.members[0].client_https,
+            peer_https: self.members[0].peer_https,
             data_dir: self._dir.path().join(format!("{name}.data")),
             log: self._dir.path().join(format!("{name}.log")),
             name,
@@ -486,7 +548,7 @@ impl Cluster {
             kind: self.kind,
             child: None,
         };
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let peer = m.peer_url();
         for (flag, value) in [
             ("--name", m.name.clone()),
             ("--data-dir", m.data_dir.display().to_string()),
@@ -546,11 +608,47 @@ fn opts() -> ConnectOptions {
         .with_timeout(Duration::from_secs(10))
 }
 
+/// The flags that give a member `files` for one side (`""` for clients, `"peer-"` for
+/// peers), with certificate authentication of the other end, as etcd names them.
+pub fn tls_flags(prefix: &str, files: &pki::TlsFiles) -> Vec<String> {
+    vec![
+        format!("--{prefix}cert-file"),
+        files.cert.display().to_string(),
+        format!("--{prefix}key-file"),
+        files.key.display().to_string(),
+        format!("--{prefix}trusted-ca-file"),
+        files.ca.display().to_string(),
+        format!("--{prefix}client-cert-auth"),
+    ]
+}
+
+/// The harness's connection options, with TLS (this CA, this client certificate) when
+/// `tls` is given.
+pub fn connect_options(tls: Option<&pki::TlsFiles>) -> ConnectOptions {
+    let o = opts();
+    match tls {
+        None => o,
+        Some(t) => {
+            let read = |p: &PathBuf| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+            o.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca)))
+                    .identity(etcd_client::Identity::from_pem(read(&t.cert), read(&t.key))),
+            )
+        }
+    }
+}
+
 /// Connects the `etcd-client` crate to `endpoints`.
 pub async fn connect(endpoints: &[String]) -> Client {
+    connect_with(endpoints, opts()).await
+}
+
+/// Connects the `etcd-client` crate to `endpoints` with `options`.
+pub async fn connect_with(endpoints: &[String], options: ConnectOptions) -> Client {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Client::connect(endpoints, Some(opts())).await {
+        match Client::connect(endpoints, Some(options.clone())).await {
             Ok(c) => return c,
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot connect to {endpoints:?}: {e}");

@@ -3,11 +3,13 @@
 //! close storage.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::Connected;
 
 use super::cluster::ClusterService;
 use super::concurrency::{ElectionService, LockService};
@@ -15,9 +17,10 @@ use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
 use crate::member::{Member, StartError};
 use crate::net::h2_authority::ClientStream;
+use crate::net::tls::{self, Conn, Dialer, TlsError};
 use crate::peer::service::{EnvelopeLayer, PeerService};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
@@ -44,11 +47,129 @@ async fn bind_all(urls: &[String]) -> Result<Vec<(String, TcpListener)>, StartEr
     Ok(out)
 }
 
-/// Accepted connections with Nagle's algorithm off: a response or a Raft message goes out
-/// as soon as it is written. (The server builder's `tcp_nodelay` applies only to listeners
-/// it binds itself.)
-fn incoming(l: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(l).with_nodelay(Some(true))
+/// TLS for the listeners and for dialing peers, from the flags.
+struct Security {
+    /// For `https://` client (and metrics) URLs.
+    client: Option<Arc<ServerConfig>>,
+    /// For `https://` peer URLs.
+    peer: Option<Arc<ServerConfig>>,
+    dialer: Dialer,
+}
+
+/// The hosts of `urls`, for a self-signed certificate's names.
+fn hosts(urls: &[&String]) -> Vec<String> {
+    let mut out: Vec<String> = urls
+        .iter()
+        .filter_map(|u| config::parse_url(u).ok())
+        .filter_map(|hp| hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks the TLS flags against the URLs and loads (or, with auto TLS, makes) the
+/// certificates, before anything is bound or opened.
+fn security(cfg: &Config) -> Result<Security, ConfigError> {
+    let policy = cfg.tls_policy();
+    policy.check()?;
+    let client_side = cfg.client_tls();
+    let peer_side = cfg.peer_tls();
+    client_side.check()?;
+    peer_side.check()?;
+
+    let client_urls: Vec<&String> = cfg
+        .listen_client_urls
+        .iter()
+        .chain(&cfg.advertise_client_urls)
+        .chain(cfg.listen_metrics_urls.iter().filter(|u| !u.is_empty()))
+        .collect();
+    let client = side_config(&client_side, &policy, &client_urls, &cfg.auto_tls_dir("client"))?;
+    let peer_urls: Vec<&String> = cfg
+        .listen_peer_urls
+        .iter()
+        .chain(&cfg.initial_advertise_peer_urls)
+        .collect();
+    let peer_pair = peer_side.key_pair(&cfg.auto_tls_dir("peer"), &hosts(&peer_urls))?;
+    let peer = side_config(&peer_side, &policy, &peer_urls, &cfg.auto_tls_dir("peer"))?;
+    // A member with a peer certificate (or CA) dials https peers with it; one without can
+    // still dial http peers, and says what is missing if it meets an https one.
+    let dialer = if peer_pair.is_some() || peer_side.trusted_ca_file.is_some() {
+        Dialer::new(
+            &peer_side,
+            &policy,
+            peer_pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )?
+    } else {
+        Dialer::plain()
+    };
+    Ok(Security { client, peer, dialer })
+}
+
+/// The server configuration of one side, if any of its URLs is `https://`.
+fn side_config(
+    side: &tls::Side,
+    policy: &tls::Policy,
+    urls: &[&String],
+    auto_dir: &std::path::Path,
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    let https = urls.iter().find(|u| config::is_https(u));
+    match (https, side.key_pair(auto_dir, &hosts(urls))?) {
+        (Some(_), Some((cert, key))) => Ok(Some(tls::server_config(side, policy, &cert, &key)?)),
+        (Some(url), None) => Err(TlsError::NoCertificate {
+            url: url.to_string(),
+            prefix: side.flag_prefix,
+        }),
+        (None, Some(_)) => {
+            // As etcd: certificates without an https URL to serve them on are unused.
+            tracing::warn!(
+                "--{0}cert-file/--{0}key-file (or --{0}auto-tls) are set but no {0}URL is https; ignoring them",
+                side.flag_prefix
+            );
+            Ok(None)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Accepted connections of a listener, TLS-wrapped when its URL is `https://`, until `stop`.
+fn incoming(
+    url: &str,
+    l: TcpListener,
+    tls: &Option<Arc<ServerConfig>>,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
+    let tls = if config::is_https(url) { tls.clone() } else { None };
+    tls::accept(l, tls, stop)
+}
+
+/// A metrics listener's accepted connections, as axum serves them.
+struct MetricsListener {
+    conns: tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for MetricsListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            match self.conns.next().await {
+                Some(Ok(c)) => {
+                    let remote = c.connect_info().remote_addr.unwrap_or(self.local);
+                    return (c, remote);
+                }
+                Some(Err(_)) => continue,
+                // The listener stopped: shutdown is under way and ends the server.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 /// The addresses a running member listens on (useful when ports were chosen by the OS).
@@ -71,6 +192,7 @@ async fn unknown_method() -> axum::response::Response {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     // Flag errors first, before anything is bound or opened.
     cfg.retention()?;
+    let security = security(&cfg)?;
     let client = bind_all(&cfg.listen_client_urls).await?;
     let peer = bind_all(&cfg.listen_peer_urls).await?;
     let metrics_urls: Vec<String> = cfg
@@ -81,7 +203,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .collect();
     let metrics = bind_all(&metrics_urls).await?;
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD;
-    let member = Member::start(cfg, shutdown.clone()).await?;
+    let member = Member::start(cfg, security.dialer.clone(), shutdown.clone()).await?;
     tracing::info!(
         name = %member.config().name,
         member = %format!("{:x}", member.id()),
@@ -94,7 +216,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     // Peers keep talking until Raft has stopped.
     let peers_stop = CancellationToken::new();
     let mut peer_tasks = Vec::new();
-    for (_, l) in peer {
+    for (url, l) in peer {
         let svc = PeerServer::new(PeerService { member: member.clone() })
             .max_decoding_message_size(crate::peer::max_message(member.config().max_request_bytes))
             .max_encoding_message_size(i32::MAX as usize);
@@ -103,14 +225,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             tonic::transport::Server::builder()
                 .layer(EnvelopeLayer { member: member.clone() })
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming(l), stop.cancelled_owned()),
+                .serve_with_incoming_shutdown(incoming(&url, l, &security.peer, stop.clone()), stop.cancelled_owned()),
         ));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let mut client_tasks = Vec::new();
-    for (_, l) in client {
+    for (url, l) in client {
         let s = member.clone();
         let kv = KvServer::new(KvService { member: s.clone() })
             .max_decoding_message_size(max_recv)
@@ -125,7 +247,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
         // Client connections go through the :authority repair (see `authority`).
-        let conns = incoming(l).map(|conn| conn.map(ClientStream::new));
+        let conns = incoming(&url, l, &security.client, shutdown.clone()).map(|conn| conn.map(ClientStream::new));
         // The HTTP endpoints share the client port, as etcd serves them (HTTP/1.1 and gRPC
         // over HTTP/2 on one listener); anything else is a gRPC method nobody serves.
         let http = tonic::service::Routes::from(super::http::router(s.clone()).fallback(unknown_method));
@@ -148,11 +270,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     }
 
     let mut http_tasks = Vec::new();
-    for (_, l) in metrics {
+    for (url, l) in metrics {
         let router = super::http::router(member.clone());
         let stop = shutdown.clone();
+        let listener = MetricsListener {
+            local: l
+                .local_addr()
+                .map_err(|err| StartError::Listen { url: url.clone(), err })?,
+            conns: incoming(&url, l, &security.client, stop.clone()),
+        };
         http_tasks.push(tokio::spawn(async move {
-            axum::serve(l, router)
+            axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         }));

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Member, compactor, corruption, events, leases, reads, watch_cache};
 use crate::config::{ClusterState, Config, InitialMember};
-use crate::peer::client::{self, Peers};
+use crate::peer::client::{self, Dialer, Peers};
 use crate::proto::lodestone as pb;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
@@ -65,7 +65,7 @@ struct Identity {
     joined_as_learner: bool,
 }
 
-async fn identify(cfg: &Config, log: &LogStore) -> Result<Identity, StartError> {
+async fn identify(cfg: &Config, log: &LogStore, dialer: &Dialer) -> Result<Identity, StartError> {
     if !log.is_pristine()? {
         let (cluster_id, id) = log
             .identity()?
@@ -79,7 +79,7 @@ async fn identify(cfg: &Config, log: &LogStore) -> Result<Identity, StartError> 
         });
     }
     if cfg.initial_cluster_state == ClusterState::Existing {
-        let (cluster_id, id, learner) = join_existing(cfg).await?;
+        let (cluster_id, id, learner) = join_existing(cfg, dialer).await?;
         log.save_identity(cluster_id, id).await?;
         tracing::info!(member = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"), learner, "joining the existing cluster");
         return Ok(Identity {
@@ -93,7 +93,7 @@ async fn identify(cfg: &Config, log: &LogStore) -> Result<Identity, StartError> 
     let me = cfg.self_member(&members)?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster_id = crate::config::cluster_id(&ids, &cfg.initial_cluster_token);
-    refuse_if_bootstrapped(&members, &me, cluster_id).await?;
+    refuse_if_bootstrapped(&members, &me, cluster_id, dialer).await?;
     log.save_identity(cluster_id, me.id).await?;
     let founders = members
         .iter()
@@ -118,17 +118,17 @@ async fn identify(cfg: &Config, log: &LogStore) -> Result<Identity, StartError> 
 impl Member {
     /// Opens storage, bootstraps or resumes the member, starts Raft and the background
     /// loops. The member runs until `shutdown` is cancelled and [`Member::stop`] is called.
-    pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Arc<Member>, StartError> {
+    pub async fn start(cfg: Config, dialer: Dialer, shutdown: CancellationToken) -> Result<Arc<Member>, StartError> {
         let retention = cfg.retention()?;
         let log = LogStore::open(&cfg.wal_dir())?;
         let sm = StateMachine::open(&cfg.state_machine_dir())?;
         let barrier_sm = sm.clone();
         log.set_durability_barrier(Arc::new(move || barrier_sm.sync()));
 
-        let who = identify(&cfg, &log).await?;
+        let who = identify(&cfg, &log, &dialer).await?;
         let recovered_to = log.saved_commit_index()?;
         let cluster_id = Arc::new(AtomicU64::new(who.cluster_id));
-        let peers = Arc::new(Peers::new(who.id, cluster_id.clone()));
+        let peers = Arc::new(Peers::new(who.id, cluster_id.clone(), dialer));
         let removed = CancellationToken::new();
         let shared = sm.shared.clone();
         // Where the watch cache starts following (before Raft replays anything).
@@ -201,13 +201,14 @@ async fn refuse_if_bootstrapped(
     members: &[InitialMember],
     me: &InitialMember,
     cluster_id: u64,
+    dialer: &Dialer,
 ) -> Result<(), StartError> {
     let asks = members
         .iter()
         .filter(|m| m.name != me.name)
         .flat_map(|m| m.peer_urls.iter())
         .map(|url| async move {
-            let mut c = client::anonymous(url).ok()?;
+            let mut c = client::anonymous(url, dialer).ok()?;
             let ask = c.cluster_info(pb::ClusterInfoRequest {});
             let info = tokio::time::timeout(std::time::Duration::from_secs(1), ask)
                 .await
@@ -239,7 +240,7 @@ async fn refuse_if_bootstrapped(
 /// entries. It refuses to start instead, saying how to replace it (the same rule as
 /// [`refuse_if_bootstrapped`] for founders). A member added but never started, or a learner
 /// (which does not vote), joins.
-async fn join_existing(cfg: &Config) -> Result<(u64, NodeId, bool), StartError> {
+async fn join_existing(cfg: &Config, dialer: &Dialer) -> Result<(u64, NodeId, bool), StartError> {
     let members = cfg.initial_members()?;
     let me = cfg.self_member(&members)?;
     let mut last_err = String::from("--initial-cluster names no other member");
@@ -248,7 +249,9 @@ async fn join_existing(cfg: &Config) -> Result<(u64, NodeId, bool), StartError> 
     loop {
         for m in members.iter().filter(|m| m.name != me.name) {
             for url in &m.peer_urls {
-                let Ok(mut c) = client::anonymous(url) else { continue };
+                let Ok(mut c) = client::anonymous(url, dialer) else {
+                    continue;
+                };
                 match tokio::time::timeout(cfg.request_timeout(), c.cluster_info(pb::ClusterInfoRequest {})).await {
                     Ok(Ok(info)) => {
                         let info = info.into_inner();

@@ -113,3 +113,73 @@ async fn flags_are_read_from_the_environment() {
         "etcdserver: too many operations in txn request",
     );
 }
+
+/// TLS flags that cannot work stop the member before it binds anything, with a message
+/// naming the flag to fix (and the member exits non-zero).
+#[test]
+fn impossible_tls_flags_are_refused_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = lodestone_tests::pki::Ca::new(dir.path(), "flags");
+    let files = pki.issue("member", "member");
+    let (cert, key, ca) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+        files.ca.display().to_string(),
+    );
+    let client = format!("https://127.0.0.1:{}", free_port());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--listen-client-urls".into(), client.clone()],
+            "is an https URL but no certificate is configured: give --cert-file and --key-file, or --auto-tls",
+        ),
+        (
+            vec!["--cert-file".into(), cert.clone()],
+            "--cert-file and --key-file must be given together",
+        ),
+        (
+            vec!["--peer-client-cert-auth".into(), "--peer-auto-tls".into()],
+            "--peer-client-cert-auth needs --peer-trusted-ca-file",
+        ),
+        (
+            vec![
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--cert-file".into(),
+                cert.clone(),
+                "--key-file".into(),
+                key.clone(),
+                "--cipher-suites".into(),
+                "TLS_RSA_WITH_AES_128_CBC_SHA".into(),
+            ],
+            "TLS cipher suite \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not supported",
+        ),
+        (
+            vec![
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--cert-file".into(),
+                cert.clone(),
+                "--key-file".into(),
+                ca.clone(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec!["--tls-min-version".into(), "TLS1.0".into()],
+            "expected TLS1.2 or TLS1.3",
+        ),
+    ];
+    for (i, (args, message)) in cases.into_iter().enumerate() {
+        let mut cmd = Command::new(lodestone_bin());
+        clean_env(&mut cmd);
+        let out = cmd
+            .args(["--data-dir", &dir.path().join(format!("d{i}")).display().to_string()])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", free_port())])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: started anyway");
+        assert!(err.contains(message), "{args:?}: expected {message:?} in:\n{err}");
+    }
+}

@@ -14,4 +14,5 @@ mod maintenance;
 mod membership;
 mod quorum_loss;
 mod robustness;
+mod tls;
 mod watch;
