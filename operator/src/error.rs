@@ -28,6 +28,8 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
     #[error("the resource has no namespace")]
     MissingNamespace,
+    #[error("TLS Secret {name} cannot be used: {problem} (it needs tls.crt, tls.key and ca.crt)")]
+    TlsSecret { name: String, problem: String },
 }
 
 impl Error {
@@ -39,6 +41,7 @@ impl Error {
             Error::WriteStatus { .. } => "write_status",
             Error::Serialize(_) => "serialize",
             Error::MissingNamespace => "missing_namespace",
+            Error::TlsSecret { .. } => "tls_secret",
         }
     }
 }

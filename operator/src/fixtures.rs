@@ -72,7 +72,11 @@ pub struct FakeProbe {
 }
 
 impl MemberProbe for FakeProbe {
-    fn observe(&self, _endpoints: Vec<String>) -> BoxFuture<'static, MembersView> {
+    fn observe(
+        &self,
+        _endpoints: Vec<String>,
+        _tls: Option<crate::members::ClientTls>,
+    ) -> BoxFuture<'static, MembersView> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let view = self.view.clone();
         Box::pin(async move { view })

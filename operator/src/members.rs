@@ -60,12 +60,29 @@ impl MembersView {
     }
 }
 
+/// The CA and client certificate (PEM) the operator uses on https client URLs: the
+/// contents of the cluster's client TLS Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
 /// Reads the members' view. A trait so controller tests, which run without members, can
 /// supply one; the real implementation is [`EtcdProbe`], tested against real `lodestone`
 /// processes in the `lodestone-tests` crate.
 pub trait MemberProbe: Send + Sync {
-    /// `endpoints` are client URLs to try for MemberList, in order.
-    fn observe(&self, endpoints: Vec<String>) -> BoxFuture<'static, MembersView>;
+    /// `endpoints` are client URLs to try for MemberList, in order; `tls` is what to
+    /// connect to https ones with.
+    fn observe(&self, endpoints: Vec<String>, tls: Option<ClientTls>) -> BoxFuture<'static, MembersView>;
 }
 
 /// The real probe: `etcd-client` with short timeouts.
@@ -73,19 +90,28 @@ pub trait MemberProbe: Send + Sync {
 pub struct EtcdProbe;
 
 impl MemberProbe for EtcdProbe {
-    fn observe(&self, endpoints: Vec<String>) -> BoxFuture<'static, MembersView> {
-        Box::pin(observe(endpoints))
+    fn observe(&self, endpoints: Vec<String>, tls: Option<ClientTls>) -> BoxFuture<'static, MembersView> {
+        Box::pin(observe(endpoints, tls))
     }
 }
 
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
+fn options(tls: Option<&ClientTls>) -> ConnectOptions {
+    let options = ConnectOptions::new()
         .with_connect_timeout(MEMBER_TIMEOUT)
-        .with_timeout(MEMBER_TIMEOUT)
+        .with_timeout(MEMBER_TIMEOUT);
+    match tls {
+        Some(t) => options.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&t.ca))
+                .identity(etcd_client::Identity::from_pem(&t.cert, &t.key)),
+        ),
+        None => options,
+    }
 }
 
-async fn connect(endpoint: &str) -> Option<Client> {
-    tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options())))
+async fn connect(endpoint: &str, tls: Option<&ClientTls>) -> Option<Client> {
+    let tls = tls.filter(|_| endpoint.starts_with("https://"));
+    tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options(tls))))
         .await
         .ok()?
         .ok()
@@ -93,10 +119,10 @@ async fn connect(endpoint: &str) -> Option<Client> {
 
 /// Asks the members: MemberList from the first endpoint that answers, then Status from every
 /// member listed, concurrently.
-pub async fn observe(endpoints: Vec<String>) -> MembersView {
+pub async fn observe(endpoints: Vec<String>, tls: Option<ClientTls>) -> MembersView {
     let mut view = MembersView::default();
     for endpoint in &endpoints {
-        let Some(mut client) = connect(endpoint).await else {
+        let Some(mut client) = connect(endpoint, tls.as_ref()).await else {
             continue;
         };
         let Ok(list) = client.member_list().await else { continue };
@@ -115,7 +141,12 @@ pub async fn observe(endpoints: Vec<String>) -> MembersView {
             .collect();
         break;
     }
-    let statuses = futures::future::join_all(view.members.iter().map(|m| member_status(m.client_urls.clone()))).await;
+    let statuses = futures::future::join_all(
+        view.members
+            .iter()
+            .map(|m| member_status(m.client_urls.clone(), tls.as_ref())),
+    )
+    .await;
     for (member, status) in view.members.iter_mut().zip(statuses) {
         member.status = status;
     }
@@ -134,9 +165,9 @@ pub async fn observe(endpoints: Vec<String>) -> MembersView {
     view
 }
 
-async fn member_status(client_urls: Vec<String>) -> Option<MemberHealth> {
+async fn member_status(client_urls: Vec<String>, tls: Option<&ClientTls>) -> Option<MemberHealth> {
     let url = client_urls.first()?;
-    let mut client = connect(url).await?;
+    let mut client = connect(url, tls).await?;
     let status = client.status().await.ok()?;
     Some(MemberHealth {
         leader: status.leader(),

@@ -18,6 +18,10 @@ pub const METRICS_PORT: i32 = 2381;
 pub const DATA_DIR: &str = "/var/lib/lodestone/data";
 /// Where the separate WAL volume is mounted; the store's `--wal-dir`.
 pub const WAL_DIR: &str = "/var/lib/lodestone/wal";
+/// Where the client TLS Secret is mounted (`tls.crt`, `tls.key`, `ca.crt`).
+pub const CLIENT_TLS_DIR: &str = "/etc/lodestone/tls/client";
+/// Where the peer TLS Secret is mounted.
+pub const PEER_TLS_DIR: &str = "/etc/lodestone/tls/peer";
 
 /// Names of the objects owned by one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +33,23 @@ pub struct Names {
     pub peer_service: String,
     /// ConfigMap holding the bootstrap decision.
     pub bootstrap: String,
+    /// Secret with the client certificate, when clients use https.
+    pub client_tls_secret: Option<String>,
+    /// Secret with the peer certificate, when members talk over https.
+    pub peer_tls_secret: Option<String>,
 }
 
 impl Names {
     pub fn of(cluster: &LodestoneCluster) -> Self {
         let name = cluster.name_any();
+        let tls = cluster.spec.tls.as_ref();
         Self {
             peer_service: format!("{name}-peer"),
             bootstrap: format!("{name}-bootstrap"),
             namespace: cluster.namespace().unwrap_or_default(),
             cluster: name,
+            client_tls_secret: tls.and_then(|t| t.client.as_ref()).map(|s| s.secret_name.clone()),
+            peer_tls_secret: tls.and_then(|t| t.peer.as_ref()).map(|s| s.secret_name.clone()),
         }
     }
 
@@ -52,12 +63,30 @@ impl Names {
         format!("{pod}.{}.{}.svc", self.peer_service, self.namespace)
     }
 
+    /// `https` when clients use TLS, else `http`.
+    pub fn client_scheme(&self) -> &'static str {
+        if self.client_tls_secret.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `https` when members talk over TLS, else `http`.
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls_secret.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn peer_url(&self, pod: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.pod_host(pod))
+        format!("{}://{}:{PEER_PORT}", self.peer_scheme(), self.pod_host(pod))
     }
 
     pub fn client_url(&self, pod: &str) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.pod_host(pod))
+        format!("{}://{}:{CLIENT_PORT}", self.client_scheme(), self.pod_host(pod))
     }
 }
 

@@ -110,3 +110,26 @@ fn storage_can_grow_but_not_shrink() {
         assert!(messages(err).contains("storage size cannot shrink"), "{d} {w}");
     }
 }
+
+#[test]
+fn tls_cannot_be_added_or_removed_and_needs_secret_names() {
+    let with_tls = sample("lodestonecluster-tls.yaml");
+    let mut without_tls = with_tls.clone();
+    without_tls.spec.tls = None;
+    let err = validate_cel_update(&with_tls, &without_tls).expect_err("adding TLS");
+    assert!(messages(err).contains("tls cannot be added or removed after creation"));
+    let err = validate_cel_update(&without_tls, &with_tls).expect_err("removing TLS");
+    assert!(messages(err).contains("tls cannot be added or removed after creation"));
+    let mut client_only = with_tls.clone();
+    client_only.spec.tls.as_mut().unwrap().peer = None;
+    let err = validate_cel_update(&client_only, &with_tls).expect_err("dropping peer TLS");
+    assert!(messages(err).contains("tls.client and tls.peer cannot be added or removed after creation"));
+    // Another Secret for the same side is fine (a rotation to a new Secret).
+    let mut renamed = with_tls.clone();
+    renamed.spec.tls.as_mut().unwrap().client.as_mut().unwrap().secret_name = "other".into();
+    validate_cel_update(&renamed, &with_tls).expect("another client Secret");
+    let mut empty = with_tls.clone();
+    empty.spec.tls.as_mut().unwrap().client.as_mut().unwrap().secret_name = String::new();
+    let err = validate_cel(&empty).expect_err("empty secret name");
+    assert!(messages(err).contains("secretName must not be empty"));
+}

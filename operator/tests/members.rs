@@ -9,7 +9,7 @@ use lodestone_operator::controller::build::{BootstrapConfig, ClusterState};
 use lodestone_operator::controller::observe::Observed;
 use lodestone_operator::controller::plan::plan;
 use lodestone_operator::crd::LodestoneCluster;
-use lodestone_operator::members::{format_id, observe};
+use lodestone_operator::members::{ClientTls, format_id, observe};
 use lodestone_operator::names::Names;
 use lodestone_tests::{Cluster, Kind, Options};
 
@@ -43,7 +43,7 @@ async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
     // An endpoint that does not answer is skipped.
     let mut endpoints = vec!["http://127.0.0.1:1".to_string()];
     endpoints.extend(urls(&cluster));
-    let view = observe(endpoints).await;
+    let view = observe(endpoints, None).await;
     assert!(view.formed());
     let list = client.member_list().await.expect("member list");
     assert_eq!(view.cluster_id, list.header().map(|h| h.cluster_id()));
@@ -75,7 +75,7 @@ async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
     let follower = (leader + 1) % 3;
     let dead = cluster.members[follower].name.clone();
     cluster.kill(follower);
-    let view = observe(urls(&cluster)).await;
+    let view = observe(urls(&cluster), None).await;
     let dead_member = view.members.iter().find(|m| m.name == dead).expect("still a member");
     assert!(dead_member.status.is_none());
     assert_eq!(view.leader, Some(leader_id));
@@ -115,11 +115,46 @@ async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
 #[tokio::test]
 async fn probe_of_nothing_reachable_is_not_formed() {
     let started = std::time::Instant::now();
-    let view = observe(vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).await;
+    let view = observe(vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()], None).await;
     assert!(!view.formed());
     assert!(view.members.is_empty());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "unreachable members must fail fast"
     );
+}
+
+/// A cluster on https client and peer URLs (what `spec.tls` sets up): the probe reads it
+/// with the client Secret's certificate, and gets nothing without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reads_a_cluster_over_tls_with_the_client_certificate() {
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = lodestone_tests::pki::Ca::new(pki.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let cluster = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            client_tls: Some(member.clone()),
+            peer_tls: Some(member.clone()),
+            ..Options::members(3)
+        },
+    )
+    .await;
+    cluster.wait_published().await;
+    let endpoints = urls(&cluster);
+    assert!(endpoints.iter().all(|u| u.starts_with("https://")));
+    let read = |p: &std::path::Path| std::fs::read(p).expect("certificate file");
+    let tls = ClientTls {
+        ca: read(&member.ca),
+        cert: read(&member.cert),
+        key: read(&member.key),
+    };
+    let view = observe(endpoints.clone(), Some(tls)).await;
+    assert!(view.formed());
+    assert_eq!(view.members.len(), 3);
+    assert!(view.members.iter().all(|m| m.status.is_some()), "{view:?}");
+    assert!(view.leader.is_some());
+    assert!(view.members.iter().all(|m| m.client_urls[0].starts_with("https://")));
+    // Without the certificate the members refuse the operator.
+    assert!(!observe(endpoints, None).await.formed());
 }

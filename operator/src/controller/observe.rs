@@ -3,12 +3,12 @@
 //! knows of the world.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 
 use super::build::BootstrapConfig;
 use crate::Error;
-use crate::members::{MemberProbe, MembersView};
+use crate::members::{ClientTls, MemberProbe, MembersView};
 use crate::names::Names;
 
 /// What the observe step found.
@@ -34,7 +34,11 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
                 .iter()
                 .map(|(pod, _)| names.client_url(pod))
                 .collect();
-            probe.observe(endpoints).await
+            let tls = match &names.client_tls_secret {
+                Some(secret) => Some(client_tls(client, &names.namespace, secret).await?),
+                None => None,
+            };
+            probe.observe(endpoints, tls).await
         }
         _ => Default::default(),
     };
@@ -42,6 +46,28 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         bootstrap,
         statefulset,
         members,
+    })
+}
+
+/// The operator's own client certificate: the cluster's client TLS Secret.
+async fn client_tls(client: &kube::Client, namespace: &str, name: &str) -> Result<ClientTls, Error> {
+    let secret = read::<Secret>(client, namespace, name)
+        .await?
+        .ok_or_else(|| Error::TlsSecret {
+            name: name.to_string(),
+            problem: "it does not exist".to_string(),
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let key = |k: &str| {
+        data.get(k).map(|b| b.0.clone()).ok_or_else(|| Error::TlsSecret {
+            name: name.to_string(),
+            problem: format!("it has no {k}"),
+        })
+    };
+    Ok(ClientTls {
+        ca: key("ca.crt")?,
+        cert: key("tls.crt")?,
+        key: key("tls.key")?,
     })
 }
 

@@ -60,6 +60,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be added or removed after creation"))]
 pub struct LodestoneClusterSpec {
     /// Number of voting members, 1 to 7. Three tolerates one failure, five tolerates two.
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 7").message("replicas must be between 1 and 7"))]
@@ -90,6 +91,37 @@ pub struct LodestoneClusterSpec {
     /// How a new cluster starts: empty, or from a snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+    /// TLS on the client and peer URLs, from Secrets in the cluster's namespace. Cannot be
+    /// added or removed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Which Secrets hold the members' certificates. Each Secret has `tls.crt`, `tls.key` and
+/// `ca.crt` (the layout cert-manager writes); the certificate must name the member pods'
+/// DNS names (`*.<cluster>-peer.<namespace>.svc`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.client) == has(oldSelf.client) && has(self.peer) == has(oldSelf.peer)").message("tls.client and tls.peer cannot be added or removed after creation"))]
+pub struct TlsSpec {
+    /// Serve clients on https with this Secret's certificate; clients must present a
+    /// certificate signed by its `ca.crt` (etcd's `--client-cert-auth`). The operator
+    /// connects with this same certificate, so it must allow client authentication too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<TlsSecret>,
+    /// Members talk over https with this Secret's certificate and accept only peers whose
+    /// certificate its `ca.crt` signed (etcd's `--peer-client-cert-auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<TlsSecret>,
+}
+
+/// A Secret in the cluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecret {
+    /// Name of the Secret.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("secretName must not be empty"))]
+    pub secret_name: String,
 }
 
 /// Member volumes. Each member gets its own PersistentVolumeClaims from these templates.

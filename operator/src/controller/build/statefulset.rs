@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +21,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{image, owned_meta};
 use crate::crd::{AutoCompactionMode, LodestoneCluster, VolumeSpec};
-use crate::names::{CLIENT_PORT, DATA_DIR, METRICS_PORT, Names, PEER_PORT, WAL_DIR, labels, selector_labels};
+use crate::names::{
+    CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, METRICS_PORT, Names, PEER_PORT, PEER_TLS_DIR, WAL_DIR, labels,
+    selector_labels,
+};
 
 /// The non-root user of the `lodestone` image.
 const RUN_AS: i64 = 65532;
@@ -34,6 +37,26 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
     if let Some(wal) = &spec.storage.wal {
         claims.push(claim("wal", wal));
         mounts.push(mount("wal", WAL_DIR));
+    }
+    let mut volumes = vec![Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".to_string())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    for (volume, secret, dir) in [
+        ("client-tls", &names.client_tls_secret, CLIENT_TLS_DIR),
+        ("peer-tls", &names.peer_tls_secret, PEER_TLS_DIR),
+    ] {
+        if let Some(secret) = secret {
+            volumes.push(secret_volume(volume, secret));
+            mounts.push(VolumeMount {
+                read_only: Some(true),
+                ..mount(volume, dir)
+            });
+        }
     }
     let scheduling = spec.scheduling.clone().unwrap_or_default();
     let affinity = scheduling
@@ -109,14 +132,7 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".to_string(),
-                        empty_dir: Some(EmptyDirVolumeSource {
-                            size_limit: Some(Quantity("64Mi".to_string())),
-                            ..EmptyDirVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
@@ -163,22 +179,43 @@ fn env(cluster: &LodestoneCluster, names: &Names) -> Vec<EnvVar> {
         },
         var("LODESTONE_NAME", "$(POD_NAME)".to_string()),
         var("LODESTONE_DATA_DIR", DATA_DIR.to_string()),
-        var("LODESTONE_LISTEN_CLIENT_URLS", format!("http://0.0.0.0:{CLIENT_PORT}")),
-        var("LODESTONE_LISTEN_PEER_URLS", format!("http://0.0.0.0:{PEER_PORT}")),
+        var(
+            "LODESTONE_LISTEN_CLIENT_URLS",
+            format!("{}://0.0.0.0:{CLIENT_PORT}", names.client_scheme()),
+        ),
+        var(
+            "LODESTONE_LISTEN_PEER_URLS",
+            format!("{}://0.0.0.0:{PEER_PORT}", names.peer_scheme()),
+        ),
         var(
             "LODESTONE_LISTEN_METRICS_URLS",
             format!("http://0.0.0.0:{METRICS_PORT}"),
         ),
         var(
             "LODESTONE_ADVERTISE_CLIENT_URLS",
-            format!("http://{host}:{CLIENT_PORT}"),
+            format!("{}://{host}:{CLIENT_PORT}", names.client_scheme()),
         ),
         var(
             "LODESTONE_INITIAL_ADVERTISE_PEER_URLS",
-            format!("http://{host}:{PEER_PORT}"),
+            format!("{}://{host}:{PEER_PORT}", names.peer_scheme()),
         ),
         var("LODESTONE_LOG_FORMAT", "json".to_string()),
     ];
+    // The metrics listener stays plain HTTP: the kubelet's probes and scrapers use it.
+    for (prefix, secret, dir) in [
+        ("", &names.client_tls_secret, CLIENT_TLS_DIR),
+        ("PEER_", &names.peer_tls_secret, PEER_TLS_DIR),
+    ] {
+        if secret.is_some() {
+            env.push(var(&format!("LODESTONE_{prefix}CERT_FILE"), format!("{dir}/tls.crt")));
+            env.push(var(&format!("LODESTONE_{prefix}KEY_FILE"), format!("{dir}/tls.key")));
+            env.push(var(
+                &format!("LODESTONE_{prefix}TRUSTED_CA_FILE"),
+                format!("{dir}/ca.crt"),
+            ));
+            env.push(var(&format!("LODESTONE_{prefix}CLIENT_CERT_AUTH"), "true".to_string()));
+        }
+    }
     if cluster.spec.storage.wal.is_some() {
         env.push(var("LODESTONE_WAL_DIR", WAL_DIR.to_string()));
     }
@@ -235,6 +272,20 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
         failure_threshold: Some(failures),
         timeout_seconds: Some(3),
         ..Probe::default()
+    }
+}
+
+/// A Secret as files readable by the store's group only (the pod's fsGroup).
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 

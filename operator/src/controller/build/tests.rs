@@ -306,3 +306,62 @@ fn mount_path(container: &k8s_openapi::api::core::v1::Container, name: &str) -> 
         .find(|m| m.name == name)
         .map(|m| m.mount_path.clone())
 }
+
+#[test]
+fn tls_secrets_become_https_urls_mounted_files_and_etcd_flags() {
+    let cluster = fixtures::sample("lodestonecluster-tls.yaml");
+    let names = names(&cluster);
+    let sts = statefulset(&cluster, &names, 3);
+    let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    let host = "$(POD_NAME).example-tls-peer.default.svc";
+    for (var, value) in [
+        ("LODESTONE_LISTEN_CLIENT_URLS", "https://0.0.0.0:2379".to_string()),
+        ("LODESTONE_LISTEN_PEER_URLS", "https://0.0.0.0:2380".to_string()),
+        ("LODESTONE_ADVERTISE_CLIENT_URLS", format!("https://{host}:2379")),
+        ("LODESTONE_INITIAL_ADVERTISE_PEER_URLS", format!("https://{host}:2380")),
+        // Probes and scrapes stay on plain HTTP.
+        ("LODESTONE_LISTEN_METRICS_URLS", "http://0.0.0.0:2381".to_string()),
+        ("LODESTONE_CERT_FILE", format!("{CLIENT_TLS_DIR}/tls.crt")),
+        ("LODESTONE_KEY_FILE", format!("{CLIENT_TLS_DIR}/tls.key")),
+        ("LODESTONE_TRUSTED_CA_FILE", format!("{CLIENT_TLS_DIR}/ca.crt")),
+        ("LODESTONE_CLIENT_CERT_AUTH", "true".to_string()),
+        ("LODESTONE_PEER_CERT_FILE", format!("{PEER_TLS_DIR}/tls.crt")),
+        ("LODESTONE_PEER_KEY_FILE", format!("{PEER_TLS_DIR}/tls.key")),
+        ("LODESTONE_PEER_TRUSTED_CA_FILE", format!("{PEER_TLS_DIR}/ca.crt")),
+        ("LODESTONE_PEER_CLIENT_CERT_AUTH", "true".to_string()),
+    ] {
+        assert_eq!(env(container, var), Some(value), "{var}");
+    }
+    let volumes = pod.volumes.as_ref().unwrap();
+    for (volume, secret, dir) in [
+        ("client-tls", "example-tls-client", CLIENT_TLS_DIR),
+        ("peer-tls", "example-tls-peer", PEER_TLS_DIR),
+    ] {
+        let v = volumes.iter().find(|v| v.name == volume).expect("secret volume");
+        let s = v.secret.as_ref().expect("a Secret volume");
+        assert_eq!(s.secret_name.as_deref(), Some(secret));
+        assert_eq!(s.default_mode, Some(0o440), "readable by the store's group only");
+        let m = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume)
+            .expect("mounted");
+        assert_eq!((m.mount_path.as_str(), m.read_only), (dir, Some(true)));
+    }
+    // The founding members reach each other on https peer URLs.
+    let boot = BootstrapConfig::founding(&names, 3, "uid");
+    assert!(boot.initial_cluster.iter().all(|(_, url)| url.starts_with("https://")));
+    assert_eq!(
+        names.client_url("example-tls-0"),
+        "https://example-tls-0.example-tls-peer.default.svc:2379"
+    );
+
+    // Without spec.tls nothing of it appears.
+    let plain = fixtures::sample("lodestonecluster-3-members.yaml");
+    let sts = statefulset(&plain, &Names::of(&plain), 3);
+    let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(env(&pod.containers[0], "LODESTONE_CERT_FILE").is_none());
+    assert!(pod.volumes.as_ref().unwrap().iter().all(|v| v.secret.is_none()));
+}
