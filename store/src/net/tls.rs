@@ -3,9 +3,10 @@
 //! the TLS 1.2 cipher suites (`--cipher-suites`) and the protocol versions
 //! (`--tls-min-version`, `--tls-max-version`).
 //!
-//! Certificates are read again when their files change (a renewed certificate is served to
-//! the next connection, as etcd does), so a rotation needs no restart. A file that cannot be
-//! read or parsed at that point keeps the previous certificate and is logged.
+//! Certificates, keys and trusted CA files are read again when they change (a renewed
+//! certificate is served to the next connection, as etcd does), so a rotation needs no
+//! restart. A file that cannot be read or parsed at that point keeps the previous contents
+//! and is logged.
 //!
 //! The listeners hand their accepted connections here ([`Acceptor`]); the handshake runs in
 //! a task of its own per connection, so a slow or silent client never holds up the others.
@@ -25,10 +26,12 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -310,6 +313,134 @@ impl ResolvesClientCert for ReloadingKey {
     }
 }
 
+/// How a verifier is made from a trusted CA file.
+type BuildVerifier<V> = dyn Fn(&Path) -> Result<Arc<V>, TlsError> + Send + Sync;
+
+/// A verifier of the other end's certificate against a trusted CA file, made again when the
+/// file changes (a CA rotation needs no restart; a file that cannot be read keeps the
+/// previous verifier).
+struct ReloadingCa<V: ?Sized> {
+    path: PathBuf,
+    build: Box<BuildVerifier<V>>,
+    current: Mutex<(Stamp, Arc<V>)>,
+}
+
+impl<V: ?Sized> fmt::Debug for ReloadingCa<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCa").field("path", &self.path).finish()
+    }
+}
+
+impl<V: ?Sized> ReloadingCa<V> {
+    fn open(path: &Path, build: Box<BuildVerifier<V>>) -> Result<ReloadingCa<V>, TlsError> {
+        let stamp = stamp(path);
+        let verifier = build(path)?;
+        Ok(ReloadingCa {
+            path: path.to_path_buf(),
+            build,
+            current: Mutex::new((stamp, verifier)),
+        })
+    }
+
+    fn get(&self) -> Arc<V> {
+        let mut cur = self.current.lock().expect("trusted CA lock");
+        let now = stamp(&self.path);
+        if now != cur.0 {
+            match (self.build)(&self.path) {
+                Ok(v) => {
+                    tracing::info!(ca = %self.path.display(), "reloaded trusted CA");
+                    *cur = (now, v);
+                }
+                Err(e) => tracing::warn!(error = %e, "keeping the previous trusted CA"),
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+impl ClientCertVerifier for ReloadingCa<dyn ClientCertVerifier> {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: they would have to outlive a reload. A client with one certificate sends
+    /// it whatever the hints say (Go's and rustls's clients do).
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for ReloadingCa<dyn ServerCertVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.get()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
+}
+
 fn read_err(path: &Path, err: impl fmt::Display) -> TlsError {
     TlsError::Read {
         path: path.to_path_buf(),
@@ -391,10 +522,12 @@ pub fn server_config(side: &Side, policy: &Policy, cert: &Path, key: &Path) -> R
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&policy.versions()?)?;
     let builder = match (&side.trusted_ca_file, side.client_cert_auth) {
         (Some(ca), true) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider)
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            let build = move |path: &Path| -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+                WebPkiClientVerifier::builder_with_provider(load_roots(path)?, provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))
+            };
+            builder.with_client_cert_verifier(Arc::new(ReloadingCa::open(ca, Box::new(build))?))
         }
         _ => builder.with_no_client_auth(),
     };
@@ -431,19 +564,23 @@ impl Dialer {
         let provider = policy.provider()?;
         let builder =
             ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&policy.versions()?)?;
-        let builder = match &side.trusted_ca_file {
+        let verifier: Arc<dyn ServerCertVerifier> = match &side.trusted_ca_file {
             Some(ca) => {
-                let verifier = WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
-                builder.with_webpki_verifier(verifier)
+                let provider = provider.clone();
+                let build = move |path: &Path| -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+                    let v: Arc<dyn ServerCertVerifier> =
+                        WebPkiServerVerifier::builder_with_provider(load_roots(path)?, provider.clone())
+                            .build()
+                            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                    Ok(v)
+                };
+                Arc::new(ReloadingCa::open(ca, Box::new(build))?)
             }
-            None => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServerCert {
-                    algorithms: provider.signature_verification_algorithms,
-                })),
+            None => Arc::new(AnyServerCert {
+                algorithms: provider.signature_verification_algorithms,
+            }),
         };
+        let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
         let mut config = match key_pair {
             Some((cert, key)) => builder.with_client_cert_resolver(Arc::new(ReloadingKey::open(cert, key, provider)?)),
             None => builder.with_no_client_auth(),

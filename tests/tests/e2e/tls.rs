@@ -287,3 +287,45 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     ok(&ctl(&ep, &trusting(&second), &["put", "k", "2"]));
     assert!(!ctl(&ep, &trusting(&first), &["get", "k"]).status.success());
 }
+
+/// Lodestone only: a trusted CA file replaced on disk (a CA rotation) decides which client
+/// certificates the next connection accepts, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_trusted_ca_is_used_without_a_restart() {
+    let pki = tempfile::tempdir().unwrap();
+    let old_ca = Ca::new(pki.path(), "old");
+    let new_ca = Ca::new(pki.path(), "new");
+    let server = old_ca.issue("server", "server");
+    let old_client = old_ca.issue("old-client", "client");
+    let new_client = new_ca.issue("new-client", "client");
+    // The member's trusted CA file is a copy the test can replace.
+    let trusted = pki.path().join("trusted.pem");
+    std::fs::copy(old_ca.ca_file(), &trusted).unwrap();
+    let c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            client_tls: Some(TlsFiles {
+                ca: trusted.clone(),
+                ..server
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ep = c.members[0].client_url();
+    let as_client = |t: &TlsFiles| {
+        vec![
+            format!("--cacert={}", old_ca.ca_file().display()),
+            format!("--cert={}", t.cert.display()),
+            format!("--key={}", t.key.display()),
+        ]
+    };
+    ok(&ctl(&ep, &as_client(&old_client), &["put", "k", "1"]));
+    assert!(!ctl(&ep, &as_client(&new_client), &["put", "k", "2"]).status.success());
+
+    std::fs::copy(new_ca.ca_file(), &trusted).unwrap();
+    ok(&ctl(&ep, &as_client(&new_client), &["put", "k", "3"]));
+    assert!(!ctl(&ep, &as_client(&old_client), &["put", "k", "4"]).status.success());
+    let got = ok(&ctl(&ep, &as_client(&new_client), &["get", "k", "--print-value-only"]));
+    assert_eq!(got.trim(), "3", "only the accepted clients wrote");
+}
