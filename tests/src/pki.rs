@@ -54,8 +54,12 @@ impl Ca {
     /// Signs a certificate for `common_name`, valid for server and client use on 127.0.0.1
     /// and localhost, and writes it to `<dir>/<file>.pem` and `<dir>/<file>-key.pem`.
     pub fn issue(&self, file: &str, common_name: &str) -> TlsFiles {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("leaf params");
+        self.issue_for(file, common_name, &["127.0.0.1".to_string(), "localhost".to_string()])
+    }
+
+    /// Like [`Ca::issue`], for the given host names and IP addresses.
+    pub fn issue_for(&self, file: &str, common_name: &str, hosts: &[String]) -> TlsFiles {
+        let mut params = CertificateParams::new(hosts.to_vec()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];

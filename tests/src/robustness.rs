@@ -64,6 +64,9 @@ pub struct Config {
     /// Put every member's data on a lazy filesystem and drop what it had not fsynced
     /// whenever it is killed: a crash of the machine, not just of the process.
     pub lose_unsynced: bool,
+    /// Members talk over TLS (https peer URLs, peer certificates checked against a CA);
+    /// `None` lets the seed decide, so runs cover both.
+    pub peer_tls: Option<bool>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             progress: true,
             search_budget: 20_000_000,
             lose_unsynced: false,
+            peer_tls: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct Report {
     pub seed: u64,
     pub members: usize,
     pub lose_unsynced: bool,
+    pub peer_tls: bool,
     pub snapshot_count: u64,
     pub catchup_entries: u64,
     /// The faults, in order.
@@ -110,9 +115,10 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "seed {} ({} members{}, snapshot-count {}, catch-up entries {}): {} cycles survived in {:.1} s: {}",
+            "seed {} ({} members{}{}, snapshot-count {}, catch-up entries {}): {} cycles survived in {:.1} s: {}",
             self.seed,
             self.members,
+            if self.peer_tls { ", peer TLS" } else { "" },
             if self.lose_unsynced {
                 ", unsynced writes lost at crashes"
             } else {
@@ -217,6 +223,8 @@ struct LabCluster {
     /// snapshot for slow followers.
     catchup_entries: u64,
     token: String,
+    /// The peer certificate (for every member's address) when members talk over TLS.
+    peer_tls: Option<crate::pki::TlsFiles>,
 }
 
 fn connect_options() -> ConnectOptions {
@@ -235,7 +243,8 @@ impl LabCluster {
     }
 
     fn peer_url(&self, i: usize) -> String {
-        format!("http://{}:{PEER_PORT}", self.lab.address(i))
+        let scheme = if self.peer_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{PEER_PORT}", self.lab.address(i))
     }
 
     fn initial_cluster(&self) -> String {
@@ -273,6 +282,9 @@ impl LabCluster {
         let mut cmd = self.lab.command(i, &lodestone_bin());
         for (flag, value) in args {
             cmd.arg(flag).arg(value);
+        }
+        if let Some(files) = &self.peer_tls {
+            cmd.args(crate::tls_flags("peer-", files));
         }
         cmd.stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
             .stderr(Stdio::from(log));
@@ -720,6 +732,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     let mut rng = Rng(config.seed);
     let snapshot_count = [100, 1000][rng.below(2) as usize];
     let catchup_entries = [100, 5000][rng.below(2) as usize];
+    let peer_tls = config.peer_tls.unwrap_or_else(|| rng.below(2) == 1);
     let progress = |line: String| {
         if config.progress {
             eprintln!("[{:6.1} s] {line}", started.elapsed().as_secs_f64());
@@ -727,6 +740,11 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     };
     let lab = Lab::new(config.members)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let peer_files = peer_tls.then(|| {
+        let ca = crate::pki::Ca::new(&dir.path().join("pki"), "peers");
+        let hosts: Vec<String> = (0..config.members).map(|i| lab.address(i).to_string()).collect();
+        ca.issue_for("peer", "member", &hosts)
+    });
     let mut mounts = Vec::new();
     for i in 0..config.members {
         mounts.push(if config.lose_unsynced {
@@ -757,14 +775,17 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         snapshot_count,
         catchup_entries,
         token: format!("faults-{}", std::process::id()),
+        peer_tls: peer_files,
     };
     for i in 0..config.members {
         cluster.spawn(i, "new")?;
     }
     cluster.wait_healthy(RECOVERY).await?;
     progress(format!(
-        "{} members up in their own network namespaces (seed {}, snapshot-count {snapshot_count}, catch-up entries {catchup_entries})",
-        config.members, config.seed
+        "{} members up in their own network namespaces (seed {}, snapshot-count {snapshot_count}, catch-up entries {catchup_entries}{})",
+        config.members,
+        config.seed,
+        if peer_tls { ", peer TLS" } else { "" }
     ));
 
     let traffic = Arc::new(Traffic {
@@ -808,6 +829,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         seed: config.seed,
         members: config.members,
         lose_unsynced: config.lose_unsynced,
+        peer_tls,
         catchup_entries,
         snapshot_count,
         ..Report::default()

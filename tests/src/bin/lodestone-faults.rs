@@ -3,7 +3,8 @@
 //! figures: cycles survived, operations checked, violations. Exits non-zero on any
 //! violation. Needs root (network namespaces). `--lose-unsynced` puts every member's data on
 //! a lazy filesystem that forgets unsynced writes whenever the member is killed (build
-//! `lodestone-lazyfs` too: `cargo build -p lodestone-lazyfs`).
+//! `lodestone-lazyfs` too: `cargo build -p lodestone-lazyfs`). `--peer-tls on|off` has the
+//! members talk over TLS or not; by default each round's seed decides.
 //!
 //! ```sh
 //! cargo build --bin lodestone && \
@@ -18,7 +19,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: lodestone-faults [--rounds N (default 5)] [--cycles N (default 20)] [--seed S] \
          [--rate OPS_PER_S (default 150)] [--clients N (default 6)] [--members N (default 3)] \
-         [--lose-unsynced] [--quiet]"
+         [--lose-unsynced] [--peer-tls on|off] [--quiet]"
     );
     std::process::exit(2)
 }
@@ -48,6 +49,13 @@ async fn main() {
             "--clients" => config.clients = value() as usize,
             "--members" => config.members = value().clamp(1, 5) as usize,
             "--lose-unsynced" => config.lose_unsynced = true,
+            "--peer-tls" => {
+                config.peer_tls = match args.next().as_deref() {
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    _ => usage(),
+                }
+            }
             "--quiet" => config.progress = false,
             _ => usage(),
         }
