@@ -690,6 +690,67 @@ pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> Output
     child.wait_with_output().expect("etcdctl output")
 }
 
+/// An HTTPS GET of `url` (`https://127.0.0.1:port/path`) over HTTP/1.1, trusting `tls.ca`
+/// and presenting `tls`'s certificate when `identity` is set: status code and body, or the
+/// error that stopped it (a refused handshake, say).
+pub async fn https_get(url: &str, tls: &pki::TlsFiles, identity: bool) -> Result<(u16, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rest = url.strip_prefix("https://").ok_or("not an https URL")?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&tls.ca).map_err(|e| e.to_string())? {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = if identity {
+        let chain = CertificateDer::pem_file_iter(&tls.cert)
+            .map_err(|e| e.to_string())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| e.to_string())?;
+        builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    // A server that refuses the certificate after the handshake ends the stream here.
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
 /// A plain HTTP/1.0 GET of `url` (`http://host:port/path`): status code and body.
 pub fn http_get(url: &str) -> (u16, String) {
     use std::io::{Read, Write};

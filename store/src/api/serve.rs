@@ -143,6 +143,16 @@ fn incoming(
     tls::accept(l, tls, stop)
 }
 
+/// The client TLS configuration for a metrics listener: it speaks HTTP/1.1 only, so TLS
+/// must not offer h2 (a client such as curl would pick it).
+fn http1_only(tls: &Option<Arc<ServerConfig>>) -> Option<Arc<ServerConfig>> {
+    tls.as_ref().map(|c| {
+        let mut c = (**c).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    })
+}
+
 /// A metrics listener's accepted connections, as axum serves them.
 struct MetricsListener {
     conns: tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>,
@@ -277,7 +287,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             local: l
                 .local_addr()
                 .map_err(|err| StartError::Listen { url: url.clone(), err })?,
-            conns: incoming(&url, l, &security.client, stop.clone()),
+            conns: incoming(&url, l, &http1_only(&security.client), stop.clone()),
         };
         http_tasks.push(tokio::spawn(async move {
             axum::serve(listener, router)

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use etcd_client::MemberAddOptions;
 use lodestone_tests::pki::{Ca, TlsFiles};
-use lodestone_tests::{Cluster, Kind, Options, connect_options, etcdctl};
+use lodestone_tests::{Cluster, Kind, Options, connect_options, etcdctl, https_get};
 
 lodestone_tests::compat!(
     clients_need_a_certificate_signed_by_the_trusted_ca,
+    health_is_served_over_https_on_client_and_metrics_urls,
     members_talk_over_tls_and_refuse_a_stranger,
     auto_tls_serves_self_signed_certificates
 );
@@ -328,4 +329,35 @@ async fn a_rotated_trusted_ca_is_used_without_a_restart() {
     assert!(!ctl(&ep, &as_client(&old_client), &["put", "k", "4"]).status.success());
     let got = ok(&ctl(&ep, &as_client(&new_client), &["get", "k", "--print-value-only"]));
     assert_eq!(got.trim(), "3", "only the accepted clients wrote");
+}
+
+/// `/health` on an https client URL and on an https `--listen-metrics-urls` (which takes the
+/// client certificate and its rules, as etcd's does), over HTTP/1.1 as curl and probes speak it.
+async fn health_is_served_over_https_on_client_and_metrics_urls(kind: Kind) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "cluster");
+    let server = ca.issue("server", "server");
+    let client = ca.issue("client", "client");
+    let mut c = Cluster::prepare(
+        kind,
+        Options {
+            client_tls: Some(server),
+            ..Default::default()
+        },
+    );
+    let metrics = format!("https://127.0.0.1:{}", c.members[0].metrics_port);
+    c.members[0].set_flag("--listen-metrics-urls", &metrics);
+    c.launch().await;
+    for base in [c.members[0].client_url(), metrics] {
+        let (status, body) = https_get(&format!("{base}/health"), &client, true)
+            .await
+            .unwrap_or_else(|e| panic!("{base}/health: {e}"));
+        assert_eq!(status, 200, "{base}/health: {body}");
+        assert!(body.contains("\"health\":\"true\""), "{base}/health: {body}");
+        // Client certificate authentication covers these endpoints too.
+        match https_get(&format!("{base}/health"), &client, false).await {
+            Err(_) => {}
+            Ok((status, body)) => panic!("{base}/health without a certificate answered {status}: {body}"),
+        }
+    }
 }
