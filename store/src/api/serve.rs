@@ -84,14 +84,15 @@ fn security(cfg: &Config) -> Result<Security, ConfigError> {
         .chain(&cfg.advertise_client_urls)
         .chain(cfg.listen_metrics_urls.iter().filter(|u| !u.is_empty()))
         .collect();
-    let client = side_config(&client_side, &policy, &client_urls, &cfg.auto_tls_dir("client"))?;
+    let client_pair = client_side.key_pair(&cfg.auto_tls_dir("client"), &hosts(&client_urls))?;
+    let client = side_config(&client_side, &policy, &client_urls, client_pair.as_ref())?;
     let peer_urls: Vec<&String> = cfg
         .listen_peer_urls
         .iter()
         .chain(&cfg.initial_advertise_peer_urls)
         .collect();
     let peer_pair = peer_side.key_pair(&cfg.auto_tls_dir("peer"), &hosts(&peer_urls))?;
-    let peer = side_config(&peer_side, &policy, &peer_urls, &cfg.auto_tls_dir("peer"))?;
+    let peer = side_config(&peer_side, &policy, &peer_urls, peer_pair.as_ref())?;
     // A member with a peer certificate (or CA) dials https peers with it; one without can
     // still dial http peers, and says what is missing if it meets an https one.
     let dialer = if peer_pair.is_some() || peer_side.trusted_ca_file.is_some() {
@@ -106,16 +107,17 @@ fn security(cfg: &Config) -> Result<Security, ConfigError> {
     Ok(Security { client, peer, dialer })
 }
 
-/// The server configuration of one side, if any of its URLs is `https://`.
+/// The server configuration of one side, if any of its URLs is `https://`; `pair` is the
+/// side's certificate and key, as [`tls::Side::key_pair`] found them.
 fn side_config(
     side: &tls::Side,
     policy: &tls::Policy,
     urls: &[&String],
-    auto_dir: &std::path::Path,
+    pair: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let https = urls.iter().find(|u| config::is_https(u));
-    match (https, side.key_pair(auto_dir, &hosts(urls))?) {
-        (Some(_), Some((cert, key))) => Ok(Some(tls::server_config(side, policy, &cert, &key)?)),
+    match (https, pair) {
+        (Some(_), Some((cert, key))) => Ok(Some(tls::server_config(side, policy, cert, key)?)),
         (Some(url), None) => Err(TlsError::NoCertificate {
             url: url.to_string(),
             prefix: side.flag_prefix,

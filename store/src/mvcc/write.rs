@@ -184,20 +184,21 @@ impl WriteTxn {
             self.staged.push(op);
             return Ok(());
         }
-        match op {
-            Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
-            Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
-        }
-        Ok(())
+        self.add_to_batch(op)
     }
 
     /// Moves a succeeded request's staged writes into the batch, in order.
     fn write_staged(&mut self) -> Result<()> {
         for op in std::mem::take(&mut self.staged) {
-            match op {
-                Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
-                Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
-            }
+            self.add_to_batch(op)?;
+        }
+        Ok(())
+    }
+
+    fn add_to_batch(&mut self, op: Staged) -> Result<()> {
+        match op {
+            Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
+            Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
         }
         Ok(())
     }
