@@ -213,6 +213,20 @@ pub struct Config {
     #[arg(long, env = "LODESTONE_TLS_MAX_VERSION")]
     pub tls_max_version: Option<String>,
 
+    /// Auth token type and its options: `simple`, or `jwt,pub-key=<file>,priv-key=<file>,
+    /// sign-method=<RS256|ES256|...>,ttl=<duration>`.
+    #[arg(long, env = "LODESTONE_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// How long (seconds) a simple token stays valid without use.
+    #[arg(long, env = "LODESTONE_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost for hashing auth passwords (4..=31).
+    #[arg(long, env = "LODESTONE_BCRYPT_COST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "LODESTONE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -303,6 +317,8 @@ pub enum ConfigError {
     BadRetention(String, String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    AuthToken(String),
 }
 
 /// One member as named in `--initial-cluster`.
@@ -594,6 +610,9 @@ mod tests {
         assert_eq!(c.max_txn_ops, 128);
         assert_eq!(c.heartbeat_interval, 100);
         assert_eq!(c.election_timeout, 1000);
+        assert_eq!(c.auth_token, "simple");
+        assert_eq!(c.auth_token_ttl, 300);
+        assert_eq!(c.bcrypt_cost, 10);
         let m = c.initial_members().unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].name, "default");

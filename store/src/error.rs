@@ -92,6 +92,38 @@ pub enum StoreError {
     MemberRemoved,
     /// Peer transport: a message meant for another cluster or another member (stable DNS
     /// names are reused by new members, so an address alone proves nothing).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("{0}")]
     Misaddressed(String),
     /// The local storage engine failed; the text says where.
@@ -145,6 +177,22 @@ impl StoreError {
             StoreError::MissingLeaderKey => 36,
             StoreError::SessionExpired => 37,
             StoreError::MemberRemoved => 38,
+            StoreError::RootUserNotExist => 39,
+            StoreError::RootRoleNotExist => 40,
+            StoreError::UserAlreadyExist => 41,
+            StoreError::UserEmpty => 42,
+            StoreError::UserNotFound => 43,
+            StoreError::RoleAlreadyExist => 44,
+            StoreError::RoleNotFound => 45,
+            StoreError::RoleEmpty => 46,
+            StoreError::AuthFailed => 47,
+            StoreError::PermissionDenied => 48,
+            StoreError::RoleNotGranted => 49,
+            StoreError::PermissionNotGranted => 50,
+            StoreError::AuthNotEnabled => 51,
+            StoreError::InvalidAuthToken => 52,
+            StoreError::InvalidAuthMgmt => 53,
+            StoreError::AuthOldRevision => 54,
             StoreError::Storage(_) => 100,
             StoreError::Internal(_) => 101,
             StoreError::Misaddressed(_) => 102,
@@ -192,6 +240,22 @@ impl StoreError {
             36 => StoreError::MissingLeaderKey,
             37 => StoreError::SessionExpired,
             38 => StoreError::MemberRemoved,
+            39 => StoreError::RootUserNotExist,
+            40 => StoreError::RootRoleNotExist,
+            41 => StoreError::UserAlreadyExist,
+            42 => StoreError::UserEmpty,
+            43 => StoreError::UserNotFound,
+            44 => StoreError::RoleAlreadyExist,
+            45 => StoreError::RoleNotFound,
+            46 => StoreError::RoleEmpty,
+            47 => StoreError::AuthFailed,
+            48 => StoreError::PermissionDenied,
+            49 => StoreError::RoleNotGranted,
+            50 => StoreError::PermissionNotGranted,
+            51 => StoreError::AuthNotEnabled,
+            52 => StoreError::InvalidAuthToken,
+            53 => StoreError::InvalidAuthMgmt,
+            54 => StoreError::AuthOldRevision,
             100 => StoreError::Storage(message.to_string()),
             102 => StoreError::Misaddressed(message.to_string()),
             _ => StoreError::Internal(message.to_string()),
@@ -252,6 +316,22 @@ mod tests {
             StoreError::MissingLeaderKey,
             StoreError::SessionExpired,
             StoreError::MemberRemoved,
+            StoreError::RootUserNotExist,
+            StoreError::RootRoleNotExist,
+            StoreError::UserAlreadyExist,
+            StoreError::UserEmpty,
+            StoreError::UserNotFound,
+            StoreError::RoleAlreadyExist,
+            StoreError::RoleNotFound,
+            StoreError::RoleEmpty,
+            StoreError::AuthFailed,
+            StoreError::PermissionDenied,
+            StoreError::RoleNotGranted,
+            StoreError::PermissionNotGranted,
+            StoreError::AuthNotEnabled,
+            StoreError::InvalidAuthToken,
+            StoreError::InvalidAuthMgmt,
+            StoreError::AuthOldRevision,
             StoreError::Misaddressed("for member 2".into()),
             StoreError::Storage("disk on fire".into()),
             StoreError::Internal("odd".into()),

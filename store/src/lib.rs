@@ -6,7 +6,8 @@
 //! - [`config`], [`error`], [`metrics`], [`proto`]: flags, domain errors, Prometheus, wire
 //!   types; used by every layer.
 //! - [`mvcc`]: etcd's revisioned key-value model on RocksDB (the state machine's data);
-//!   [`lease`]: lease deadlines (expiry decided on the leader's clock).
+//!   [`lease`]: lease deadlines (expiry decided on the leader's clock); [`auth`]: users,
+//!   roles, permissions and tokens (etcd's Auth).
 //! - [`apply`]: what each replicated command does to MVCC, with the alarm gates.
 //! - [`peer`]: the peer transport: its envelope and connection cache (below consensus) and
 //!   its service (above the member).
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod lease;

@@ -73,6 +73,29 @@ const RULES: &[(&str, &[&str])] = &[
             "crate::mvcc",
         ],
     ),
+    // Auth is a foundation: users, roles, permissions and tokens know nothing of storage,
+    // consensus or the API.
+    (
+        "auth/",
+        &[
+            "crate::raft",
+            "crate::member",
+            "crate::api",
+            "crate::peer",
+            "crate::apply",
+            "crate::mvcc",
+            "crate::lease",
+        ],
+    ),
+    // The foundations below auth.
+    (
+        "config.rs",
+        &["crate::auth", "crate::mvcc", "crate::member", "crate::api"],
+    ),
+    (
+        "error.rs",
+        &["crate::auth", "crate::mvcc", "crate::member", "crate::api"],
+    ),
     ("net/", &["crate::"]),
 ];
 

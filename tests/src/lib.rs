@@ -464,7 +464,18 @@ impl Cluster {
                     let mut c = Client::connect([self.grpc_endpoint(m)], Some(self.connect_options()))
                         .await
                         .ok()?;
-                    c.get("health", None).await.ok()
+                    match c.get("health", None).await {
+                        Ok(_) => Some(()),
+                        // With auth enabled the anonymous read is refused, but answered: a
+                        // member that applied the auth store is serving (etcdctl's rule).
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.message() == "etcdserver: user name is empty"
+                                || s.message() == "etcdserver: permission denied" =>
+                        {
+                            Some(())
+                        }
+                        Err(_) => None,
+                    }
                 }
                 .await
                 .is_some();

@@ -2,13 +2,15 @@
 //! (`member::membership`).
 //!
 //! MemberList combines the Raft membership (ids, peer URLs, learners) with what each member
-//! published about itself (name, client URLs).
+//! published about itself (name, client URLs). With auth enabled, changes need the root
+//! role and MemberList a user (etcd's GHSA-q8m4-xhhv-38mg).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{admin, user, who};
 use crate::member::Member;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
@@ -22,7 +24,8 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
-    async fn change(&self, change: Change) -> Result<MemberChangeReply, Status> {
+    async fn change<T>(&self, request: &Request<T>, change: Change) -> Result<MemberChangeReply, Status> {
+        admin(&self.member, &who(&self.member, request).await?)?;
         let r = self.member.change_membership(change).await?;
         // Let this member's own view catch up, so a MemberList right after shows the change.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.member.linearizable_barrier()).await;
@@ -33,7 +36,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        let r = self.change(Change::Add(request.into_inner())).await?;
+        let r = self.change(&request, Change::Add(request.get_ref().clone())).await?;
         Ok(Response::new(MemberAddResponse {
             header: self.member.header(self.member.revision()),
             member: r.member,
@@ -45,7 +48,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let r = self.change(Change::Remove(request.into_inner())).await?;
+        let r = self.change(&request, Change::Remove(*request.get_ref())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.member.header(self.member.revision()),
             members: r.members,
@@ -56,14 +59,15 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let r = self.change(Change::Update(request.into_inner())).await?;
+        let r = self.change(&request, Change::Update(request.get_ref().clone())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.member.header(self.member.revision()),
             members: r.members,
         }))
     }
 
-    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        user(&self.member, &who(&self.member, &request).await?)?;
         Ok(Response::new(MemberListResponse {
             header: self.member.header(self.member.revision()),
             members: self.member.members(),
@@ -74,7 +78,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let r = self.change(Change::Promote(request.into_inner())).await?;
+        let r = self.change(&request, Change::Promote(*request.get_ref())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.member.header(self.member.revision()),
             members: r.members,

@@ -12,6 +12,10 @@
 //! finish (the client canceled or timed out, the member lost its leader) deletes the
 //! contender key it created, as etcd's recipes do, so an abandoned waiter never blocks the
 //! contenders queued behind it until its lease expires.
+//!
+//! With auth enabled, a recipe needs the permissions its steps use: read and write on
+//! `<name>/` to lock or campaign, read to watch a leader, write on its own key to unlock,
+//! proclaim or resign; checked when the RPC arrives.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +25,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::who;
+use crate::auth::Access;
 use crate::error::{Result, StoreError};
 use crate::member::Member;
 use crate::mvcc::RangeOutcome;
@@ -84,6 +90,7 @@ async fn txn(member: &Arc<Member>, t: TxnRequest) -> Result<TxnResponse> {
     let r = member
         .propose_write(Command {
             kind: Some(Kind::Txn(t)),
+            auth: None,
         })
         .await?;
     match r.kind {
@@ -234,6 +241,29 @@ impl Drop for Waiting {
     }
 }
 
+/// With auth enabled, a recipe on `name` needs `access` to every key under `name/` (where
+/// contenders queue), or, given `key`, to that one key; checked before the recipe starts.
+async fn check_recipe<T>(
+    member: &Member,
+    request: &Request<T>,
+    name: &[u8],
+    key: Option<&[u8]>,
+    access: &[Access],
+) -> Result<(), Status> {
+    let who = who(member, request).await?;
+    let auth = member.auth();
+    for a in access {
+        match key {
+            Some(k) => auth.check_range(&who, k, &[], *a)?,
+            None => {
+                let (prefix, _) = contender_key(name, 0);
+                auth.check_range(&who, &prefix, &prefix_end(&prefix), *a)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct LockService {
     pub member: Arc<Member>,
 }
@@ -242,6 +272,14 @@ pub struct LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let s = &self.member;
+        check_recipe(
+            s,
+            &request,
+            &request.get_ref().name,
+            None,
+            &[Access::Read, Access::Write],
+        )
+        .await?;
         let req = request.into_inner();
         let me = join_queue(s, &req.name, req.lease, b"").await?;
         let waiting = Waiting::new(s, &req.name, &me);
@@ -256,6 +294,7 @@ impl Lock for LockService {
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let s = &self.member;
+        check_recipe(s, &request, b"", Some(&request.get_ref().key), &[Access::Write]).await?;
         let key = request.into_inner().key;
         let r = s
             .propose_write(Command {
@@ -263,6 +302,7 @@ impl Lock for LockService {
                     key,
                     ..Default::default()
                 })),
+                auth: None,
             })
             .await?;
         let rev = match r.kind {
@@ -302,6 +342,14 @@ fn guarded(leader: &LeaderKey, op: RequestOp) -> TxnRequest {
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let s = &self.member;
+        check_recipe(
+            s,
+            &request,
+            &request.get_ref().name,
+            None,
+            &[Access::Read, Access::Write],
+        )
+        .await?;
         let req = request.into_inner();
         let mut me = join_queue(s, &req.name, req.lease, &req.value).await?;
         let waiting = Waiting::new(s, &req.name, &me);
@@ -340,6 +388,9 @@ impl Election for ElectionService {
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let s = &self.member;
+        if let Some(l) = &request.get_ref().leader {
+            check_recipe(s, &request, b"", Some(&l.key), &[Access::Write]).await?;
+        }
         let req = request.into_inner();
         let leader = leader_key(req.leader)?;
         let put = RequestOp {
@@ -362,6 +413,7 @@ impl Election for ElectionService {
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let s = &self.member;
         s.linearizable_barrier().await?;
+        check_recipe(s, &request, &request.get_ref().name, None, &[Access::Read]).await?;
         let (kv, rev) = election_leader(s, &request.get_ref().name).await?;
         let kv = kv.ok_or(StoreError::ElectionNoLeader)?;
         Ok(Response::new(LeaderResponse {
@@ -373,6 +425,7 @@ impl Election for ElectionService {
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
         let s = self.member.clone();
         s.linearizable_barrier().await?;
+        check_recipe(&s, &request, &request.get_ref().name, None, &[Access::Read]).await?;
         let name = request.into_inner().name;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
@@ -413,6 +466,9 @@ impl Election for ElectionService {
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let s = &self.member;
+        if let Some(l) = &request.get_ref().leader {
+            check_recipe(s, &request, b"", Some(&l.key), &[Access::Write]).await?;
+        }
         let leader = leader_key(request.into_inner().leader)?;
         let del = RequestOp {
             request: Some(Op::RequestDeleteRange(DeleteRangeRequest {

@@ -2,14 +2,17 @@
 //!
 //! Writes are validated here, before anything is proposed, then replicated; reads wait on
 //! the linearizable barrier unless the client asked for `serializable`, and are served from
-//! a consistent snapshot of the local state machine.
+//! a consistent snapshot of the local state machine. With auth enabled, reads are checked
+//! here after their barrier; writes carry their user into the log and are checked at apply.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::who;
 use super::blocking;
 use super::validate;
+use crate::auth::{AuthInfo, requests};
 use crate::error::StoreError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -47,8 +50,12 @@ fn all_serializable(t: &TxnRequest) -> bool {
 }
 
 impl KvService {
-    async fn write(&self, kind: Kind) -> Result<ResKind, Status> {
-        let r = self.member.propose_write(Command { kind: Some(kind) }).await?;
+    async fn write(&self, kind: Kind, who: AuthInfo) -> Result<ResKind, Status> {
+        let cmd = Command {
+            kind: Some(kind),
+            auth: Some(who),
+        };
+        let r = self.member.propose_write(cmd).await?;
         r.kind.ok_or_else(|| unexpected("write"))
     }
 }
@@ -56,6 +63,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         if !req.serializable && self.member.is_learner() {
@@ -66,8 +74,10 @@ impl Kv for KvService {
         } else {
             self.member.linearizable_barrier().await?;
         }
-        // After the barrier: a linearizable read sees every alarm change committed before it.
+        // After the barrier: a linearizable read sees every alarm and auth change committed
+        // before it.
         self.member.check_corrupt()?;
+        requests::check_range(&self.member.auth(), &who, &req)?;
         let sm = self.member.state().clone();
         let (out, rev) =
             blocking(move || sm.mvcc.read_view()?.with(|v| Ok((v.range(&req)?, v.meta().revision)))).await?;
@@ -80,9 +90,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         let req = request.into_inner();
         validate::check_put(&req)?;
-        match self.write(Kind::Put(req)).await? {
+        match self.write(Kind::Put(req), who).await? {
             ResKind::Put(mut r) => {
                 r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
@@ -95,9 +106,10 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         let req = request.into_inner();
         validate::check_delete(&req)?;
-        match self.write(Kind::DeleteRange(req)).await? {
+        match self.write(Kind::DeleteRange(req), who).await? {
             ResKind::DeleteRange(mut r) => {
                 r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
@@ -107,6 +119,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         let req = request.into_inner();
         validate::check_txn(&req, self.member.config().max_txn_ops)?;
         if is_read_only(&req) {
@@ -116,12 +129,14 @@ impl Kv for KvService {
                 self.member.linearizable_barrier().await?;
             }
             self.member.check_corrupt()?;
+            // Read-only: no put, so no lease to look up.
+            requests::check_txn(&self.member.auth(), &who, &req, &mut |_| Ok(Vec::new()))?;
             let sm = self.member.state().clone();
             let mut r = blocking(move || sm.mvcc.read_only_txn(&req)).await?;
             r.header = self.member.header(r.header.map_or(0, |h| h.revision));
             return Ok(Response::new(r));
         }
-        match self.write(Kind::Txn(req)).await? {
+        match self.write(Kind::Txn(req), who).await? {
             ResKind::Txn(mut r) => {
                 r.header = self.member.header(r.header.map_or(0, |h| h.revision));
                 Ok(Response::new(r))
@@ -131,9 +146,10 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         let req = request.into_inner();
         let (revision, physical) = (req.revision, req.physical);
-        match self.write(Kind::Compaction(req)).await? {
+        match self.write(Kind::Compaction(req), who).await? {
             ResKind::Compaction(mut r) => {
                 // Applying a compaction only moves the compacted revision; with `physical`
                 // the answer waits until this member removed the history it dropped.

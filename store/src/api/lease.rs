@@ -1,5 +1,7 @@
 //! The etcd Lease service: grants and revokes are replicated writes; KeepAlive and
-//! TimeToLive are answered on the leader's clock (`member::leases`).
+//! TimeToLive are answered on the leader's clock (`member::leases`). With auth enabled every
+//! lease RPC needs a user; a revoke needs permission to delete the attached keys (checked at
+//! apply), and TimeToLive with keys permission to read them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{user, who};
 use crate::member::Member;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -27,20 +30,28 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        Ok(Response::new(self.member.lease_grant(request.into_inner()).await?))
+        let who = who(&self.member, &request).await?;
+        user(&self.member, &who)?;
+        Ok(Response::new(self.member.lease_grant(request.into_inner(), who).await?))
     }
 
     async fn lease_revoke(
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(Response::new(self.member.lease_revoke(request.get_ref().id).await?))
+        let who = who(&self.member, &request).await?;
+        user(&self.member, &who)?;
+        Ok(Response::new(
+            self.member.lease_revoke(request.get_ref().id, who).await?,
+        ))
     }
 
     async fn lease_keep_alive(
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let who = who(&self.member, &request).await?;
+        user(&self.member, &who)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let member = self.member.clone();
@@ -82,6 +93,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let who = who(&self.member, &request).await?;
+        user(&self.member, &who)?;
         let req = request.into_inner();
         let header = self.member.header(self.member.revision());
         let a = self
@@ -92,6 +105,11 @@ impl Lease for LeaseService {
                 ..Default::default()
             })
             .await?;
+        // Key names are data: each attached key must be readable (etcd's CVE-2023-32082).
+        let auth = self.member.auth();
+        for k in &a.keys {
+            auth.check_range(&who, k, &[], crate::auth::Access::Read)?;
+        }
         Ok(Response::new(LeaseTimeToLiveResponse {
             header,
             id: req.id,
@@ -103,9 +121,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let who = who(&self.member, &request).await?;
         self.member.linearizable_barrier().await?;
+        user(&self.member, &who)?;
         let leases = self
             .member
             .state()

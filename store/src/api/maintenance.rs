@@ -1,6 +1,8 @@
 //! The etcd Maintenance service: Status, Alarm, Defragment, Hash, HashKV, Snapshot and
 //! MoveLeader. Most of these are about this member (Status, Defragment, Hash, Snapshot);
-//! alarms are replicated so every member refuses the same requests.
+//! alarms are replicated so every member refuses the same requests. With auth enabled,
+//! Status is open (health checks use it), listing alarms needs a user, and everything else
+//! the root role.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{admin, user, who};
 use super::blocking;
 use crate::error::StoreError;
 use crate::member::Member;
@@ -100,9 +103,11 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let s = &self.member;
+        let who = who(s, &request).await?;
         let req = request.into_inner();
         if AlarmAction::try_from(req.action) == Ok(AlarmAction::Get) {
             s.linearizable_barrier().await?;
+            user(s, &who)?;
             let alarms = s
                 .state()
                 .alarms()
@@ -114,9 +119,11 @@ impl Maintenance for MaintenanceService {
                 alarms,
             }));
         }
+        admin(s, &who)?;
         let r = s
             .propose(pb::Command {
                 kind: Some(pb::command::Kind::Alarm(req)),
+                auth: Some(who),
             })
             .await?;
         match r.kind {
@@ -155,8 +162,9 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let s = &self.member;
+        admin(s, &who(s, &request).await?)?;
         let sm = s.state().clone();
         let started = std::time::Instant::now();
         blocking(move || sm.mvcc.defragment()).await?;
@@ -168,8 +176,9 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let s = &self.member;
+        admin(s, &who(s, &request).await?)?;
         let sm = s.state().clone();
         let (hash, rev) = blocking(move || sm.mvcc.hash_all()).await?;
         Ok(Response::new(HashResponse {
@@ -180,6 +189,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let s = &self.member;
+        admin(s, &who(s, &request).await?)?;
         let rev = request.get_ref().revision;
         let sm = s.state().clone();
         let h = blocking(move || sm.mvcc.hash_kv(rev)).await?;
@@ -190,7 +200,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        admin(&self.member, &who(&self.member, &request).await?)?;
         let (path, index) = self.member.export_snapshot().await?;
         tracing::info!(index, "streaming a snapshot to a client");
         let (tx, rx) = mpsc::channel(8);
@@ -204,6 +215,7 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         let s = &self.member;
+        admin(s, &who(s, &request).await?)?;
         let target = request.get_ref().target_id;
         s.move_leader(target).await?;
         tracing::info!(to = %format!("{target:x}"), "leadership moved");

@@ -1,7 +1,8 @@
 //! The client API: etcd's v3 gRPC services and HTTP endpoints on the client URLs, as thin
 //! adapters: decode → validate → call the member → encode.
 //!
-//! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`]: etcd's v3 services;
+//! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: etcd's v3
+//!   services ([`auth::who`]: the user each request runs as);
 //!   [`concurrency`]: etcd's v3lock and v3election services (its recipes over KV and leases).
 //! - [`validate`]: request checks made before anything is proposed.
 //! - [`guard`]: require-leader and learner checks in front of every RPC.
@@ -10,6 +11,7 @@
 //! - [`http`]: `/health`, `/version`, `/metrics`, `/livez`, `/readyz`.
 //! - [`serve`]: binds the listeners, runs a member behind them, and shuts down in order.
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod guard;

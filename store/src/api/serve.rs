@@ -11,6 +11,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::concurrency::{ElectionService, LockService};
 use super::kv::KvService;
@@ -22,6 +23,7 @@ use crate::member::{Member, StartError};
 use crate::net::h2_authority::ClientStream;
 use crate::net::tls::{self, Conn, Dialer, TlsError};
 use crate::peer::service::{EnvelopeLayer, PeerService};
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -204,6 +206,7 @@ async fn unknown_method() -> axum::response::Response {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     // Flag errors first, before anything is bound or opened.
     cfg.retention()?;
+    crate::auth::tokens::TokenKind::from_config(&cfg)?;
     let security = security(&cfg)?;
     let client = bind_all(&cfg.listen_client_urls).await?;
     let peer = bind_all(&cfg.listen_peer_urls).await?;
@@ -253,6 +256,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             MaintenanceServer::new(MaintenanceService { member: s.clone() }).max_decoding_message_size(max_recv);
         let cluster = ClusterServer::new(ClusterService { member: s.clone() }).max_decoding_message_size(max_recv);
         let lease = LeaseServer::new(LeaseService { member: s.clone() }).max_decoding_message_size(max_recv);
+        let auth = AuthServer::new(AuthService { member: s.clone() }).max_decoding_message_size(max_recv);
         let lock = LockServer::new(LockService { member: s.clone() }).max_decoding_message_size(max_recv);
         let election = ElectionServer::new(ElectionService { member: s.clone() }).max_decoding_message_size(max_recv);
         let watch = WatchServer::new(WatchService { member: s.clone() })
@@ -274,6 +278,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 .add_service(maint)
                 .add_service(cluster)
                 .add_service(lease)
+                .add_service(auth)
                 .add_service(watch)
                 .add_service(lock)
                 .add_service(election)

@@ -13,7 +13,12 @@ pub fn to_status(e: StoreError) -> Status {
         | StoreError::TooManyOps
         | StoreError::DuplicateKey
         | StoreError::RequestTooLarge
-        | StoreError::MemberBadUrls => Code::InvalidArgument,
+        | StoreError::MemberBadUrls
+        | StoreError::UserEmpty
+        | StoreError::RoleEmpty
+        | StoreError::AuthFailed
+        | StoreError::InvalidAuthMgmt
+        | StoreError::AuthOldRevision => Code::InvalidArgument,
         StoreError::Compacted | StoreError::FutureRev | StoreError::LeaseTtlTooLarge => Code::OutOfRange,
         StoreError::NoSpace | StoreError::TooManyRequests => Code::ResourceExhausted,
         StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
@@ -27,8 +32,19 @@ pub fn to_status(e: StoreError) -> Status {
         | StoreError::TooManyLearners
         | StoreError::BadLeaderTransferee
         | StoreError::MemberRemoved
-        | StoreError::Misaddressed(_) => Code::FailedPrecondition,
+        | StoreError::Misaddressed(_)
+        | StoreError::RootUserNotExist
+        | StoreError::RootRoleNotExist
+        | StoreError::UserAlreadyExist
+        | StoreError::UserNotFound
+        | StoreError::RoleAlreadyExist
+        | StoreError::RoleNotFound
+        | StoreError::RoleNotGranted
+        | StoreError::PermissionNotGranted
+        | StoreError::AuthNotEnabled => Code::FailedPrecondition,
         StoreError::Corrupt => Code::DataLoss,
+        StoreError::PermissionDenied => Code::PermissionDenied,
+        StoreError::InvalidAuthToken => Code::Unauthenticated,
         StoreError::WatchCanceled => Code::Cancelled,
         StoreError::NoLeader
         | StoreError::LeaderChanged
@@ -61,6 +77,86 @@ mod tests {
     #[test]
     fn etcd_codes_and_messages() {
         let cases = [
+            (
+                StoreError::RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                StoreError::RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                StoreError::UserAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                StoreError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                StoreError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                StoreError::RoleAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            (
+                StoreError::RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                StoreError::RoleEmpty,
+                Code::InvalidArgument,
+                "etcdserver: role name is empty",
+            ),
+            (
+                StoreError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                StoreError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                StoreError::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                StoreError::PermissionNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                StoreError::AuthNotEnabled,
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            (
+                StoreError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                StoreError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                StoreError::AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
             (
                 StoreError::EmptyKey,
                 Code::InvalidArgument,

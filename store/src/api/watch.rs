@@ -26,8 +26,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::error::StoreError;
 use crate::member::Member;
+use crate::member::auth::Credentials;
 use crate::member::watch_cache::PrevInterest;
 use crate::metrics;
 use crate::mvcc::KeyRange;
@@ -47,6 +49,8 @@ const FRAGMENT_OVERHEAD: usize = 512 * 1024;
 
 const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd puts the gRPC form of its PermissionDenied error in the cancel reason.
+const ERR_PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 /// etcd's `clientv3.InvalidWatchID`.
 const NO_WATCH_ID: i64 = -1;
 
@@ -86,6 +90,8 @@ struct StreamState {
     /// before the request), so it can serve as the bookmark of a consistent read.
     progress_requested: Option<i64>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// What the stream was opened with: each create request is checked as its user.
+    credentials: Credentials,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -124,6 +130,19 @@ impl StreamState {
         }
     }
 
+    /// With auth enabled, the stream's user must be allowed to read the whole watched range
+    /// (a from-key watch is every key from its start, never just the start key).
+    async fn permitted(&self, c: &WatchCreateRequest) -> bool {
+        match self.member.who(&self.credentials).await {
+            Ok(who) => self
+                .member
+                .auth()
+                .check_range(&who, &c.key, &c.range_end, Access::Read)
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
     async fn create(&mut self, mut c: WatchCreateRequest) -> bool {
         if c.key.is_empty() {
             c.key = vec![0u8].into();
@@ -137,6 +156,10 @@ impl StreamState {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
+        if !self.permitted(&c).await {
+            let r = refuse(ERR_PERMISSION_DENIED);
+            return self.send(r).await;
+        }
         if range.is_empty() {
             let r = refuse(ERR_EMPTY_RANGE);
             return self.send(r).await;
@@ -436,6 +459,7 @@ impl Watch for WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
+        let credentials = super::auth::credentials(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let st = StreamState {
@@ -444,6 +468,7 @@ impl Watch for WatchService {
             next_id: 0,
             progress_requested: None,
             tx,
+            credentials,
         };
         tokio::spawn(run_stream(self.member.clone(), inbound, st, require_leader));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -1,15 +1,23 @@
 //! Applying committed commands: what each replicated [`pb::Command`] does to the MVCC
 //! store, and the alarm gates in front of it.
 //!
+//! In front of every client command stands the auth gate ([`authorize`]): with auth enabled
+//! it is checked against the auth state at its point in the log, so every member decides the
+//! same. Auth changes themselves are commands too.
+//!
 //! This is the state machine's meaning, apart from its Raft plumbing (`raft::state_machine`
 //! batches entries and calls [`apply_command`] for each). It also answers what a command
 //! costs against the space quota, which the member checks before proposing, so the quota and
 //! the NOSPACE gate agree on what "adds data" means.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::tokens::SimpleTokens;
+use crate::auth::{AuthState, requests};
 use crate::error::StoreError;
 use crate::mvcc::WriteTxn;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
@@ -25,10 +33,14 @@ pub struct MemberAttributes {
 }
 
 /// The replicated state a command may change besides the MVCC data: published member
-/// attributes and active alarms. The caller stores both with the batch.
+/// attributes, active alarms and the auth store (staged with the batch here; the caller
+/// publishes them once the batch is written); and this member's simple tokens, which an
+/// applied Authenticate teaches it.
 pub struct Applying<'a> {
     pub members: &'a mut BTreeMap<u64, MemberAttributes>,
     pub alarms: &'a mut Vec<AlarmMember>,
+    pub auth: &'a mut Arc<AuthState>,
+    pub tokens: &'a SimpleTokens,
 }
 
 fn refused(e: StoreError) -> pb::CommandResult {
@@ -70,9 +82,15 @@ pub fn apply_command(
     state: Applying<'_>,
     cmd: &pb::Command,
 ) -> Result<pb::CommandResult, StoreError> {
+    match authorize(txn, state.auth, cmd) {
+        Ok(()) => {}
+        Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => return Err(e),
+        Err(e) => return Ok(refused(e)),
+    }
     if let Some(e) = alarm_gate(state.alarms, cmd) {
         return Ok(refused(e));
     }
+    let (auth, tokens) = (state.auth, state.tokens);
     let res = match &cmd.kind {
         Some(Kind::Put(p)) => txn.put(p).map(ResKind::Put),
         Some(Kind::DeleteRange(d)) => txn.delete_range(d).map(ResKind::DeleteRange),
@@ -91,6 +109,54 @@ pub fn apply_command(
             );
             Ok(ResKind::Empty(pb::Empty {}))
         }
+        Some(Kind::AuthEnable(_)) => change_auth(txn, auth, |a| a.enable()),
+        Some(Kind::AuthDisable(_)) => {
+            tokens.clear();
+            change_auth(txn, auth, |a| {
+                a.disable();
+                Ok(())
+            })
+        }
+        Some(Kind::Authenticate(a)) => {
+            if !auth.enabled() {
+                Err(StoreError::AuthNotEnabled)
+            } else if !auth.has_user(&a.name) {
+                // Deleted between the password check and this entry.
+                Err(StoreError::AuthFailed)
+            } else {
+                tokens.assign(&a.token, &a.name, Instant::now());
+                Ok(ResKind::Empty(pb::Empty {}))
+            }
+        }
+        Some(Kind::UserAdd(u)) => change_auth(txn, auth, |a| {
+            let no_password = u.options.is_some_and(|o| o.no_password);
+            a.user_add(&u.name, &u.hashed_password, no_password)
+        }),
+        Some(Kind::UserDelete(u)) => {
+            let r = change_auth(txn, auth, |a| a.user_delete(&u.name));
+            if r.is_ok() {
+                tokens.invalidate_user(&u.name);
+            }
+            r
+        }
+        Some(Kind::UserChangePassword(u)) => {
+            let r = change_auth(txn, auth, |a| a.user_change_password(&u.name, &u.hashed_password));
+            if r.is_ok() {
+                tokens.invalidate_user(&u.name);
+            }
+            r
+        }
+        Some(Kind::UserGrantRole(g)) => change_auth(txn, auth, |a| a.user_grant_role(&g.user, &g.role)),
+        Some(Kind::UserRevokeRole(r)) => change_auth(txn, auth, |a| a.user_revoke_role(&r.name, &r.role)),
+        Some(Kind::RoleAdd(r)) => change_auth(txn, auth, |a| a.role_add(&r.name)),
+        Some(Kind::RoleDelete(r)) => change_auth(txn, auth, |a| a.role_delete(&r.role)),
+        Some(Kind::RoleGrantPermission(g)) => change_auth(txn, auth, |a| match &g.perm {
+            Some(p) => a.role_grant_permission(&g.name, p),
+            None => Err(StoreError::InvalidAuthMgmt),
+        }),
+        Some(Kind::RoleRevokePermission(r)) => {
+            change_auth(txn, auth, |a| a.role_revoke_permission(&r.role, &r.key, &r.range_end))
+        }
         None => Ok(ResKind::Empty(pb::Empty {})),
     };
     match res {
@@ -98,6 +164,54 @@ pub fn apply_command(
         Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => Err(e),
         Err(e) => Ok(refused(e)),
     }
+}
+
+/// The auth gate: what the user a client command runs as must be allowed, with auth
+/// enabled. Commands without a user are the member's own (lease expiry, alarms it raises, its
+/// attributes) and pass. Lease-attached keys are read as committed: a command that needs them
+/// applies alone ([`applies_alone`]).
+pub fn authorize(txn: &WriteTxn, auth: &AuthState, cmd: &pb::Command) -> Result<(), StoreError> {
+    let Some(who) = &cmd.auth else {
+        return Ok(());
+    };
+    if !auth.enabled() {
+        return Ok(());
+    }
+    let mut lease_keys = |id: i64| txn.committed_lease_keys(id);
+    match &cmd.kind {
+        Some(Kind::Put(p)) => requests::check_put(auth, who, p, &mut lease_keys),
+        Some(Kind::DeleteRange(d)) => requests::check_delete(auth, who, d),
+        Some(Kind::Txn(t)) => requests::check_txn(auth, who, t, &mut lease_keys),
+        Some(Kind::Compaction(_) | Kind::LeaseGrant(_)) => auth.check_user(who),
+        Some(Kind::LeaseRevoke(r)) => {
+            // Revoking deletes every attached key: the user must be allowed to.
+            auth.check_user(who)?;
+            for k in lease_keys(r.id)? {
+                auth.check_range(who, &k, &[], crate::auth::Access::Write)?;
+            }
+            Ok(())
+        }
+        // The password was checked where the request arrived.
+        Some(Kind::Authenticate(_) | Kind::MemberAttributes(_)) | None => Ok(()),
+        // Alarm changes and every auth change.
+        Some(_) => auth.check_admin(who),
+    }
+}
+
+/// Applies a change to the auth store: on success with an effect, the store moves to a new
+/// revision and its record is staged with the batch.
+fn change_auth(
+    txn: &mut WriteTxn,
+    auth: &mut Arc<AuthState>,
+    f: impl FnOnce(&mut AuthState) -> Result<(), StoreError>,
+) -> Result<ResKind, StoreError> {
+    let mut next = (**auth).clone();
+    f(&mut next)?;
+    if next != **auth {
+        txn.set_auth_record(&next.to_record());
+        *auth = Arc::new(next);
+    }
+    Ok(ResKind::Empty(pb::Empty {}))
 }
 
 /// Activates or deactivates an alarm (replicated, so every member agrees on the set).
@@ -139,12 +253,15 @@ fn apply_alarm(
 
 /// Commands applied in a RocksDB write of their own: a compaction, so it deletes exactly
 /// the same history on every member whatever the batch boundaries; lease grants and revokes,
-/// so lease checks can read committed state.
-pub fn applies_alone(cmd: &pb::Command) -> bool {
-    matches!(
-        cmd.kind,
-        Some(Kind::Compaction(_) | Kind::LeaseGrant(_) | Kind::LeaseRevoke(_))
-    )
+/// so lease checks can read committed state; and, with auth enabled, a client's put with a
+/// lease, whose auth check reads the keys attached to it.
+pub fn applies_alone(cmd: &pb::Command, auth_enabled: bool) -> bool {
+    match &cmd.kind {
+        Some(Kind::Compaction(_) | Kind::LeaseGrant(_) | Kind::LeaseRevoke(_)) => true,
+        Some(Kind::Put(p)) => auth_enabled && cmd.auth.is_some() && p.lease != 0,
+        Some(Kind::Txn(t)) => auth_enabled && cmd.auth.is_some() && requests::txn_attaches_lease(t),
+        _ => false,
+    }
 }
 
 /// True when a txn (with everything nested, in either branch) may write a key: what etcd's
@@ -195,7 +312,10 @@ mod tests {
                 ..Default::default()
             })),
         };
-        let cmd = |kind| Command { kind: Some(kind) };
+        let cmd = |kind| Command {
+            kind: Some(kind),
+            auth: None,
+        };
         assert_eq!(
             quota_cost(&cmd(Kind::Put(PutRequest {
                 key: "ab".into(),
@@ -222,7 +342,10 @@ mod tests {
             member_id: 1,
             alarm: t as i32,
         };
-        let cmd = |kind| pb::Command { kind: Some(kind) };
+        let cmd = |kind| pb::Command {
+            kind: Some(kind),
+            auth: None,
+        };
         let put = cmd(Kind::Put(PutRequest::default()));
         let delete = cmd(Kind::DeleteRange(Default::default()));
         let revoke = cmd(Kind::LeaseRevoke(Default::default()));

@@ -120,6 +120,7 @@ impl Member {
     /// loops. The member runs until `shutdown` is cancelled and [`Member::stop`] is called.
     pub async fn start(cfg: Config, dialer: Dialer, shutdown: CancellationToken) -> Result<Arc<Member>, StartError> {
         let retention = cfg.retention()?;
+        let token_kind = crate::auth::tokens::TokenKind::from_config(&cfg)?;
         let log = LogStore::open(&cfg.wal_dir())?;
         let sm = StateMachine::open(&cfg.state_machine_dir())?;
         let barrier_sm = sm.clone();
@@ -131,6 +132,7 @@ impl Member {
         let peers = Arc::new(Peers::new(who.id, cluster_id.clone(), dialer));
         let removed = CancellationToken::new();
         let shared = sm.shared.clone();
+        shared.tokens.set_ttl(cfg.auth_token_ttl);
         // Where the watch cache starts following (before Raft replays anything).
         let start_revision = *shared.revision().borrow();
         let compacted_physically = shared
@@ -163,6 +165,7 @@ impl Member {
             shutdown,
             failure: std::sync::Mutex::new(None),
             tasks: TaskTracker::new(),
+            token_kind,
         });
         let m = &member;
         m.tasks.spawn(reads::run(m.clone(), |m| &m.reads));

@@ -123,6 +123,7 @@ pub(super) async fn run(member: Arc<Member>, retention: Retention) {
                 revision: target,
                 physical: false,
             })),
+            auth: None,
         };
         match member.propose(cmd).await {
             Ok(_) => tracing::info!(revision = target, "auto compaction: compacted"),

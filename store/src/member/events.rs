@@ -77,6 +77,7 @@ pub(super) async fn publish_attributes(member: Arc<Member>) {
             name: member.cfg.name.clone(),
             client_urls: member.cfg.advertise_client_urls.clone(),
         })),
+        auth: None,
     };
     loop {
         let current = member.sm.member_attributes().get(&member.id).cloned();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::Member;
 use super::route::{Leader, Reroute, answer};
+use crate::auth::AuthInfo;
 use crate::error::{Result, StoreError};
 use crate::lease::MAX_LEASE_TTL;
 use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse};
@@ -56,7 +57,7 @@ impl Member {
     }
 
     /// LeaseGrant: bounds the TTL, picks an ID when the client left it 0, and replicates.
-    pub async fn lease_grant(self: &Arc<Self>, req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+    pub async fn lease_grant(self: &Arc<Self>, req: LeaseGrantRequest, who: AuthInfo) -> Result<LeaseGrantResponse> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(StoreError::LeaseTtlTooLarge);
         }
@@ -66,6 +67,7 @@ impl Member {
             let id = if chosen { req.id } else { self.new_lease_id() };
             let cmd = pb::Command {
                 kind: Some(Kind::LeaseGrant(LeaseGrantRequest { ttl, id })),
+                auth: Some(who.clone()),
             };
             match self.propose_write(cmd).await {
                 Ok(pb::CommandResult {
@@ -83,9 +85,12 @@ impl Member {
         Err(StoreError::LeaseExist)
     }
 
-    /// LeaseRevoke through Raft: the attached keys go at one revision.
-    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        match self.propose(revoke_command(id)).await? {
+    /// LeaseRevoke through Raft: the attached keys go at one revision (a client's revoke is
+    /// checked at apply: its user must be allowed to delete every one of them).
+    pub async fn lease_revoke(&self, id: i64, who: AuthInfo) -> Result<LeaseRevokeResponse> {
+        let mut cmd = revoke_command(id);
+        cmd.auth = Some(who);
+        match self.propose(cmd).await? {
             pb::CommandResult {
                 kind: Some(ResKind::LeaseRevoke(mut r)),
             } => {
@@ -183,6 +188,7 @@ impl Member {
 pub(crate) fn revoke_command(id: i64) -> pb::Command {
     pb::Command {
         kind: Some(Kind::LeaseRevoke(LeaseRevokeRequest { id })),
+        auth: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`crate::peer::service`) are thin adapters over [`Member`]; it is the only thing they
 //! call, and its fields are its own.
 //!
+//! - [`auth`]: who a request runs as, Authenticate, the auth state checks read.
 //! - [`bootstrap`]: starting a member: found, join or resume, then start consensus and the
 //!   background loops ([`StartError`] when it cannot).
 //! - [`route`]: the one way a request reaches the leader (here, or forwarded to a peer).
@@ -16,6 +17,7 @@
 //! - [`events`]: following consensus (leader changes, removal, gauges) and publishing this
 //!   member's attributes.
 
+pub mod auth;
 pub mod bootstrap;
 pub mod compactor;
 pub mod corruption;
@@ -81,6 +83,8 @@ pub struct Member {
     failure: std::sync::Mutex<Option<String>>,
     /// The background loops: [`Member::stop`] waits for them.
     tasks: TaskTracker,
+    /// What `--auth-token` selected: simple tokens (kept by the state machine) or JWT.
+    token_kind: crate::auth::tokens::TokenKind,
 }
 
 impl Member {

@@ -30,6 +30,7 @@ pub fn alarm_command(action: AlarmAction, member: u64, alarm: AlarmType) -> pb::
             member_id: member,
             alarm: alarm as i32,
         })),
+        auth: None,
     }
 }
 

@@ -126,6 +126,13 @@ impl WriteTxn {
         Ok(LeaseRevokeResponse { header: self.header() })
     }
 
+    /// The keys attached to lease `id` as committed, for a check made before a request that
+    /// applies alone (so nothing staged can be missed).
+    pub fn committed_lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        self.expect_clean("lease key lookup")?;
+        attached_keys(&self.db, id)
+    }
+
     fn expect_clean(&self, what: &str) -> Result<()> {
         if self.is_dirty() {
             return Err(StoreError::Internal(format!("{what} inside a dirty batch")));

@@ -11,8 +11,8 @@
 //!   revision,
 //! - `latest`: user key → encoded `KeyValue` of live keys, so reads at the current revision
 //!   are one ordered scan,
-//! - `meta`: the [`Meta`] record, written in the same WriteBatch as every change, and the
-//!   active alarms,
+//! - `meta`: the [`Meta`] record, written in the same WriteBatch as every change, the
+//!   active alarms, and the auth store (one record, `auth::AuthState`'s),
 //! - `lease`: granted leases and the keys attached to each (see [`lease`]).
 //!
 //! The RocksDB WAL of this instance is written but not fsynced per batch: the Raft log is the
@@ -215,6 +215,28 @@ impl WriteTxn {
         .encode_to_vec();
         self.stage_raw(CF_META, ALARMS_KEY.to_vec(), enc);
         Ok(())
+    }
+}
+
+const AUTH_KEY: &[u8] = b"auth";
+
+impl Mvcc {
+    /// The auth store's record as last applied (`None` when auth was never changed).
+    pub fn auth_record(&self) -> Result<Option<crate::proto::lodestone::AuthStore>> {
+        let db = self.db();
+        match db.get_cf(cf(&db, CF_META)?, AUTH_KEY)? {
+            None => Ok(None),
+            Some(b) => crate::proto::lodestone::AuthStore::decode(b.as_slice())
+                .map(Some)
+                .map_err(|e| StoreError::Storage(format!("corrupt auth record: {e}"))),
+        }
+    }
+}
+
+impl WriteTxn {
+    /// Stages the auth store's record (written with the batch).
+    pub fn set_auth_record(&mut self, record: &crate::proto::lodestone::AuthStore) {
+        self.stage_raw(CF_META, AUTH_KEY.to_vec(), record.encode_to_vec());
     }
 }
 

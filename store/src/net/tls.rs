@@ -803,6 +803,16 @@ pub fn accept(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// The subject CN of a DER certificate (the user a client certificate names when auth is on).
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,18 @@ impl fmt::Display for Command {
             Some(Kind::LeaseGrant(_)) => "lease_grant",
             Some(Kind::LeaseRevoke(_)) => "lease_revoke",
             Some(Kind::Alarm(_)) => "alarm",
+            Some(Kind::AuthEnable(_)) => "auth_enable",
+            Some(Kind::AuthDisable(_)) => "auth_disable",
+            Some(Kind::Authenticate(_)) => "authenticate",
+            Some(Kind::UserAdd(_)) => "user_add",
+            Some(Kind::UserDelete(_)) => "user_delete",
+            Some(Kind::UserChangePassword(_)) => "user_change_password",
+            Some(Kind::UserGrantRole(_)) => "user_grant_role",
+            Some(Kind::UserRevokeRole(_)) => "user_revoke_role",
+            Some(Kind::RoleAdd(_)) => "role_add",
+            Some(Kind::RoleDelete(_)) => "role_delete",
+            Some(Kind::RoleGrantPermission(_)) => "role_grant_permission",
+            Some(Kind::RoleRevokePermission(_)) => "role_revoke_permission",
             None => "empty",
         };
         f.write_str(name)
@@ -146,6 +158,7 @@ mod tests {
                 value: vec![0u8, 1, 2].into(),
                 ..Default::default()
             })),
+            auth: None,
         });
         let b = bincode::serialize(&c).unwrap();
         let back: Command = bincode::deserialize(&b).unwrap();

@@ -1,14 +1,14 @@
 //! The state machine's state shared with the read path: the MVCC store, the applied index
-//! and revision (as watch channels), alarms, published member attributes, the lease clock's
-//! deadlines, and the member's snapshot directory.
+//! and revision (as watch channels), alarms, the auth store and simple tokens, published
+//! member attributes, the lease clock's deadlines, and the member's snapshot directory.
 //!
 //! openraft's state-machine task writes it (`state_machine`); the member reads it. The
 //! Raft bookkeeping stored with every applied batch ([`AppliedState`]) lives here too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -17,6 +17,8 @@ use super::snapshot;
 use super::snapshot_files::{SCRATCH, SCRATCH_EXTENSIONS};
 use super::{LogId, SnapshotMeta, StoredMembership};
 use crate::apply::MemberAttributes;
+use crate::auth::AuthState;
+use crate::auth::tokens::SimpleTokens;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
@@ -64,6 +66,10 @@ pub struct Shared {
     /// Lease deadlines, fed by applied grants and revokes.
     pub lessor: Lessor,
     pub(super) alarms: Mutex<Vec<AlarmMember>>,
+    /// The auth store as of the last applied batch (replaced whole on change).
+    pub(super) auth: Mutex<Arc<AuthState>>,
+    /// The simple tokens this member learned from applied Authenticate commands.
+    pub tokens: SimpleTokens,
 }
 
 impl Shared {
@@ -134,6 +140,11 @@ impl Shared {
             .expect("alarms lock")
             .iter()
             .any(|a| a.alarm == t as i32)
+    }
+
+    /// The auth store as of the last applied batch.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.lock().expect("auth lock").clone()
     }
 
     /// Published member attributes as of the last applied batch.

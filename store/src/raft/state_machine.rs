@@ -24,6 +24,8 @@ use super::snapshot::{self, SnapshotFile};
 use super::snapshot_files::{latest_snapshot, publish, scratch_copy};
 use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, generations};
 use crate::apply::{self, Applying, MemberAttributes};
+use crate::auth::AuthState;
+use crate::auth::tokens::SimpleTokens;
 use crate::lease::Lessor;
 use crate::metrics;
 use crate::mvcc::Mvcc;
@@ -57,6 +59,7 @@ impl StateMachine {
         let lessor = Lessor::default();
         lessor.reset(mvcc.leases().map_err(io_err)?, Instant::now());
         let alarms = Mutex::new(mvcc.alarms().map_err(io_err)?);
+        let auth = Mutex::new(Arc::new(AuthState::from_record(mvcc.auth_record().map_err(io_err)?)));
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 mvcc,
@@ -70,6 +73,8 @@ impl StateMachine {
                 members: Mutex::new(applied.members),
                 lessor,
                 alarms,
+                auth,
+                tokens: SimpleTokens::default(),
             }),
         })
     }
@@ -96,16 +101,19 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
     let mut results = Vec::with_capacity(entries.len());
     let mut lease_changes = Vec::new();
     let mut alarms = shared.alarms();
+    let mut auth = shared.auth();
     for entry in entries {
         let r = match &entry.payload {
             EntryPayload::Blank => CommandResult(apply::empty()),
-            EntryPayload::Normal(cmd) if apply::applies_alone(&cmd.0) => {
+            EntryPayload::Normal(cmd) if apply::applies_alone(&cmd.0, auth.enabled()) => {
                 if txn.is_dirty() {
                     txn.commit(state.encode()).map_err(io_err)?;
                 }
                 let applying = Applying {
                     members: &mut state.members,
                     alarms: &mut alarms,
+                    auth: &mut auth,
+                    tokens: &shared.tokens,
                 };
                 let r = apply::apply_command(&mut txn, applying, &cmd.0).map_err(io_err)?;
                 match (&cmd.0.kind, &r.kind) {
@@ -125,6 +133,8 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
                 let applying = Applying {
                     members: &mut state.members,
                     alarms: &mut alarms,
+                    auth: &mut auth,
+                    tokens: &shared.tokens,
                 };
                 CommandResult(apply::apply_command(&mut txn, applying, &cmd.0).map_err(io_err)?)
             }
@@ -141,6 +151,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
     metrics::observe_backend_commit(start.elapsed());
     *shared.members.lock().expect("members lock") = state.members;
     *shared.alarms.lock().expect("alarms lock") = alarms;
+    *shared.auth.lock().expect("auth lock") = auth;
     let now = Instant::now();
     for c in lease_changes {
         match c {
@@ -257,6 +268,8 @@ fn install(
         .lessor
         .reset(shared.mvcc.leases().map_err(io_err)?, Instant::now());
     *shared.alarms.lock().expect("alarms lock") = shared.mvcc.alarms().map_err(io_err)?;
+    *shared.auth.lock().expect("auth lock") =
+        Arc::new(AuthState::from_record(shared.mvcc.auth_record().map_err(io_err)?));
     shared.compacted.store(m.compacted, Ordering::Release);
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
@@ -311,6 +324,7 @@ mod tests {
                 value: b"v".to_vec().into(),
                 ..Default::default()
             })),
+            auth: None,
         };
         Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), Command(cmd))
     }

@@ -502,6 +502,7 @@ async fn oversized_peer_messages_are_refused() {
             value: vec![b'x'; 16 << 20].into(),
             ..Default::default()
         })),
+        auth: None,
     };
     let err = client
         .propose(huge)
@@ -539,6 +540,7 @@ async fn misaddressed_peer_messages_are_refused() {
             value: b"v".to_vec().into(),
             ..Default::default()
         })),
+        auth: None,
     };
     let peer = format!("http://127.0.0.1:{}", c.members[0].peer_port);
     let channel = peer_channel(&peer).await;

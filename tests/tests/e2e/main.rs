@@ -2,6 +2,7 @@
 //! store and RocksDB, so one binary instead of twelve saves most of a warm build's link
 //! time. `cargo test -p lodestone-tests -- watch::` runs one suite.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod etcdctl;
