@@ -158,3 +158,41 @@ async fn probe_reads_a_cluster_over_tls_with_the_client_certificate() {
     // Without the certificate the members refuse the operator.
     assert!(!observe(endpoints, None).await.formed());
 }
+
+/// With etcd auth enabled, the probe runs as the user its client certificate names (the CN,
+/// as etcd takes it): a certificate for `root` reads the members; one naming no user reads
+/// nothing, since MemberList needs a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reads_a_cluster_with_auth_as_the_certificates_user() {
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = lodestone_tests::pki::Ca::new(pki.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let root = ca.issue("root", "root");
+    let cluster = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            client_tls: Some(member.clone()),
+            ..Options::members(1)
+        },
+    )
+    .await;
+    let endpoints = urls(&cluster);
+    let read = |p: &std::path::Path| std::fs::read(p).expect("certificate file");
+    let tls = |f: &lodestone_tests::pki::TlsFiles| ClientTls {
+        ca: read(&f.ca),
+        cert: read(&f.cert),
+        key: read(&f.key),
+    };
+    let mut admin =
+        lodestone_tests::connect_with(&endpoints, lodestone_tests::connect_options(Some(&root))).await;
+    admin.user_add("root", "pw", None).await.expect("user add");
+    admin.role_add("root").await.expect("role add");
+    admin.user_grant_role("root", "root").await.expect("grant");
+    admin.auth_enable().await.expect("auth enable");
+
+    let view = observe(endpoints.clone(), Some(tls(&root))).await;
+    assert!(view.formed(), "{view:?}");
+    assert!(view.leader.is_some());
+    assert!(view.members.iter().all(|m| m.status.is_some()), "{view:?}");
+    assert!(!observe(endpoints, Some(tls(&member))).await.formed());
+}

@@ -106,7 +106,8 @@ pub struct LodestoneClusterSpec {
 pub struct TlsSpec {
     /// Serve clients on https with this Secret's certificate; clients must present a
     /// certificate signed by its `ca.crt` (etcd's `--client-cert-auth`). The operator
-    /// connects with this same certificate, so it must allow client authentication too.
+    /// connects with this same certificate, so it must allow client authentication too; with
+    /// etcd auth enabled its CN is the operator's user, which must hold the `root` role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<TlsSecret>,
     /// Members talk over https with this Secret's certificate and accept only peers whose
