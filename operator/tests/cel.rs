@@ -133,3 +133,45 @@ fn tls_cannot_be_added_or_removed_and_needs_secret_names() {
     let err = validate_cel(&empty).expect_err("empty secret name");
     assert!(messages(err).contains("secretName must not be empty"));
 }
+
+#[test]
+fn issuer_refs_name_an_issuer_or_a_cluster_issuer() {
+    let mut cluster = sample("lodestonecluster-cert-manager.yaml");
+    let issuer = |c: &mut LodestoneCluster| {
+        c.spec
+            .tls
+            .as_mut()
+            .unwrap()
+            .client
+            .as_mut()
+            .unwrap()
+            .issuer_ref
+            .as_mut()
+            .unwrap()
+            .clone()
+    };
+    let set = |c: &mut LodestoneCluster, kind: Option<&str>, name: &str| {
+        let i = c
+            .spec
+            .tls
+            .as_mut()
+            .unwrap()
+            .client
+            .as_mut()
+            .unwrap()
+            .issuer_ref
+            .as_mut()
+            .unwrap();
+        i.kind = kind.map(str::to_string);
+        i.name = name.to_string();
+    };
+    assert_eq!(issuer(&mut cluster).name, "lodestone-ca");
+    set(&mut cluster, Some("ClusterIssuer"), "ca");
+    validate_cel(&cluster).expect("a ClusterIssuer");
+    set(&mut cluster, Some("Vault"), "ca");
+    let err = validate_cel(&cluster).expect_err("an unknown kind");
+    assert!(messages(err).contains("issuerRef.kind must be Issuer or ClusterIssuer"));
+    set(&mut cluster, None, "");
+    let err = validate_cel(&cluster).expect_err("an empty name");
+    assert!(messages(err).contains("issuerRef.name must not be empty"));
+}

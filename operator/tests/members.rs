@@ -183,8 +183,7 @@ async fn probe_reads_a_cluster_with_auth_as_the_certificates_user() {
         cert: read(&f.cert),
         key: read(&f.key),
     };
-    let mut admin =
-        lodestone_tests::connect_with(&endpoints, lodestone_tests::connect_options(Some(&root))).await;
+    let mut admin = lodestone_tests::connect_with(&endpoints, lodestone_tests::connect_options(Some(&root))).await;
     admin.user_add("root", "pw", None).await.expect("user add");
     admin.role_add("root").await.expect("role add");
     admin.user_grant_role("root", "root").await.expect("grant");

@@ -211,6 +211,7 @@ class Render(unittest.TestCase):
             ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
             ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
             ("", "secrets"): {"get"},
+            ("cert-manager.io", "certificates"): {"get", "create", "patch"},
             ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
             ("events.k8s.io", "events"): {"create", "patch"},
             ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
@@ -263,7 +264,7 @@ class Manifests(unittest.TestCase):
             with self.subTest(sample=path.name):
                 jsonschema.validate(body, strict_schema(schema))
                 self.assertEqual(doc["apiVersion"], "lodestone.dev/v1alpha1")
-        self.assertEqual(kinds.count("LodestoneCluster"), 4)
+        self.assertEqual(kinds.count("LodestoneCluster"), 5)
         self.assertEqual(kinds.count("LodestoneSnapshot"), 1)
 
     def test_crd_schema_rejects_bad_samples(self):

@@ -1,12 +1,13 @@
 //! The apply step, the only one that writes: server-side apply of every desired object under
 //! the operator's field manager, then the Events the plan asked for.
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::build::certificate_resource;
 use super::plan::{Desired, PlannedEvent};
 use crate::Error;
 use crate::crd::LodestoneCluster;
@@ -15,6 +16,9 @@ use crate::crd::LodestoneCluster;
 pub const FIELD_MANAGER: &str = "lodestone-operator";
 
 pub async fn apply(client: &kube::Client, namespace: &str, desired: &Desired) -> Result<(), Error> {
+    for certificate in &desired.certificates {
+        apply_certificate(client, namespace, certificate).await?;
+    }
     apply_one(client, namespace, &desired.service_account).await?;
     apply_one(client, namespace, &desired.peer_service).await?;
     apply_one(client, namespace, &desired.client_service).await?;
@@ -42,6 +46,21 @@ where
         .await
         .map_err(|source| Error::Apply {
             kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })?;
+    Ok(())
+}
+
+/// A cert-manager Certificate (a dynamic object: cert-manager's types are not a dependency).
+async fn apply_certificate(client: &kube::Client, namespace: &str, object: &DynamicObject) -> Result<(), Error> {
+    let resource = certificate_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = object.name_any();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: resource.kind.clone(),
             name,
             source,
         })?;

@@ -25,6 +25,9 @@ pub struct Desired {
     pub bootstrap: ConfigMap,
     pub statefulset: StatefulSet,
     pub pdb: PodDisruptionBudget,
+    /// cert-manager Certificates for `spec.tls.*.issuerRef`, applied before the StatefulSet
+    /// that mounts their Secrets.
+    pub certificates: Vec<kube::api::DynamicObject>,
 }
 
 /// An Event to publish on the cluster resource.
@@ -235,6 +238,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         bootstrap: build::bootstrap_config_map(cluster, &names, &bootstrap),
         statefulset,
         pdb: build::pod_disruption_budget(cluster, &names, members),
+        certificates: build::certificates(cluster, &names),
     };
 
     // Conditions.

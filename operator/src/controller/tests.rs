@@ -110,6 +110,57 @@ async fn create_applies_every_owned_object_and_reports_bootstrapping() {
     );
 }
 
+/// With `issuerRef`, the Certificates go first, so cert-manager issues the Secrets the
+/// StatefulSet's pods mount while the rest is applied.
+#[tokio::test]
+async fn cert_manager_certificates_are_applied_before_the_members() {
+    let probe = Arc::new(FakeProbe::default());
+    let (ctx, mut api) = fixtures::context(probe);
+    let cluster = fixtures::sample("lodestonecluster-cert-manager.yaml");
+    let task = spawn(cluster.clone(), ctx);
+
+    for resource in ["configmaps/example-cm-bootstrap"] {
+        api.expect("GET", &format!("{NS}/{resource}")).await.not_found();
+    }
+    api.expect("GET", &format!("{APPS}/statefulsets/example-cm"))
+        .await
+        .not_found();
+    for secret in ["example-cm-client", "example-cm-peer"] {
+        let seen = api
+            .expect(
+                "PATCH",
+                &format!("/apis/cert-manager.io/v1/namespaces/default/certificates/{secret}?"),
+            )
+            .await;
+        assert!(seen.path.contains("fieldManager=lodestone-operator"), "{}", seen.path);
+        assert_eq!(seen.body["kind"], "Certificate");
+        assert_eq!(seen.body["apiVersion"], "cert-manager.io/v1");
+        assert_eq!(seen.body["spec"]["secretName"], secret);
+        assert_eq!(seen.body["metadata"]["ownerReferences"][0]["uid"], fixtures::UID);
+        seen.echo();
+    }
+    for (prefix, resource) in [
+        (NS, "serviceaccounts/example-cm"),
+        (NS, "services/example-cm-peer"),
+        (NS, "services/example-cm"),
+        (NS, "configmaps/example-cm-bootstrap"),
+        (APPS, "statefulsets/example-cm"),
+        (POLICY, "poddisruptionbudgets/example-cm"),
+    ] {
+        api.expect("PATCH", &format!("{prefix}/{resource}?")).await.echo();
+    }
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/lodestone.dev/v1alpha1/namespaces/default/lodestoneclusters/example-cm/status",
+        )
+        .await;
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    api.expect("POST", EVENTS).await.echo();
+    task.await.expect("task").expect("reconcile succeeds");
+}
+
 #[tokio::test]
 async fn formed_cluster_latches_existing_and_records_the_cluster_id() {
     let probe = Arc::new(FakeProbe {

@@ -116,13 +116,37 @@ pub struct TlsSpec {
     pub peer: Option<TlsSecret>,
 }
 
-/// A Secret in the cluster's namespace.
+/// A Secret in the cluster's namespace, provided or issued by cert-manager.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSecret {
     /// Name of the Secret.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("secretName must not be empty"))]
     pub secret_name: String,
+    /// Have cert-manager issue the certificate into `secretName`: the operator creates a
+    /// cert-manager `Certificate` (named like the Secret) for the member pods' and the client
+    /// Service's DNS names, usable for server and client authentication. cert-manager must be
+    /// installed, and the issuer must put `ca.crt` in the Secret (a CA or self-signed issuer
+    /// does). The client certificate's CN is `root`, so that the operator acts as etcd's root
+    /// user when auth is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("issuerRef.name must not be empty"))]
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace, the default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == 'Issuer' || self == 'ClusterIssuer'").message("issuerRef.kind must be Issuer or ClusterIssuer"))]
+    pub kind: Option<String>,
+    /// API group of the issuer; `cert-manager.io` by default (external issuers have their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Member volumes. Each member gets its own PersistentVolumeClaims from these templates.

@@ -1,11 +1,13 @@
 //! Pure builders: one function per owned Kubernetes object, from the cluster resource and the
 //! decisions of the plan. Nothing here talks to the API server.
 
+mod certificate;
 mod config;
 mod pdb;
 mod service;
 mod statefulset;
 
+pub use certificate::{Side, certificate, certificate_resource, certificates};
 pub use config::{BootstrapConfig, ClusterState, bootstrap_config_map};
 pub use pdb::{pod_disruption_budget, quorum};
 pub use service::{client_service, peer_service, service_account};

@@ -365,3 +365,60 @@ fn tls_secrets_become_https_urls_mounted_files_and_etcd_flags() {
     assert!(env(&pod.containers[0], "LODESTONE_CERT_FILE").is_none());
     assert!(pod.volumes.as_ref().unwrap().iter().all(|v| v.secret.is_none()));
 }
+
+#[test]
+fn cert_manager_issues_the_secrets_named_in_spec_tls() {
+    use kube::Resource;
+
+    let cluster = fixtures::sample("lodestonecluster-cert-manager.yaml");
+    let names = Names::of(&cluster);
+    let certs = super::certificates(&cluster, &names);
+    assert_eq!(certs.len(), 2);
+    let by_name = |n: &str| certs.iter().find(|c| c.metadata.name.as_deref() == Some(n)).expect(n);
+    for (name, cn) in [("example-cm-client", "root"), ("example-cm-peer", "example-cm-peer")] {
+        let c = by_name(name);
+        let types = c.types.as_ref().expect("apiVersion and kind");
+        assert_eq!(
+            (types.api_version.as_str(), types.kind.as_str()),
+            ("cert-manager.io/v1", "Certificate")
+        );
+        assert_eq!(c.metadata.namespace.as_deref(), Some("default"));
+        let owner = &c.metadata.owner_references.as_ref().expect("owned")[0];
+        assert_eq!(owner.kind, LodestoneCluster::kind(&()));
+        let spec = &c.data["spec"];
+        assert_eq!(spec["secretName"], name);
+        assert_eq!(spec["commonName"], cn);
+        assert_eq!(
+            spec["issuerRef"],
+            serde_json::json!({"name": "lodestone-ca", "kind": "Issuer", "group": "cert-manager.io"})
+        );
+        let dns: Vec<&str> = spec["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        // Every member as peers and the operator dial it, and the client Service.
+        assert!(dns.contains(&"*.example-cm-peer.default.svc"), "{dns:?}");
+        assert!(dns.contains(&"example-cm.default.svc"), "{dns:?}");
+        assert_eq!(
+            names.client_url("example-cm-0"),
+            "https://example-cm-0.example-cm-peer.default.svc:2379",
+            "a name the certificate covers"
+        );
+        let usages = spec["usages"].as_array().unwrap();
+        assert!(usages.contains(&"server auth".into()) && usages.contains(&"client auth".into()));
+    }
+
+    // One Certificate for a Secret both sides share; none for provided Secrets.
+    let mut shared = cluster.clone();
+    let tls = shared.spec.tls.as_mut().unwrap();
+    tls.peer.as_mut().unwrap().secret_name = "example-cm-client".into();
+    let certs = super::certificates(&shared, &Names::of(&shared));
+    assert_eq!(certs.len(), 1);
+    assert_eq!(certs[0].data["spec"]["commonName"], "root");
+    let provided = fixtures::sample("lodestonecluster-tls.yaml");
+    assert!(super::certificates(&provided, &Names::of(&provided)).is_empty());
+    let plain = fixtures::sample("lodestonecluster-3-members.yaml");
+    assert!(super::certificates(&plain, &Names::of(&plain)).is_empty());
+}
