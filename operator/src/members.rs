@@ -1,5 +1,7 @@
-//! What the members themselves say, through the etcd API (`etcd-client`): the same API every
-//! user has. The operator reads MemberList from one member and Status from each.
+//! What the members themselves say, and the membership changes asked of them, through the
+//! etcd API (`etcd-client`): the same API every user has. The operator reads MemberList from
+//! one member and Status from each ([`MemberProbe`]), and changes the membership one call
+//! at a time ([`Members`]): add a learner, promote it, move leadership, remove a member.
 
 use std::time::Duration;
 
@@ -8,6 +10,9 @@ use futures::future::BoxFuture;
 
 /// How long one member may take to answer before it counts as unreachable.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a membership change may take (it commits through Raft; a leader election may be
+/// under way).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The cluster as its members report it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -177,6 +182,212 @@ async fn member_status(client_urls: Vec<String>, tls: Option<&ClientTls>) -> Opt
         version: status.version().to_string(),
         errors: status.errors().to_vec(),
     })
+}
+
+/// Why a membership change did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no member answered at {0:?}")]
+    Unreachable(Vec<String>),
+    /// The learner has not caught up with the leader yet: promote it later.
+    #[error("the learner has not caught up with the leader yet")]
+    NotCaughtUp,
+    /// A member refused the change; etcd's message.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Membership changes, one call each. Every call is idempotent, so a step the operator
+/// repeats after a restart (it records the step before making it) does no harm: adding a
+/// learner whose peer URL is already a member answers that member's id; promoting a voter,
+/// or removing a member that is gone, succeeds.
+///
+/// A trait so controller tests, which run without members, can supply one; the real
+/// implementation is [`EtcdMembers`], tested against real `lodestone` processes.
+pub trait Members: Send + Sync {
+    /// MemberAdd as a learner with `peer_url`; the new (or existing) member's id.
+    fn add_learner(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        peer_url: String,
+    ) -> BoxFuture<'static, Result<u64, ChangeError>>;
+    /// MemberPromote; `NotCaughtUp` while the learner trails the leader.
+    fn promote(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>>;
+    /// MemberRemove.
+    fn remove(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>>;
+    /// MoveLeader, asked of the leader at `leader_endpoint` (etcd requires it), to `to`.
+    fn move_leader(
+        &self,
+        leader_endpoint: String,
+        tls: Option<ClientTls>,
+        to: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>>;
+}
+
+/// The real membership calls: `etcd-client`, trying each endpoint in turn.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdMembers;
+
+/// True when `e` says the member could not be reached at all (as opposed to an answer).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && !s.message().starts_with("etcdserver: ")
+        }
+        _ => true,
+    }
+}
+
+/// Makes `call` on the first member of `endpoints` that answers (with a result or a
+/// refusal), with the change timeout.
+async fn on_first<T, F, Fut>(
+    endpoints: &[String],
+    tls: Option<&ClientTls>,
+    mut call: F,
+) -> Result<Result<T, etcd_client::Error>, ChangeError>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    for endpoint in endpoints {
+        let tls = tls.filter(|_| endpoint.starts_with("https://"));
+        let options = options(tls).with_timeout(CHANGE_TIMEOUT);
+        let Ok(Ok(c)) = tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options))).await else {
+            continue;
+        };
+        match call(c).await {
+            Err(e) if unreachable(&e) => continue,
+            r => return Ok(r),
+        }
+    }
+    Err(ChangeError::Unreachable(endpoints.to_vec()))
+}
+
+fn refused(e: etcd_client::Error) -> ChangeError {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => ChangeError::Refused(s.message().to_string()),
+        other => ChangeError::Refused(other.to_string()),
+    }
+}
+
+fn message(e: &etcd_client::Error) -> &str {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message(),
+        _ => "",
+    }
+}
+
+impl Members for EtcdMembers {
+    fn add_learner(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        peer_url: String,
+    ) -> BoxFuture<'static, Result<u64, ChangeError>> {
+        Box::pin(async move {
+            let added = on_first(&endpoints, tls.as_ref(), |mut c| {
+                let peer_url = peer_url.clone();
+                async move {
+                    let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+                    match c.member_add([peer_url.as_str()], Some(opts)).await {
+                        Ok(r) => Ok(r.member().map(|m| m.id())),
+                        // Added before (a repeated step): that member is the answer.
+                        Err(e) if message(&e) == "etcdserver: Peer URLs already exists" => {
+                            let list = c.member_list().await?;
+                            Ok(list
+                                .members()
+                                .iter()
+                                .find(|m| m.peer_urls().contains(&peer_url))
+                                .map(|m| m.id()))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+            added
+                .map_err(refused)?
+                .ok_or_else(|| ChangeError::Refused(format!("no member with peer URL {peer_url} after MemberAdd")))
+        })
+    }
+
+    fn promote(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>> {
+        Box::pin(async move {
+            match on_first(
+                &endpoints,
+                tls.as_ref(),
+                |mut c| async move { c.member_promote(id).await },
+            )
+            .await?
+            {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if message(&e) == "etcdserver: can only promote a learner member which is in sync with leader" =>
+                {
+                    Err(ChangeError::NotCaughtUp)
+                }
+                // Already a voter (a repeated step).
+                Err(e) if message(&e) == "etcdserver: can only promote a learner member" => Ok(()),
+                Err(e) => Err(refused(e)),
+            }
+        })
+    }
+
+    fn remove(
+        &self,
+        endpoints: Vec<String>,
+        tls: Option<ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>> {
+        Box::pin(async move {
+            match on_first(
+                &endpoints,
+                tls.as_ref(),
+                |mut c| async move { c.member_remove(id).await },
+            )
+            .await?
+            {
+                Ok(_) => Ok(()),
+                // Gone already (a repeated step).
+                Err(e) if message(&e) == "etcdserver: member not found" => Ok(()),
+                Err(e) => Err(refused(e)),
+            }
+        })
+    }
+
+    fn move_leader(
+        &self,
+        leader_endpoint: String,
+        tls: Option<ClientTls>,
+        to: u64,
+    ) -> BoxFuture<'static, Result<(), ChangeError>> {
+        Box::pin(async move {
+            on_first(
+                std::slice::from_ref(&leader_endpoint),
+                tls.as_ref(),
+                |mut c| async move { c.move_leader(to).await },
+            )
+            .await?
+            .map(|_| ())
+            .map_err(refused)
+        })
+    }
 }
 
 /// A member ID the way etcd prints it.

@@ -195,3 +195,113 @@ async fn probe_reads_a_cluster_with_auth_as_the_certificates_user() {
     assert!(view.members.iter().all(|m| m.status.is_some()), "{view:?}");
     assert!(!observe(endpoints, Some(tls(&member))).await.formed());
 }
+
+/// The operator's membership calls against real members, the way its steps will use them:
+/// grow 1 → 3 one learner at a time (MemberAdd as a learner; the new member starts listing
+/// only the founder in `--initial-cluster`, as a StatefulSet pod does; promote once caught
+/// up), then shrink 3 → 1, moving leadership off a leader before removing it. Every call is
+/// repeated once, as after an operator restart, and the repeat changes nothing. Writes made
+/// along the way are all there at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_calls_grow_and_shrink_a_live_cluster() {
+    use lodestone_operator::members::{ChangeError, EtcdMembers, Members};
+
+    let mut cluster = Cluster::start(Kind::Lodestone, Options::members(1)).await;
+    let founder = format!("{}={}", cluster.members[0].name, cluster.members[0].peer_url());
+    let ops = EtcdMembers;
+    let mut client = cluster.client_of(0).await;
+    let mut written = 0;
+    let mut write = async |client: &mut etcd_client::Client| {
+        written += 1;
+        client.put(format!("k{written}"), "v", None).await.expect("write");
+    };
+    write(&mut client).await;
+
+    for _ in 0..2 {
+        let endpoints = urls(&cluster);
+        let slot = cluster.add_member_slot();
+        let peer = cluster.members[slot].peer_url();
+        let id = ops
+            .add_learner(endpoints.clone(), None, peer.clone())
+            .await
+            .expect("add learner");
+        assert_eq!(
+            ops.add_learner(endpoints.clone(), None, peer).await,
+            Ok(id),
+            "a repeated add"
+        );
+        cluster.start_joining(slot, &founder);
+        write(&mut client).await;
+        // Promote once the learner caught up; until then the call says so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match ops.promote(endpoints.clone(), None, id).await {
+                Ok(()) => break,
+                Err(ChangeError::NotCaughtUp) => {
+                    assert!(std::time::Instant::now() < deadline, "the learner never caught up");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("promote: {e}"),
+            }
+        }
+        assert_eq!(ops.promote(endpoints, None, id).await, Ok(()), "a repeated promote");
+        write(&mut client).await;
+    }
+    // The joined members publish their names and client URLs once running.
+    cluster.wait_published().await;
+    let view = observe(urls(&cluster), None).await;
+    assert_eq!(view.members.len(), 3);
+    assert!(
+        view.members.iter().all(|m| !m.learner && m.status.is_some()),
+        "{view:?}"
+    );
+
+    // Shrink: the two newest members go; a leader hands leadership over first.
+    for victim in [2usize, 1] {
+        let view = observe(urls(&cluster), None).await;
+        let leader = view.leader.expect("a leader");
+        let victim_id = view
+            .members
+            .iter()
+            .find(|m| m.name == cluster.members[victim].name)
+            .expect("the victim is a member")
+            .id;
+        if leader == victim_id {
+            let to = view
+                .members
+                .iter()
+                .find(|m| m.id != victim_id)
+                .expect("another member")
+                .id;
+            ops.move_leader(cluster.members[victim].client_url(), None, to)
+                .await
+                .expect("move leader");
+        }
+        let endpoints: Vec<String> = (0..victim).map(|i| cluster.members[i].client_url()).collect();
+        ops.remove(endpoints.clone(), None, victim_id).await.expect("remove");
+        assert_eq!(
+            ops.remove(endpoints, None, victim_id).await,
+            Ok(()),
+            "a repeated remove"
+        );
+        cluster.kill(victim);
+        let mut survivor = cluster.client_of(0).await;
+        write(&mut survivor).await;
+    }
+    let view = observe(vec![cluster.members[0].client_url()], None).await;
+    assert_eq!(view.members.len(), 1, "{view:?}");
+    assert_eq!(view.leader, Some(view.members[0].id));
+    let mut survivor = cluster.client_of(0).await;
+    let all = survivor
+        .get(
+            "k",
+            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("read");
+    assert_eq!(all.count(), written as i64, "no acknowledged write lost");
+    assert!(matches!(
+        ops.promote(vec!["http://127.0.0.1:1".into()], None, 1).await,
+        Err(ChangeError::Unreachable(_))
+    ));
+}

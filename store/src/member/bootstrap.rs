@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Member, compactor, corruption, events, leases, reads, watch_cache};
-use crate::config::{ClusterState, Config, InitialMember};
+use crate::config::{ClusterState, Config, ConfigError, InitialMember};
 use crate::peer::client::{self, Dialer, Peers};
 use crate::proto::lodestone as pb;
 use crate::raft::log_store::LogStore;
@@ -245,7 +245,17 @@ async fn refuse_if_bootstrapped(
 /// (which does not vote), joins.
 async fn join_existing(cfg: &Config, dialer: &Dialer) -> Result<(u64, NodeId, bool), StartError> {
     let members = cfg.initial_members()?;
-    let me = cfg.self_member(&members)?;
+    // A joiner need not be listed in --initial-cluster (etcd insists; the list only says whom
+    // to ask): one added later, e.g. by the operator to a StatefulSet whose pods share one
+    // --initial-cluster, finds itself by its --initial-advertise-peer-urls in the member list.
+    let me = match cfg.self_member(&members) {
+        Err(ConfigError::NameNotInCluster(_)) => InitialMember {
+            name: cfg.name.clone(),
+            peer_urls: cfg.initial_advertise_peer_urls.clone(),
+            id: 0,
+        },
+        r => r?,
+    };
     let mut last_err = String::from("--initial-cluster names no other member");
     let mut not_found_since: Option<std::time::Instant> = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
