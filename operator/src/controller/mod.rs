@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod membership;
 pub mod observe;
 pub mod plan;
 pub mod status;

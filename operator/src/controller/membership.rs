@@ -1,0 +1,576 @@
+//! Membership changes as the operator makes them: one step per reconcile, decided here,
+//! purely, from the spec, the StatefulSet's slot count, what the members report, and the
+//! operation under way.
+//!
+//! Growing adds one member at a time: MemberAdd as a learner, then a StatefulSet slot for its
+//! pod (which joins by itself), then MemberPromote once it caught up. Shrinking removes the
+//! member of the highest ordinal: leadership moves off it first if it leads, then
+//! MemberRemove, then the slot goes, then the member's volumes are deleted explicitly (a
+//! StatefulSet never deletes claims). Raft ids are never reused: a member added again gets a
+//! new id from MemberAdd.
+//!
+//! The executor records [`Step::record`] (e.g. in `status.operation`) *before* it acts and
+//! [`Step::then`] after the action succeeded, so an operator restarted at any point resumes
+//! with the recorded step; every action is idempotent ([`crate::members::Members`]), so
+//! repeating one is harmless.
+//!
+//! Safety rules, all checked here: nothing changes without a leader; one learner at a time; a
+//! member is added only while every voter answers; a voter is removed only if the voters left
+//! keep a quorum of healthy members; the leader is never removed while it leads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::members::{MembersView, ObservedMember};
+use crate::names::Names;
+
+/// What a membership operation is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationKind {
+    AddMember,
+    RemoveMember,
+}
+
+/// The step of an operation under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepKind {
+    AddLearner,
+    StartMember,
+    Promote,
+    MoveLeader,
+    RemoveMember,
+    Shrink,
+    DeleteVolumes,
+}
+
+/// A membership operation under way: what the executor persists between reconciles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub kind: OperationKind,
+    pub step: StepKind,
+    /// The member's pod.
+    pub member: String,
+    /// Its ordinal (the pod's index in the StatefulSet).
+    pub ordinal: i32,
+    /// Its Raft id, once known (after AddLearner; from the start when removing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<u64>,
+}
+
+/// The one thing to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// MemberAdd as a learner with this peer URL (the executor puts the id it gets into
+    /// [`Step::then`]).
+    AddLearner { peer_url: String },
+    /// Set the StatefulSet's replicas (its slots).
+    SetSlots(i32),
+    /// MemberPromote; a learner that has not caught up is tried again next time.
+    Promote { id: u64 },
+    /// MoveLeader, asked of the leader at its client URL.
+    MoveLeader { leader_client_url: String, to: u64 },
+    /// MemberRemove.
+    Remove { id: u64 },
+    /// Delete the member pod's PersistentVolumeClaims.
+    DeleteVolumes { pod: String },
+}
+
+/// A step: record `record`, perform `action`, then record `then` (`None`: done).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub record: Operation,
+    pub action: Action,
+    pub then: Option<Operation>,
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The membership is what the spec asks for, and no operation is under way.
+    Steady,
+    /// Something must change but cannot safely now; why.
+    Wait(String),
+    /// Make this step.
+    Step(Step),
+    /// The recorded operation has nothing left to do (its last effect is visible): clear it.
+    Done,
+}
+
+/// Everything the decision needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// `spec.replicas`: how many voters the cluster should have.
+    pub desired: i32,
+    /// The StatefulSet's current replicas.
+    pub slots: i32,
+    pub view: &'a MembersView,
+    pub names: &'a Names,
+    pub operation: Option<&'a Operation>,
+}
+
+/// The ordinal of a pod named `<cluster>-<n>`.
+fn ordinal_of(names: &Names, pod: &str) -> Option<i32> {
+    pod.strip_prefix(&format!("{}-", names.cluster))?.parse().ok()
+}
+
+/// The pod a member runs in, found by its peer URL (a learner that has not started yet has
+/// no name, but its peer URL is the one MemberAdd was given).
+fn ordinal_of_member(names: &Names, m: &ObservedMember, slots_upper: i32) -> Option<i32> {
+    if let Some(o) = ordinal_of(names, &m.name) {
+        return Some(o);
+    }
+    (0..slots_upper).find(|&o| m.peer_urls.contains(&names.peer_url(&names.pod(o))))
+}
+
+/// Raft's quorum of `voters`.
+pub fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+pub fn decide(input: Input<'_>) -> Decision {
+    match input.operation {
+        Some(op) => resume(input, op),
+        None => start(input),
+    }
+}
+
+fn start(input: Input<'_>) -> Decision {
+    let Input {
+        desired, view, names, ..
+    } = input;
+    let voters: Vec<&ObservedMember> = view.members.iter().filter(|m| !m.learner).collect();
+    let learners: Vec<&ObservedMember> = view.members.iter().filter(|m| m.learner).collect();
+    let wanted = desired.max(1) as usize;
+    if learners.is_empty() && voters.len() == wanted {
+        return Decision::Steady;
+    }
+    let Some(leader) = view.leader else {
+        return Decision::Wait("no leader: membership changes wait for one".into());
+    };
+    // Ordinals above every member and slot, for finding the pods of members.
+    let upper = input.slots.max(view.members.len() as i32) + 1;
+    if let Some(l) = learners.first() {
+        // A learner nobody recorded (added by hand, or the record was lost): finish adding
+        // it if it is one of this cluster's pods.
+        return match ordinal_of_member(names, l, upper) {
+            Some(ordinal) => {
+                let op = Operation {
+                    kind: OperationKind::AddMember,
+                    step: StepKind::StartMember,
+                    member: names.pod(ordinal),
+                    ordinal,
+                    member_id: Some(l.id),
+                };
+                resume(input, &op)
+            }
+            None => Decision::Wait(format!(
+                "learner {:x} ({:?}) is not one of this cluster's pods: promote or remove it",
+                l.id, l.peer_urls
+            )),
+        };
+    }
+    if voters.len() < wanted {
+        if voters.iter().any(|m| m.status.is_none()) {
+            return Decision::Wait("a member does not answer: members are added only to a healthy cluster".into());
+        }
+        // The lowest ordinal no member runs in.
+        let taken: Vec<i32> = voters
+            .iter()
+            .filter_map(|m| ordinal_of_member(names, m, upper))
+            .collect();
+        let ordinal = (0..).find(|o| !taken.contains(o)).expect("a free ordinal");
+        let member = names.pod(ordinal);
+        let record = Operation {
+            kind: OperationKind::AddMember,
+            step: StepKind::AddLearner,
+            member: member.clone(),
+            ordinal,
+            member_id: None,
+        };
+        let then = Operation {
+            step: StepKind::StartMember,
+            ..record.clone()
+        };
+        return Decision::Step(Step {
+            action: Action::AddLearner {
+                peer_url: names.peer_url(&member),
+            },
+            record,
+            then: Some(then),
+        });
+    }
+    // Too many voters: the one of the highest ordinal goes.
+    let Some((victim, ordinal)) = voters
+        .iter()
+        .filter_map(|m| ordinal_of_member(names, m, upper).map(|o| (*m, o)))
+        .max_by_key(|(_, o)| *o)
+    else {
+        return Decision::Wait("no voter runs in one of this cluster's pods".into());
+    };
+    let healthy_left = voters
+        .iter()
+        .filter(|m| m.id != victim.id && m.status.is_some())
+        .count();
+    if healthy_left < quorum(voters.len() - 1) {
+        return Decision::Wait(format!(
+            "removing {} would leave {healthy_left} healthy of {} voters, short of a quorum",
+            names.pod(ordinal),
+            voters.len() - 1
+        ));
+    }
+    let record = Operation {
+        kind: OperationKind::RemoveMember,
+        step: if leader == victim.id {
+            StepKind::MoveLeader
+        } else {
+            StepKind::RemoveMember
+        },
+        member: names.pod(ordinal),
+        ordinal,
+        member_id: Some(victim.id),
+    };
+    resume(input, &record)
+}
+
+fn resume(input: Input<'_>, op: &Operation) -> Decision {
+    let Input { view, names, slots, .. } = input;
+    // The member by its recorded id, else by its pod's peer URL (an id never recorded).
+    let peer_url = names.peer_url(&op.member);
+    let member = match op.member_id {
+        Some(id) => view.members.iter().find(|m| m.id == id),
+        None => view.members.iter().find(|m| m.peer_urls.contains(&peer_url)),
+    };
+    let member_id = op.member_id.or(member.map(|m| m.id));
+    let next = |step: StepKind| Operation { step, ..op.clone() };
+    let step = |action: Action, then: Option<Operation>| {
+        Decision::Step(Step {
+            record: op.clone(),
+            action,
+            then,
+        })
+    };
+    match op.step {
+        StepKind::AddLearner => step(
+            Action::AddLearner {
+                peer_url: names.peer_url(&op.member),
+            },
+            Some(next(StepKind::StartMember)),
+        ),
+        StepKind::StartMember if slots <= op.ordinal => {
+            step(Action::SetSlots(op.ordinal + 1), Some(next(StepKind::Promote)))
+        }
+        StepKind::StartMember | StepKind::Promote => match (member, member_id) {
+            (Some(m), _) if !m.learner => Decision::Done,
+            (_, Some(id)) => {
+                let record = Operation {
+                    member_id: Some(id),
+                    ..next(StepKind::Promote)
+                };
+                Decision::Step(Step {
+                    record,
+                    action: Action::Promote { id },
+                    then: None,
+                })
+            }
+            (_, None) => Decision::Wait(format!("{} is not a member: add it again", op.member)),
+        },
+        StepKind::MoveLeader => {
+            let Some(id) = op.member_id else {
+                return Decision::Wait(format!("{}: no member id recorded", op.member));
+            };
+            if view.leader != Some(id) {
+                return resume(input, &next(StepKind::RemoveMember));
+            }
+            // To the healthy voter furthest along.
+            let to = view
+                .members
+                .iter()
+                .filter(|m| m.id != id && !m.learner)
+                .filter_map(|m| m.status.as_ref().map(|s| (m, s.applied_index)))
+                .max_by_key(|(_, applied)| *applied);
+            match (to, member.and_then(|m| m.client_urls.first())) {
+                (Some((to, _)), Some(url)) => step(
+                    Action::MoveLeader {
+                        leader_client_url: url.clone(),
+                        to: to.id,
+                    },
+                    Some(next(StepKind::RemoveMember)),
+                ),
+                _ => Decision::Wait(format!("no healthy voter to hand leadership from {} to", op.member)),
+            }
+        }
+        StepKind::RemoveMember => match op.member_id {
+            // Still a member: remove it (the leader never: leadership moves first).
+            Some(id) if member.is_some() => {
+                if view.leader == Some(id) {
+                    return resume(input, &next(StepKind::MoveLeader));
+                }
+                step(Action::Remove { id }, Some(next(StepKind::Shrink)))
+            }
+            _ => resume(input, &next(StepKind::Shrink)),
+        },
+        StepKind::Shrink if slots > op.ordinal => {
+            step(Action::SetSlots(op.ordinal), Some(next(StepKind::DeleteVolumes)))
+        }
+        StepKind::Shrink | StepKind::DeleteVolumes => {
+            let record = next(StepKind::DeleteVolumes);
+            Decision::Step(Step {
+                record,
+                action: Action::DeleteVolumes { pod: op.member.clone() },
+                then: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::MemberHealth;
+
+    fn names() -> Names {
+        Names::of(&crate::fixtures::sample("lodestonecluster-3-members.yaml"))
+    }
+
+    /// Members `ordinals` (ids 100 + ordinal), voters unless listed in `learners`, healthy
+    /// unless listed in `down`, led by `leader` (an ordinal).
+    fn view(ordinals: &[i32], learners: &[i32], down: &[i32], leader: Option<i32>) -> MembersView {
+        let n = names();
+        MembersView {
+            cluster_id: Some(1),
+            leader: leader.map(|o| 100 + o as u64),
+            members: ordinals
+                .iter()
+                .map(|&o| ObservedMember {
+                    id: 100 + o as u64,
+                    name: if learners.contains(&o) { String::new() } else { n.pod(o) },
+                    peer_urls: vec![n.peer_url(&n.pod(o))],
+                    client_urls: vec![n.client_url(&n.pod(o))],
+                    learner: learners.contains(&o),
+                    status: (!down.contains(&o)).then(|| MemberHealth {
+                        applied_index: 10 + o as u64,
+                        ..Default::default()
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn decide_for(desired: i32, slots: i32, view: &MembersView, op: Option<&Operation>) -> Decision {
+        let n = names();
+        decide(Input {
+            desired,
+            slots,
+            view,
+            names: &n,
+            operation: op,
+        })
+    }
+
+    fn step(d: Decision) -> Step {
+        match d {
+            Decision::Step(s) => s,
+            other => panic!("expected a step, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn steady_when_the_voters_match_the_spec() {
+        assert_eq!(
+            decide_for(3, 3, &view(&[0, 1, 2], &[], &[], Some(0)), None),
+            Decision::Steady
+        );
+        // Even without a leader: nothing to change.
+        assert_eq!(decide_for(1, 1, &view(&[0], &[], &[0], None), None), Decision::Steady);
+    }
+
+    #[test]
+    fn growing_adds_a_learner_then_a_slot_then_promotes() {
+        let n = names();
+        let v = view(&[0], &[], &[], Some(0));
+        let s = step(decide_for(3, 1, &v, None));
+        assert_eq!(
+            s.action,
+            Action::AddLearner {
+                peer_url: n.peer_url(&n.pod(1))
+            }
+        );
+        assert_eq!((s.record.step, s.record.ordinal), (StepKind::AddLearner, 1));
+        let mut then = s.then.expect("then");
+        assert_eq!(then.step, StepKind::StartMember);
+        then.member_id = Some(101);
+
+        // The learner exists (not started): its slot comes next.
+        let v = view(&[0, 1], &[1], &[1], Some(0));
+        let s = step(decide_for(3, 1, &v, Some(&then)));
+        assert_eq!(s.action, Action::SetSlots(2));
+        let then = s.then.expect("then");
+        assert_eq!(then.step, StepKind::Promote);
+
+        // Started: promote, again and again until it caught up; then done.
+        let v = view(&[0, 1], &[1], &[], Some(0));
+        let s = step(decide_for(3, 2, &v, Some(&then)));
+        assert_eq!(s.action, Action::Promote { id: 101 });
+        assert_eq!(s.then, None);
+        let v = view(&[0, 1], &[], &[], Some(0));
+        assert_eq!(decide_for(3, 2, &v, Some(&then)), Decision::Done);
+        // And the next member after that.
+        let s = step(decide_for(3, 2, &v, None));
+        assert_eq!(s.record.ordinal, 2);
+    }
+
+    #[test]
+    fn a_step_repeated_after_a_restart_is_the_same_step() {
+        let v = view(&[0], &[], &[], Some(0));
+        let s = step(decide_for(2, 1, &v, None));
+        // The operator recorded AddLearner, then died before (or after) MemberAdd.
+        let again = step(decide_for(2, 1, &v, Some(&s.record)));
+        assert_eq!(again.action, s.action);
+        let v = view(&[0, 1], &[1], &[1], Some(0));
+        let again = step(decide_for(2, 1, &v, Some(&s.record)));
+        assert_eq!(again.action, s.action, "MemberAdd is idempotent: ask again for the id");
+    }
+
+    #[test]
+    fn members_are_added_only_to_a_healthy_cluster_with_a_leader() {
+        assert!(matches!(
+            decide_for(3, 1, &view(&[0], &[], &[], None), None),
+            Decision::Wait(_)
+        ));
+        assert!(matches!(
+            decide_for(5, 3, &view(&[0, 1, 2], &[], &[2], Some(0)), None),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn an_unrecorded_learner_is_finished_before_anything_else() {
+        let v = view(&[0, 1, 2], &[2], &[], Some(0));
+        let s = step(decide_for(3, 3, &v, None));
+        assert_eq!(s.action, Action::Promote { id: 102 });
+        // One that is not a pod of this cluster is left to a human.
+        let mut v = view(&[0, 1], &[], &[], Some(0));
+        let mut stranger = v.members[1].clone();
+        stranger.id = 999;
+        stranger.learner = true;
+        stranger.name = String::new();
+        stranger.peer_urls = vec!["http://elsewhere:2380".into()];
+        v.members.push(stranger);
+        assert!(matches!(decide_for(2, 2, &v, None), Decision::Wait(_)));
+    }
+
+    #[test]
+    fn shrinking_removes_the_highest_ordinal_then_its_slot_then_its_volumes() {
+        let v = view(&[0, 1, 2], &[], &[], Some(0));
+        let s = step(decide_for(2, 3, &v, None));
+        assert_eq!(s.action, Action::Remove { id: 102 });
+        assert_eq!(s.record.member, names().pod(2));
+        let then = s.then.expect("then");
+        assert_eq!(then.step, StepKind::Shrink);
+        // Removed from the cluster; its pod still runs.
+        let v = view(&[0, 1], &[], &[], Some(0));
+        let s = step(decide_for(2, 3, &v, Some(&then)));
+        assert_eq!(s.action, Action::SetSlots(2));
+        let then = s.then.expect("then");
+        let s = step(decide_for(2, 2, &v, Some(&then)));
+        assert_eq!(s.action, Action::DeleteVolumes { pod: names().pod(2) });
+        assert_eq!(s.then, None);
+        assert_eq!(decide_for(2, 2, &v, None), Decision::Steady);
+    }
+
+    #[test]
+    fn a_leader_hands_over_before_it_is_removed() {
+        let v = view(&[0, 1, 2], &[], &[], Some(2));
+        let s = step(decide_for(2, 3, &v, None));
+        assert_eq!(
+            s.action,
+            Action::MoveLeader {
+                leader_client_url: names().client_url(&names().pod(2)),
+                to: 101,
+            },
+            "to the voter furthest along"
+        );
+        let then = s.then.expect("then");
+        assert_eq!(then.step, StepKind::RemoveMember);
+        // Leadership moved: remove.
+        let v = view(&[0, 1, 2], &[], &[], Some(1));
+        assert_eq!(
+            step(decide_for(2, 3, &v, Some(&then))).action,
+            Action::Remove { id: 102 }
+        );
+        // Still leading (it took leadership back): move it again, never remove a leader.
+        let v = view(&[0, 1, 2], &[], &[], Some(2));
+        assert!(matches!(
+            step(decide_for(2, 3, &v, Some(&then))).action,
+            Action::MoveLeader { .. }
+        ));
+    }
+
+    #[test]
+    fn a_removal_never_breaks_quorum() {
+        // 3 → 2 with one of the two left down: 1 healthy of 2 is short of a quorum of 2.
+        let v = view(&[0, 1, 2], &[], &[1], Some(0));
+        assert!(matches!(decide_for(2, 3, &v, None), Decision::Wait(_)));
+        // 5 → 4 with one of the four left down: 3 healthy of 4 is a quorum.
+        let v = view(&[0, 1, 2, 3, 4], &[], &[1], Some(0));
+        assert_eq!(step(decide_for(4, 5, &v, None)).action, Action::Remove { id: 104 });
+        // The victim itself being down does not count against it.
+        let v = view(&[0, 1, 2], &[], &[2], Some(0));
+        assert_eq!(step(decide_for(2, 3, &v, None)).action, Action::Remove { id: 102 });
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(4), 3);
+    }
+
+    #[test]
+    fn one_to_five_to_one_walks_one_member_at_a_time() {
+        // Simulate the executor against an ideal cluster: every action takes effect.
+        let mut members: Vec<(i32, bool)> = vec![(0, false)]; // (ordinal, learner)
+        let mut slots = 1;
+        let mut op: Option<Operation> = None;
+        let mut trace = Vec::new();
+        for desired in [3, 5, 3, 1] {
+            for _ in 0..100 {
+                let ords: Vec<i32> = members.iter().map(|m| m.0).collect();
+                let learners: Vec<i32> = members.iter().filter(|m| m.1).map(|m| m.0).collect();
+                let v = view(&ords, &learners, &[], Some(0));
+                assert!(learners.len() <= 1, "at most one learner");
+                match decide_for(desired, slots, &v, op.as_ref()) {
+                    Decision::Steady => break,
+                    Decision::Done => op = None,
+                    Decision::Wait(why) => panic!("waits in an ideal cluster: {why}"),
+                    Decision::Step(s) => {
+                        trace.push(format!("{:?}", s.action));
+                        let mut then = s.then.clone();
+                        match s.action {
+                            Action::AddLearner { .. } => {
+                                members.push((s.record.ordinal, true));
+                                if let Some(t) = then.as_mut() {
+                                    t.member_id = Some(100 + s.record.ordinal as u64);
+                                }
+                            }
+                            Action::SetSlots(n) => slots = n,
+                            Action::Promote { id } => members
+                                .iter_mut()
+                                .filter(|m| 100 + m.0 as u64 == id)
+                                .for_each(|m| m.1 = false),
+                            Action::Remove { id } => members.retain(|m| 100 + m.0 as u64 != id),
+                            Action::MoveLeader { .. } => panic!("member 0 leads throughout"),
+                            Action::DeleteVolumes { .. } => {}
+                        }
+                        op = then;
+                    }
+                }
+            }
+            let voters = members.iter().filter(|m| !m.1).count();
+            assert_eq!((voters, slots, op.is_none()), (desired as usize, desired, true));
+        }
+        assert_eq!(
+            trace.iter().filter(|t| t.starts_with("AddLearner")).count(),
+            4,
+            "{trace:#?}"
+        );
+        assert_eq!(trace.iter().filter(|t| t.starts_with("Remove")).count(), 4);
+        assert_eq!(trace.iter().filter(|t| t.starts_with("DeleteVolumes")).count(), 4);
+    }
+}
