@@ -30,6 +30,19 @@ pub enum Error {
     MissingNamespace,
     #[error("TLS Secret {name} cannot be used: {problem} (it needs tls.crt, tls.key and ca.crt)")]
     TlsSecret { name: String, problem: String },
+    #[error("membership step {step} for {member} failed: {source}")]
+    Membership {
+        member: String,
+        step: String,
+        #[source]
+        source: crate::members::ChangeError,
+    },
+    #[error("failed to delete PersistentVolumeClaim {name}")]
+    DeleteVolume {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -42,6 +55,8 @@ impl Error {
             Error::Serialize(_) => "serialize",
             Error::MissingNamespace => "missing_namespace",
             Error::TlsSecret { .. } => "tls_secret",
+            Error::Membership { .. } => "membership",
+            Error::DeleteVolume { .. } => "delete_volume",
         }
     }
 }

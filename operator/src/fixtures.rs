@@ -83,6 +83,72 @@ impl MemberProbe for FakeProbe {
     }
 }
 
+/// Membership calls that succeed (a learner is added as id 0xabc) and are recorded as text.
+#[derive(Default)]
+pub struct FakeMembers {
+    pub calls: std::sync::Mutex<Vec<String>>,
+    /// Promotions answer NotCaughtUp this many times first.
+    pub not_caught_up: AtomicUsize,
+}
+
+impl FakeMembers {
+    fn record(&self, call: String) {
+        self.calls.lock().expect("calls").push(call);
+    }
+}
+
+impl crate::members::Members for FakeMembers {
+    fn add_learner(
+        &self,
+        endpoints: Vec<String>,
+        _tls: Option<crate::members::ClientTls>,
+        peer_url: String,
+    ) -> BoxFuture<'static, Result<u64, crate::members::ChangeError>> {
+        self.record(format!("add_learner {peer_url} via {}", endpoints.join(",")));
+        Box::pin(async { Ok(0xabc) })
+    }
+
+    fn promote(
+        &self,
+        _endpoints: Vec<String>,
+        _tls: Option<crate::members::ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), crate::members::ChangeError>> {
+        self.record(format!("promote {id:x}"));
+        let lagging = self
+            .not_caught_up
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        Box::pin(async move {
+            if lagging {
+                Err(crate::members::ChangeError::NotCaughtUp)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn remove(
+        &self,
+        _endpoints: Vec<String>,
+        _tls: Option<crate::members::ClientTls>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<(), crate::members::ChangeError>> {
+        self.record(format!("remove {id:x}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn move_leader(
+        &self,
+        leader_endpoint: String,
+        _tls: Option<crate::members::ClientTls>,
+        to: u64,
+    ) -> BoxFuture<'static, Result<(), crate::members::ChangeError>> {
+        self.record(format!("move_leader {leader_endpoint} to {to:x}"));
+        Box::pin(async { Ok(()) })
+    }
+}
+
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Plays the API server: each `expect` takes the next request the controller sends, checks
@@ -154,8 +220,13 @@ impl ApiServerVerifier {
 
 /// A controller context whose client talks to the returned verifier.
 pub fn context(probe: Arc<FakeProbe>) -> (Arc<Context>, ApiServerVerifier) {
+    context_with(probe, Arc::new(FakeMembers::default()))
+}
+
+/// [`context`] with membership calls recorded by `members`.
+pub fn context_with(probe: Arc<FakeProbe>, members: Arc<FakeMembers>) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let ctx = Context::new(client, probe, Arc::new(Metrics::new()), "test".to_string());
+    let ctx = Context::new(client, probe, members, Arc::new(Metrics::new()), "test".to_string());
     (Arc::new(ctx), ApiServerVerifier(handle))
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lodestone_operator::controller::{self, Context};
 use lodestone_operator::leader::Election;
-use lodestone_operator::members::EtcdProbe;
+use lodestone_operator::members::{EtcdMembers, EtcdProbe};
 use lodestone_operator::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -104,6 +104,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(EtcdProbe),
+        Arc::new(EtcdMembers),
         metrics.clone(),
         args.identity.clone(),
     ));

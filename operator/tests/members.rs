@@ -91,6 +91,7 @@ async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
         }),
         statefulset: None,
         members: view,
+        client_tls: None,
     };
     let planned = plan(&resource, &observed, &Time(k8s_openapi::jiff::Timestamp::now()));
     let status = planned.status;

@@ -200,7 +200,8 @@ class Render(unittest.TestCase):
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
-        # What the controller does, and nothing it does not: no deletes anywhere.
+        # What the controller does, and nothing it does not: the one delete is a removed
+        # member's volume claims.
         expected = {
             ("lodestone.dev", "lodestoneclusters"): {"get", "list", "watch"},
             ("lodestone.dev", "lodestonesnapshots"): {"get", "list", "watch"},
@@ -211,6 +212,7 @@ class Render(unittest.TestCase):
             ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
             ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
             ("", "secrets"): {"get"},
+            ("", "persistentvolumeclaims"): {"delete"},
             ("cert-manager.io", "certificates"): {"get", "create", "patch"},
             ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
             ("events.k8s.io", "events"): {"create", "patch"},

@@ -18,44 +18,10 @@
 //! member is added only while every voter answers; a voter is removed only if the voters left
 //! keep a quorum of healthy members; the leader is never removed while it leads.
 
-use serde::{Deserialize, Serialize};
-
-use crate::members::{MembersView, ObservedMember};
+use crate::members::{MembersView, ObservedMember, format_id};
 use crate::names::Names;
 
-/// What a membership operation is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OperationKind {
-    AddMember,
-    RemoveMember,
-}
-
-/// The step of an operation under way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StepKind {
-    AddLearner,
-    StartMember,
-    Promote,
-    MoveLeader,
-    RemoveMember,
-    Shrink,
-    DeleteVolumes,
-}
-
-/// A membership operation under way: what the executor persists between reconciles.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Operation {
-    pub kind: OperationKind,
-    pub step: StepKind,
-    /// The member's pod.
-    pub member: String,
-    /// Its ordinal (the pod's index in the StatefulSet).
-    pub ordinal: i32,
-    /// Its Raft id, once known (after AddLearner; from the start when removing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member_id: Option<u64>,
-}
+pub use crate::crd::{MembershipOperation as Operation, OperationKind, StepKind};
 
 /// The one thing to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +125,7 @@ fn start(input: Input<'_>) -> Decision {
                     step: StepKind::StartMember,
                     member: names.pod(ordinal),
                     ordinal,
-                    member_id: Some(l.id),
+                    member_id: Some(format_id(l.id)),
                 };
                 resume(input, &op)
             }
@@ -227,7 +193,7 @@ fn start(input: Input<'_>) -> Decision {
         },
         member: names.pod(ordinal),
         ordinal,
-        member_id: Some(victim.id),
+        member_id: Some(format_id(victim.id)),
     };
     resume(input, &record)
 }
@@ -236,11 +202,11 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
     let Input { view, names, slots, .. } = input;
     // The member by its recorded id, else by its pod's peer URL (an id never recorded).
     let peer_url = names.peer_url(&op.member);
-    let member = match op.member_id {
+    let member = match op.id() {
         Some(id) => view.members.iter().find(|m| m.id == id),
         None => view.members.iter().find(|m| m.peer_urls.contains(&peer_url)),
     };
-    let member_id = op.member_id.or(member.map(|m| m.id));
+    let member_id = op.id().or(member.map(|m| m.id));
     let next = |step: StepKind| Operation { step, ..op.clone() };
     let step = |action: Action, then: Option<Operation>| {
         Decision::Step(Step {
@@ -263,7 +229,7 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
             (Some(m), _) if !m.learner => Decision::Done,
             (_, Some(id)) => {
                 let record = Operation {
-                    member_id: Some(id),
+                    member_id: Some(format_id(id)),
                     ..next(StepKind::Promote)
                 };
                 Decision::Step(Step {
@@ -275,7 +241,7 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
             (_, None) => Decision::Wait(format!("{} is not a member: add it again", op.member)),
         },
         StepKind::MoveLeader => {
-            let Some(id) = op.member_id else {
+            let Some(id) = op.id() else {
                 return Decision::Wait(format!("{}: no member id recorded", op.member));
             };
             if view.leader != Some(id) {
@@ -299,7 +265,7 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
                 _ => Decision::Wait(format!("no healthy voter to hand leadership from {} to", op.member)),
             }
         }
-        StepKind::RemoveMember => match op.member_id {
+        StepKind::RemoveMember => match op.id() {
             // Still a member: remove it (the leader never: leadership moves first).
             Some(id) if member.is_some() => {
                 if view.leader == Some(id) {
@@ -399,7 +365,7 @@ mod tests {
         assert_eq!((s.record.step, s.record.ordinal), (StepKind::AddLearner, 1));
         let mut then = s.then.expect("then");
         assert_eq!(then.step, StepKind::StartMember);
-        then.member_id = Some(101);
+        then.member_id = Some(format_id(101));
 
         // The learner exists (not started): its slot comes next.
         let v = view(&[0, 1], &[1], &[1], Some(0));
@@ -546,7 +512,7 @@ mod tests {
                             Action::AddLearner { .. } => {
                                 members.push((s.record.ordinal, true));
                                 if let Some(t) = then.as_mut() {
-                                    t.member_id = Some(100 + s.record.ordinal as u64);
+                                    t.member_id = Some(format_id(100 + s.record.ordinal as u64));
                                 }
                             }
                             Action::SetSlots(n) => slots = n,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::crd::LodestoneCluster;
-use crate::members::MemberProbe;
+use crate::members::format_id;
+use crate::members::{ChangeError, MemberProbe, Members};
 use crate::metrics::Metrics;
 use crate::names::Names;
 
@@ -35,13 +36,21 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub probe: Arc<dyn MemberProbe>,
+    /// Membership changes (MemberAdd, MemberPromote, MemberRemove, MoveLeader).
+    pub members: Arc<dyn Members>,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, probe: Arc<dyn MemberProbe>, metrics: Arc<Metrics>, instance: String) -> Self {
+    pub fn new(
+        client: kube::Client,
+        probe: Arc<dyn MemberProbe>,
+        members: Arc<dyn Members>,
+        metrics: Arc<Metrics>,
+        instance: String,
+    ) -> Self {
         let reporter = Reporter {
             controller: "lodestone-operator".to_string(),
             instance: Some(instance),
@@ -50,6 +59,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             probe,
+            members,
             metrics,
             failures: Mutex::default(),
         }
@@ -86,12 +96,31 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
     }
     let observed = observe::observe(&ctx.client, ctx.probe.as_ref(), &names).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let plan = plan::plan(cluster, &observed, &now);
+    let mut plan = plan::plan(cluster, &observed, &now);
+    // What the API server holds, as far as this reconcile knows: the base of status patches.
+    let mut reported = cluster.clone();
+    if let Some(step) = &plan.membership {
+        // Record the step before making it, so a restarted operator resumes it.
+        let recorded = cluster.status.as_ref().and_then(|s| s.operation.as_ref());
+        if recorded != Some(&step.record) {
+            status::write(&ctx.client, &reported, &plan.status).await?;
+            reported.status = Some(plan.status.clone());
+        }
+        match change_membership(ctx, &names, &observed, step).await {
+            Ok(then) => plan.status.operation = then,
+            // A learner still catching up: the record stands; look again soon.
+            Err(Error::Membership {
+                source: ChangeError::NotCaughtUp,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     if let Some(desired) = &plan.desired {
         apply::apply(&ctx.client, &names.namespace, desired).await?;
     }
-    if status::changed(cluster, &plan.status) {
-        status::write(&ctx.client, cluster, &plan.status).await?;
+    if status::changed(&reported, &plan.status) {
+        status::write(&ctx.client, &reported, &plan.status).await?;
     }
     apply::publish(&ctx.recorder, cluster, &plan.events).await;
     ctx.metrics.observe_cluster(&names, &plan.status);
@@ -99,6 +128,74 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
         Some(_) => Action::requeue(plan.requeue_after),
         None => Action::await_change(),
     })
+}
+
+/// Makes one membership step and returns what to record after it. Slot changes need no call:
+/// the plan already sized the StatefulSet the apply step writes.
+async fn change_membership(
+    ctx: &Context,
+    names: &Names,
+    observed: &observe::Observed,
+    step: &membership::Step,
+) -> Result<Option<crate::crd::MembershipOperation>, Error> {
+    let view = &observed.members;
+    // Client URLs of the members, the leader's first.
+    let mut endpoints: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| Some(m.id) == view.leader)
+        .chain(view.members.iter().filter(|m| Some(m.id) != view.leader))
+        .filter_map(|m| m.client_urls.first().cloned())
+        .collect();
+    endpoints.dedup();
+    let tls = observed.client_tls.clone();
+    let failed = |source: ChangeError| Error::Membership {
+        member: step.record.member.clone(),
+        step: format!("{:?}", step.record.step),
+        source,
+    };
+    let mut then = step.then.clone();
+    match &step.action {
+        membership::Action::AddLearner { peer_url } => {
+            let id = ctx
+                .members
+                .add_learner(endpoints, tls, peer_url.clone())
+                .await
+                .map_err(failed)?;
+            tracing::info!(member = %step.record.member, id = %format_id(id), "added as a learner");
+            if let Some(t) = then.as_mut() {
+                t.member_id = Some(format_id(id));
+            }
+        }
+        membership::Action::SetSlots(_) => {}
+        membership::Action::Promote { id } => {
+            ctx.members.promote(endpoints, tls, *id).await.map_err(failed)?;
+            tracing::info!(member = %step.record.member, "promoted to voter");
+        }
+        membership::Action::MoveLeader { leader_client_url, to } => {
+            ctx.members
+                .move_leader(leader_client_url.clone(), tls, *to)
+                .await
+                .map_err(failed)?;
+            tracing::info!(from = %step.record.member, to = %format_id(*to), "leadership moved");
+        }
+        membership::Action::Remove { id } => {
+            ctx.members.remove(endpoints, tls, *id).await.map_err(failed)?;
+            tracing::info!(member = %step.record.member, "removed from the cluster");
+        }
+        membership::Action::DeleteVolumes { pod } => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+            for template in ["data", "wal"] {
+                let name = format!("{template}-{pod}");
+                match api.delete(&name, &Default::default()).await {
+                    Ok(_) => tracing::info!(claim = %name, "deleted the volume of a removed member"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(source) => return Err(Error::DeleteVolume { name, source }),
+                }
+            }
+        }
+    }
+    Ok(then)
 }
 
 /// Transient failures are retried with a backoff that doubles per consecutive failure of the

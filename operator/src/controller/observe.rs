@@ -18,6 +18,8 @@ pub struct Observed {
     pub bootstrap: Option<BootstrapConfig>,
     pub statefulset: Option<StatefulSet>,
     pub members: MembersView,
+    /// The operator's client certificate, when clients use https (for membership calls).
+    pub client_tls: Option<ClientTls>,
 }
 
 pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Names) -> Result<Observed, Error> {
@@ -27,18 +29,26 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         .and_then(BootstrapConfig::from_config_map);
     let statefulset = read::<StatefulSet>(client, &names.namespace, &names.cluster).await?;
     // Only a cluster whose pods may exist is worth asking.
-    let members = match (&bootstrap, &statefulset) {
-        (Some(bootstrap), Some(_)) => {
-            let endpoints = bootstrap
+    let (members, client_tls) = match (&bootstrap, &statefulset) {
+        (Some(bootstrap), Some(sts)) => {
+            // The founders, then every other slot (members added later).
+            let slots = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or_default();
+            let mut endpoints: Vec<String> = bootstrap
                 .initial_cluster
                 .iter()
                 .map(|(pod, _)| names.client_url(pod))
                 .collect();
+            for ordinal in 0..slots {
+                let url = names.client_url(&names.pod(ordinal));
+                if !endpoints.contains(&url) {
+                    endpoints.push(url);
+                }
+            }
             let tls = match &names.client_tls_secret {
-                Some(secret) => Some(client_tls(client, &names.namespace, secret).await?),
+                Some(secret) => Some(read_client_tls(client, &names.namespace, secret).await?),
                 None => None,
             };
-            probe.observe(endpoints, tls).await
+            (probe.observe(endpoints, tls.clone()).await, tls)
         }
         _ => Default::default(),
     };
@@ -46,11 +56,12 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         bootstrap,
         statefulset,
         members,
+        client_tls,
     })
 }
 
 /// The operator's own client certificate: the cluster's client TLS Secret.
-async fn client_tls(client: &kube::Client, namespace: &str, name: &str) -> Result<ClientTls, Error> {
+async fn read_client_tls(client: &kube::Client, namespace: &str, name: &str) -> Result<ClientTls, Error> {
     let secret = read::<Secret>(client, namespace, name)
         .await?
         .ok_or_else(|| Error::TlsSecret {

@@ -10,6 +10,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::build::{self, BootstrapConfig, ClusterState};
+use super::membership::{self, Action as MemberAction, Decision};
 use super::observe::Observed;
 use super::validate::validate;
 use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus, StorageSpec, VolumeSpec};
@@ -48,6 +49,9 @@ pub struct Plan {
     pub status: LodestoneClusterStatus,
     pub events: Vec<PlannedEvent>,
     pub requeue_after: Duration,
+    /// The membership step to make before applying (`status.operation` holds its record
+    /// until it succeeded, then its follow-up).
+    pub membership: Option<membership::Step>,
 }
 
 /// Phases reported in `status.phase`.
@@ -84,8 +88,12 @@ pub enum Reason {
     NoMembersReachable,
     /// Members answer but none knows a leader.
     NoLeader,
-    /// `spec.replicas` differs from the membership; scaling is not automated yet.
-    ScalingNotAutomated,
+    /// A member is being added (learner, slot, promotion).
+    AddingMember,
+    /// A member is being removed (leadership, removal, slot, volumes).
+    RemovingMember,
+    /// `spec.replicas` differs from the membership, and no change can be made safely now.
+    ScalingBlocked,
     /// `spec.storage` differs from the volumes the members run on, and a StatefulSet's claim
     /// templates cannot change.
     StorageChangeNotApplied,
@@ -111,7 +119,9 @@ impl Reason {
             Reason::QuorumAvailable => "QuorumAvailable",
             Reason::NoMembersReachable => "NoMembersReachable",
             Reason::NoLeader => "NoLeader",
-            Reason::ScalingNotAutomated => "ScalingNotAutomated",
+            Reason::AddingMember => "AddingMember",
+            Reason::RemovingMember => "RemovingMember",
+            Reason::ScalingBlocked => "ScalingBlocked",
             Reason::StorageChangeNotApplied => "StorageChangeNotApplied",
             Reason::MembersUnhealthy => "MembersUnhealthy",
             Reason::AsExpected => "AsExpected",
@@ -186,6 +196,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             status,
             events,
             requeue_after: REQUEUE_STEADY,
+            membership: None,
         };
     }
 
@@ -219,7 +230,80 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             status.cluster_id = Some(id);
         }
     }
-    let members = bootstrap.members();
+    // Slots: the StatefulSet's replicas. The founding members' count until the cluster has
+    // formed; afterwards what it runs, changed only by membership steps.
+    let mut members = match (&status.cluster_id, &observed.statefulset) {
+        (Some(_), Some(sts)) => sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(bootstrap.members()),
+        _ => bootstrap.members(),
+    };
+    status.operation = previous.operation.clone();
+    // Membership is changed only on what the members say: with none answering, nothing is
+    // decided (the operation, if any, stays recorded).
+    let decision = if status.cluster_id.is_some() && observed.members.formed() {
+        membership::decide(membership::Input {
+            desired: cluster.spec.replicas,
+            slots: members,
+            view: &observed.members,
+            names: &names,
+            operation: previous.operation.as_ref(),
+        })
+    } else if previous.operation.is_some() {
+        Decision::Wait("no member answers".into())
+    } else {
+        Decision::Steady
+    };
+    let mut blocked = None;
+    let step = match decision {
+        Decision::Steady => {
+            status.operation = None;
+            None
+        }
+        Decision::Done => {
+            if let Some(op) = &previous.operation {
+                events.push(PlannedEvent {
+                    warning: false,
+                    reason: match op.kind {
+                        membership::OperationKind::AddMember => Reason::AddingMember,
+                        membership::OperationKind::RemoveMember => Reason::RemovingMember,
+                    },
+                    action: "ChangeMembership",
+                    note: match op.kind {
+                        membership::OperationKind::AddMember => format!("{} joined as a voter", op.member),
+                        membership::OperationKind::RemoveMember => format!("{} was removed", op.member),
+                    },
+                });
+            }
+            status.operation = None;
+            None
+        }
+        Decision::Wait(why) => {
+            blocked = Some(why);
+            None
+        }
+        Decision::Step(step) => {
+            if let MemberAction::SetSlots(n) = step.action {
+                members = n;
+            }
+            if previous.operation.as_ref() != Some(&step.record) {
+                events.push(PlannedEvent {
+                    warning: false,
+                    reason: match step.record.kind {
+                        membership::OperationKind::AddMember => Reason::AddingMember,
+                        membership::OperationKind::RemoveMember => Reason::RemovingMember,
+                    },
+                    action: "ChangeMembership",
+                    note: format!("{}: {:?}", step.record.member, step.record.step),
+                });
+            }
+            // Until the executor reports success, the record stands.
+            status.operation = Some(step.record.clone());
+            Some(step)
+        }
+    };
     // A StatefulSet's claim templates are immutable: members keep the volumes they run on,
     // and a changed spec.storage is reported instead of failing every apply.
     let in_place = storage_in_place(observed).filter(|st| !same_storage(st, &cluster.spec.storage));
@@ -252,11 +336,11 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         });
     }
     let unhealthy: Vec<&MemberStatus> = status.members.iter().filter(|m| !m.healthy).collect();
-    let degraded = if members != cluster.spec.replicas && status.cluster_id.is_some() {
+    let degraded = if let Some(why) = &blocked {
         Some((
-            Reason::ScalingNotAutomated,
+            Reason::ScalingBlocked,
             format!(
-                "spec.replicas is {} but the cluster was founded with {members} members; adding and removing members is not automated by this operator version, so the cluster keeps {members}",
+                "spec.replicas is {}, but the membership cannot change now: {why}",
                 cluster.spec.replicas
             ),
         ))
@@ -315,6 +399,16 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             Reason::Bootstrapping,
             &format!("waiting for {members} founding members to form the cluster"),
         );
+    } else if let Some(op) = &status.operation {
+        conditions.set(
+            condition::PROGRESSING,
+            true,
+            match op.kind {
+                membership::OperationKind::AddMember => Reason::AddingMember,
+                membership::OperationKind::RemoveMember => Reason::RemovingMember,
+            },
+            &format!("{}: {:?}", op.member, op.step),
+        );
     } else {
         let ready = status.ready_replicas;
         if ready < members {
@@ -356,12 +450,17 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         }
         .to_string(),
     );
-    let steady = available && degraded.is_none() && !bootstrapping && status.ready_replicas >= members;
+    let steady = available
+        && degraded.is_none()
+        && !bootstrapping
+        && status.ready_replicas >= members
+        && status.operation.is_none();
     Plan {
         desired: Some(Box::new(desired)),
         status,
         events,
         requeue_after: if steady { REQUEUE_STEADY } else { REQUEUE_BUSY },
+        membership: step,
     }
 }
 

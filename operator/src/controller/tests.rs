@@ -221,6 +221,7 @@ async fn unchanged_status_is_not_rewritten() {
         bootstrap: Some(existing.clone()),
         statefulset: Some(statefulset.clone()),
         members: probe.view.clone(),
+        ..Default::default()
     };
     // The status a previous reconcile wrote.
     let previous = plan::plan(&cluster, &observed, &Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
@@ -314,4 +315,127 @@ async fn api_failures_are_errors_retried_with_growing_backoff() {
     assert_eq!(second, Action::requeue(std::time::Duration::from_secs(2)));
     assert_eq!(third, Action::requeue(std::time::Duration::from_secs(4)));
     assert_eq!(backoff(30), std::time::Duration::from_secs(300));
+}
+
+/// A cluster asked to grow: the step is recorded in status before MemberAdd, then the
+/// objects are applied (no new slot yet), then the follow-up step is recorded with the new
+/// member's id.
+#[tokio::test]
+async fn growing_records_each_step_before_making_it() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let members = Arc::new(fixtures::FakeMembers::default());
+    let (ctx, mut api) = fixtures::context_with(probe, members.clone());
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.spec.replicas = 4;
+    cluster.status = Some(crate::crd::LodestoneClusterStatus {
+        cluster_id: Some("c1a5".into()),
+        ..Default::default()
+    });
+    let names = crate::names::Names::of(&cluster);
+    let mut founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+    founding.state = build::ClusterState::Existing;
+    let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+    let statefulset = build::statefulset(&cluster, &names, 3);
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&config_map).expect("json"));
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    let record = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        record.body["status"]["operation"],
+        json!({"kind": "AddMember", "step": "AddLearner", "member": "example-3", "ordinal": 3})
+    );
+    assert!(members.calls.lock().unwrap().is_empty(), "recorded before it is made");
+    let reply = with_status(&cluster, &record.body);
+    record.reply(StatusCode::OK, reply);
+    let bodies = expect_applies(&mut api).await;
+    assert_eq!(
+        members.calls.lock().unwrap().as_slice(),
+        [
+            "add_learner http://example-3.example-peer.default.svc:2380 via http://example-0:2379,http://example-1:2379,http://example-2:2379"
+        ]
+    );
+    assert_eq!(bodies[4]["spec"]["replicas"], 3, "the slot comes with the next step");
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        status.body["status"]["operation"],
+        json!({"kind": "AddMember", "step": "StartMember", "member": "example-3", "ordinal": 3, "memberId": "abc"})
+    );
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "AddingMember");
+    event.echo();
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
+}
+
+/// The last step of a removal deletes the removed member's volumes, explicitly (a
+/// StatefulSet never does), and clears the operation.
+#[tokio::test]
+async fn a_removal_ends_by_deleting_the_members_volumes() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let members = Arc::new(fixtures::FakeMembers::default());
+    let (ctx, mut api) = fixtures::context_with(probe, members.clone());
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.spec.replicas = 2;
+    cluster.status = Some(crate::crd::LodestoneClusterStatus {
+        cluster_id: Some("c1a5".into()),
+        operation: Some(crate::crd::MembershipOperation {
+            kind: crate::crd::OperationKind::RemoveMember,
+            step: crate::crd::StepKind::Shrink,
+            member: "example-2".into(),
+            ordinal: 2,
+            member_id: Some("a3".into()),
+        }),
+        ..Default::default()
+    });
+    let names = crate::names::Names::of(&cluster);
+    let mut founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+    founding.state = build::ClusterState::Existing;
+    let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+    let statefulset = build::statefulset(&cluster, &names, 2);
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&config_map).expect("json"));
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    let record = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(record.body["status"]["operation"]["step"], "DeleteVolumes");
+    let reply = with_status(&cluster, &record.body);
+    record.reply(StatusCode::OK, reply);
+    api.expect("DELETE", &format!("{NS}/persistentvolumeclaims/data-example-2"))
+        .await
+        .reply(
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        );
+    api.expect("DELETE", &format!("{NS}/persistentvolumeclaims/wal-example-2"))
+        .await
+        .not_found();
+    let bodies = expect_applies(&mut api).await;
+    assert_eq!(bodies[4]["spec"]["replicas"], 2);
+    assert_eq!(bodies[5]["spec"]["minAvailable"], 2, "the quorum of two voters");
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(status.body["status"]["operation"], Value::Null, "cleared");
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "RemovingMember");
+    event.echo();
+    task.await.expect("task").expect("reconcile succeeds");
+    assert!(members.calls.lock().unwrap().is_empty(), "no member call in this step");
 }

@@ -339,6 +339,54 @@ pub struct LodestoneClusterStatus {
     /// The newest completed snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<LastSnapshot>,
+    /// The membership change under way, recorded before each of its steps so a restarted
+    /// operator resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<MembershipOperation>,
+}
+
+/// A membership change: one member added or removed, a step at a time.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipOperation {
+    pub kind: OperationKind,
+    /// The step being made (recorded before it is made).
+    pub step: StepKind,
+    /// The member's pod.
+    pub member: String,
+    /// The pod's ordinal in the StatefulSet.
+    pub ordinal: i32,
+    /// The member's Raft id in etcd's hex form, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+}
+
+impl MembershipOperation {
+    /// The Raft id, when recorded.
+    pub fn id(&self) -> Option<u64> {
+        self.member_id.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok())
+    }
+}
+
+/// What a membership operation does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationKind {
+    AddMember,
+    RemoveMember,
+}
+
+/// Steps of a membership operation. Adding: AddLearner (MemberAdd as a learner), StartMember
+/// (a StatefulSet slot for its pod), Promote. Removing: MoveLeader (only if it leads),
+/// RemoveMember, Shrink (its slot goes), DeleteVolumes (its claims are deleted).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    AddLearner,
+    StartMember,
+    Promote,
+    MoveLeader,
+    RemoveMember,
+    Shrink,
+    DeleteVolumes,
 }
 
 /// One Raft member.

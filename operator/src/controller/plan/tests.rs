@@ -89,6 +89,7 @@ fn a_formed_cluster_latches_existing_and_reports_members() {
         bootstrap: Some(founded(&cluster, ClusterState::New)),
         statefulset: Some(sts_ready(3)),
         members: view(&["example-0", "example-1", "example-2"], Some(1), &[]),
+        ..Default::default()
     };
     let plan = plan(&cluster, &observed, &at(0));
     assert_eq!(bootstrap_of(&plan).state, ClusterState::Existing);
@@ -136,6 +137,7 @@ fn existing_is_never_undone_even_when_no_member_answers() {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_ready(0)),
         members: Default::default(),
+        ..Default::default()
     };
     let plan = plan(&cluster, &observed, &at(0));
     assert_eq!(bootstrap_of(&plan).state, ClusterState::Existing);
@@ -161,18 +163,90 @@ fn founding_members_are_fixed_once_written() {
 }
 
 #[test]
-fn scaling_a_formed_cluster_is_reported_not_done() {
+fn growing_a_formed_cluster_adds_one_learner_at_a_time() {
+    use crate::crd::{OperationKind, StepKind};
+
     let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     cluster.spec.replicas = 5;
     let observed = Observed {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_ready(3)),
         members: view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..Default::default()
     };
     let plan = plan(&cluster, &observed, &at(0));
+    let step = plan.membership.clone().expect("a membership step");
+    assert_eq!(
+        step.action,
+        crate::controller::membership::Action::AddLearner {
+            peer_url: "http://example-3.example-peer.default.svc:2380".into()
+        }
+    );
+    // Recorded before it is made; the slot comes with the next step.
+    let op = plan.status.operation.clone().expect("operation recorded");
+    assert_eq!(
+        (op.kind, op.step, op.member.as_str()),
+        (OperationKind::AddMember, StepKind::AddLearner, "example-3")
+    );
     assert_eq!(replicas_of(&plan), Some(3));
-    assert_condition(&plan.status, condition::DEGRADED, "True", "ScalingNotAutomated");
-    assert_eq!(plan.status.phase.as_deref(), Some(phase::DEGRADED));
+    assert_condition(&plan.status, condition::PROGRESSING, "True", "AddingMember");
+    assert!(reasons(&plan).contains(&"AddingMember"));
+    assert_eq!(plan.requeue_after, REQUEUE_BUSY);
+
+    // The next reconcile, with the learner added: its slot.
+    let mut then = step.then.expect("then");
+    then.member_id = Some("abc".into());
+    cluster.status = Some(LodestoneClusterStatus {
+        operation: Some(then),
+        cluster_id: plan.status.cluster_id.clone(),
+        ..Default::default()
+    });
+    let plan = plan_fn(&cluster, &observed);
+    assert_eq!(replicas_of(&plan), Some(4));
+    assert_eq!(
+        plan.status.operation.as_ref().map(|o| o.step),
+        Some(StepKind::StartMember)
+    );
+}
+
+fn plan_fn(cluster: &LodestoneCluster, observed: &Observed) -> Plan {
+    plan(cluster, observed, &at(0))
+}
+
+#[test]
+fn shrinking_moves_leadership_off_the_member_first() {
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.spec.replicas = 2;
+    let observed = Observed {
+        bootstrap: Some(founded(&cluster, ClusterState::Existing)),
+        statefulset: Some(sts_ready(3)),
+        members: view(&["example-0", "example-1", "example-2"], Some(2), &[]),
+        ..Default::default()
+    };
+    let plan = plan(&cluster, &observed, &at(0));
+    assert!(matches!(
+        plan.membership.expect("a step").action,
+        crate::controller::membership::Action::MoveLeader { .. }
+    ));
+    assert_condition(&plan.status, condition::PROGRESSING, "True", "RemovingMember");
+}
+
+#[test]
+fn a_change_that_would_break_quorum_is_reported_not_made() {
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.spec.replicas = 2;
+    let observed = Observed {
+        bootstrap: Some(founded(&cluster, ClusterState::Existing)),
+        statefulset: Some(sts_ready(2)),
+        members: view(&["example-0", "example-1", "example-2"], Some(0), &["example-1"]),
+        ..Default::default()
+    };
+    let plan = plan(&cluster, &observed, &at(0));
+    assert!(plan.membership.is_none());
+    assert!(plan.status.operation.is_none());
+    assert_eq!(replicas_of(&plan), Some(3));
+    assert_condition(&plan.status, condition::DEGRADED, "True", "ScalingBlocked");
+    assert!(condition(&plan.status, condition::DEGRADED).message.contains("quorum"));
 }
 
 #[test]
@@ -182,6 +256,7 @@ fn an_unhealthy_member_degrades_the_cluster() {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_ready(2)),
         members: view(&["example-0", "example-1", "example-2"], Some(0), &["example-2"]),
+        ..Default::default()
     };
     let plan = plan(&cluster, &observed, &at(0));
     assert_condition(&plan.status, condition::AVAILABLE, "True", "QuorumAvailable");
@@ -203,6 +278,7 @@ fn no_leader_means_unavailable() {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_ready(1)),
         members: view(&["example-0", "example-1", "example-2"], None, &[]),
+        ..Default::default()
     };
     let plan = plan(&cluster, &observed, &at(0));
     assert_condition(&plan.status, condition::AVAILABLE, "False", "NoLeader");
@@ -310,6 +386,7 @@ fn transition_times_move_only_when_a_condition_flips() {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_ready(3)),
         members: view(&["example-0", "example-1", "example-2"], Some(1), &[]),
+        ..Default::default()
     };
     let first = plan(&cluster, &healthy, &at(0));
     cluster.status = Some(first.status.clone());
@@ -345,6 +422,7 @@ fn a_leader_change_is_an_event() {
         bootstrap: Some(bootstrap.clone()),
         statefulset: Some(sts_ready(3)),
         members: view(&members, Some(leader), &[]),
+        ..Default::default()
     };
     let first = plan(&cluster, &observed(0), &at(0));
     cluster.status = Some(first.status);
@@ -395,6 +473,7 @@ fn a_storage_change_the_statefulset_cannot_take_is_reported_not_applied() {
         bootstrap: Some(founded(&cluster, ClusterState::Existing)),
         statefulset: Some(sts_for(&running, 3)),
         members: view(&["example-0", "example-1", "example-2"], Some(1), &[]),
+        ..Default::default()
     };
     // Unchanged (the same size written another way included): nothing to report.
     let steady = plan(&cluster, &observed, &at(0));
