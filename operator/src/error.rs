@@ -37,6 +37,12 @@ pub enum Error {
         #[source]
         source: crate::members::ChangeError,
     },
+    #[error("failed to delete pod {name}")]
+    DeletePod {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("failed to delete PersistentVolumeClaim {name}")]
     DeleteVolume {
         name: String,
@@ -57,6 +63,7 @@ impl Error {
             Error::TlsSecret { .. } => "tls_secret",
             Error::Membership { .. } => "membership",
             Error::DeleteVolume { .. } => "delete_volume",
+            Error::DeletePod { .. } => "delete_pod",
         }
     }
 }

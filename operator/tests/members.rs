@@ -92,6 +92,7 @@ async fn probe_reads_members_leader_and_progress_from_a_live_cluster() {
         statefulset: None,
         members: view,
         client_tls: None,
+        pods: Vec::new(),
     };
     let planned = plan(&resource, &observed, &Time(k8s_openapi::jiff::Timestamp::now()));
     let status = planned.status;

@@ -200,8 +200,8 @@ class Render(unittest.TestCase):
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
-        # What the controller does, and nothing it does not: the one delete is a removed
-        # member's volume claims.
+        # What the controller does, and nothing it does not: the only deletes are a member
+        # pod (a rolling restart) and a removed member's volume claims.
         expected = {
             ("lodestone.dev", "lodestoneclusters"): {"get", "list", "watch"},
             ("lodestone.dev", "lodestonesnapshots"): {"get", "list", "watch"},
@@ -213,6 +213,7 @@ class Render(unittest.TestCase):
             ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
             ("", "secrets"): {"get"},
             ("", "persistentvolumeclaims"): {"delete"},
+            ("", "pods"): {"list", "delete"},
             ("cert-manager.io", "certificates"): {"get", "create", "patch"},
             ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
             ("events.k8s.io", "events"): {"create", "patch"},

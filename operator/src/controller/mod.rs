@@ -6,6 +6,7 @@ pub mod build;
 pub mod membership;
 pub mod observe;
 pub mod plan;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
@@ -119,6 +120,9 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
     if let Some(desired) = &plan.desired {
         apply::apply(&ctx.client, &names.namespace, desired).await?;
     }
+    if let Some(action) = &plan.rollout {
+        restart_one(ctx, &names, &observed, action).await?;
+    }
     if status::changed(&reported, &plan.status) {
         status::write(&ctx.client, &reported, &plan.status).await?;
     }
@@ -196,6 +200,42 @@ async fn change_membership(
         }
     }
     Ok(then)
+}
+
+/// One step of a rolling restart.
+async fn restart_one(
+    ctx: &Context,
+    names: &Names,
+    observed: &observe::Observed,
+    action: &rollout::Action,
+) -> Result<(), Error> {
+    match action {
+        rollout::Action::RestartPod(pod) => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+            match api.delete(pod, &Default::default()).await {
+                Ok(_) => tracing::info!(pod = %pod, "restarting a member on the new template"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::DeletePod {
+                        name: pod.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        rollout::Action::MoveLeader { leader_client_url, to } => {
+            ctx.members
+                .move_leader(leader_client_url.clone(), observed.client_tls.clone(), *to)
+                .await
+                .map_err(|source| Error::Membership {
+                    member: leader_client_url.clone(),
+                    step: "MoveLeader".into(),
+                    source,
+                })?;
+            tracing::info!(to = %format_id(*to), "leadership moved before restarting the leader");
+        }
+    }
+    Ok(())
 }
 
 /// Transient failures are retried with a backoff that doubles per consecutive failure of the

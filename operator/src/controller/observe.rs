@@ -3,10 +3,12 @@
 //! knows of the world.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
+use kube::api::ListParams;
 
 use super::build::BootstrapConfig;
+use super::rollout::PodInfo;
 use crate::Error;
 use crate::members::{ClientTls, MemberProbe, MembersView};
 use crate::names::Names;
@@ -20,6 +22,8 @@ pub struct Observed {
     pub members: MembersView,
     /// The operator's client certificate, when clients use https (for membership calls).
     pub client_tls: Option<ClientTls>,
+    /// The member pods, with the StatefulSet revision each was created from.
+    pub pods: Vec<PodInfo>,
 }
 
 pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Names) -> Result<Observed, Error> {
@@ -28,6 +32,10 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         .as_ref()
         .and_then(BootstrapConfig::from_config_map);
     let statefulset = read::<StatefulSet>(client, &names.namespace, &names.cluster).await?;
+    let pods = match (&bootstrap, &statefulset) {
+        (Some(_), Some(_)) => list_pods(client, names).await?,
+        _ => Vec::new(),
+    };
     // Only a cluster whose pods may exist is worth asking.
     let (members, client_tls) = match (&bootstrap, &statefulset) {
         (Some(bootstrap), Some(sts)) => {
@@ -57,7 +65,43 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
         statefulset,
         members,
         client_tls,
+        pods,
     })
+}
+
+/// The member pods (by the StatefulSet's selector), for rolling restarts.
+async fn list_pods(client: &kube::Client, names: &Names) -> Result<Vec<PodInfo>, Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = format!(
+        "app.kubernetes.io/name=lodestone,app.kubernetes.io/instance={}",
+        names.cluster
+    );
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Pod",
+            name: selector.clone(),
+            source,
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|p| PodInfo {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            revision: p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("controller-revision-hash").cloned()),
+            ready: p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        })
+        .collect())
 }
 
 /// The operator's own client certificate: the cluster's client TLS Secret.

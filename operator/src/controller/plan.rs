@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::build::{self, BootstrapConfig, ClusterState};
 use super::membership::{self, Action as MemberAction, Decision};
 use super::observe::Observed;
+use super::rollout;
 use super::validate::validate;
 use crate::crd::{LodestoneCluster, LodestoneClusterStatus, MemberStatus, StorageSpec, VolumeSpec};
 use crate::members::format_id;
@@ -52,6 +53,8 @@ pub struct Plan {
     /// The membership step to make before applying (`status.operation` holds its record
     /// until it succeeded, then its follow-up).
     pub membership: Option<membership::Step>,
+    /// The rolling-restart step to make after applying.
+    pub rollout: Option<rollout::Action>,
 }
 
 /// Phases reported in `status.phase`.
@@ -107,6 +110,8 @@ pub enum Reason {
     Reconciled,
     /// Leadership moved to another member.
     LeaderChanged,
+    /// Members restart one at a time on a changed pod template.
+    RollingUpdate,
 }
 
 impl Reason {
@@ -128,6 +133,7 @@ impl Reason {
             Reason::MembersStarting => "MembersStarting",
             Reason::Reconciled => "Reconciled",
             Reason::LeaderChanged => "LeaderChanged",
+            Reason::RollingUpdate => "RollingUpdate",
         }
     }
 }
@@ -197,6 +203,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             events,
             requeue_after: REQUEUE_STEADY,
             membership: None,
+            rollout: None,
         };
     }
 
@@ -256,6 +263,12 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     } else {
         Decision::Steady
     };
+    let update_revision = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.update_revision.clone());
+    status.outdated_members = rollout::outdated(update_revision.as_deref(), &observed.pods);
     let mut blocked = None;
     let step = match decision {
         Decision::Steady => {
@@ -399,6 +412,17 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             Reason::Bootstrapping,
             &format!("waiting for {members} founding members to form the cluster"),
         );
+    } else if status.operation.is_none() && !status.outdated_members.is_empty() {
+        conditions.set(
+            condition::PROGRESSING,
+            true,
+            Reason::RollingUpdate,
+            &format!(
+                "{} of {members} members run an older template: {}",
+                status.outdated_members.len(),
+                status.outdated_members.join(", ")
+            ),
+        );
     } else if let Some(op) = &status.operation {
         conditions.set(
             condition::PROGRESSING,
@@ -450,17 +474,39 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         }
         .to_string(),
     );
+    // A rolling restart waits for membership changes, and runs only on a formed cluster.
+    let restart = match (&step, &status.operation, bootstrapping) {
+        (None, None, false) => {
+            match rollout::decide(update_revision.as_deref(), &observed.pods, &observed.members, &names) {
+                rollout::Decision::Step(action) => {
+                    if let rollout::Action::RestartPod(pod) = &action {
+                        events.push(PlannedEvent {
+                            warning: false,
+                            reason: Reason::RollingUpdate,
+                            action: "RestartMember",
+                            note: format!("restarting {pod} on the new pod template"),
+                        });
+                    }
+                    Some(action)
+                }
+                rollout::Decision::UpToDate | rollout::Decision::Wait(_) => None,
+            }
+        }
+        _ => None,
+    };
     let steady = available
         && degraded.is_none()
         && !bootstrapping
         && status.ready_replicas >= members
-        && status.operation.is_none();
+        && status.operation.is_none()
+        && status.outdated_members.is_empty();
     Plan {
         desired: Some(Box::new(desired)),
         status,
         events,
         requeue_after: if steady { REQUEUE_STEADY } else { REQUEUE_BUSY },
         membership: step,
+        rollout: restart,
     }
 }
 

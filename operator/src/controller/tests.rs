@@ -51,6 +51,14 @@ async fn expect_applies(api: &mut ApiServerVerifier) -> Vec<Value> {
     bodies
 }
 
+/// Answers the observe step's list of member pods with `items`.
+async fn expect_pods(api: &mut ApiServerVerifier, items: Value) {
+    api.expect("GET", &format!("{NS}/pods?")).await.reply(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+    );
+}
+
 fn with_status(cluster: &LodestoneCluster, patch: &Value) -> Value {
     let mut object = serde_json::to_value(cluster).expect("json");
     object["status"] = patch["status"].clone();
@@ -181,6 +189,7 @@ async fn formed_cluster_latches_existing_and_records_the_cluster_id() {
     api.expect("GET", &format!("{APPS}/statefulsets/example"))
         .await
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    expect_pods(&mut api, json!([])).await;
     let bodies = expect_applies(&mut api).await;
     assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_STATE"], "existing");
     assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_TOKEN"], founding.token);
@@ -238,6 +247,7 @@ async fn unchanged_status_is_not_rewritten() {
     api.expect("GET", &format!("{APPS}/statefulsets/example"))
         .await
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    expect_pods(&mut api, json!([])).await;
     expect_applies(&mut api).await;
     let action = task.await.expect("task").expect("reconcile succeeds");
     api.expect_silence().await;
@@ -347,6 +357,7 @@ async fn growing_records_each_step_before_making_it() {
     api.expect("GET", &format!("{APPS}/statefulsets/example"))
         .await
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    expect_pods(&mut api, json!([])).await;
     let record = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(
         record.body["status"]["operation"],
@@ -413,6 +424,7 @@ async fn a_removal_ends_by_deleting_the_members_volumes() {
     api.expect("GET", &format!("{APPS}/statefulsets/example"))
         .await
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
+    expect_pods(&mut api, json!([])).await;
     let record = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(record.body["status"]["operation"]["step"], "DeleteVolumes");
     let reply = with_status(&cluster, &record.body);
@@ -438,4 +450,72 @@ async fn a_removal_ends_by_deleting_the_members_volumes() {
     event.echo();
     task.await.expect("task").expect("reconcile succeeds");
     assert!(members.calls.lock().unwrap().is_empty(), "no member call in this step");
+}
+
+/// A changed pod template reaches the members one pod at a time, followers first: with
+/// every member healthy, the reconcile deletes one outdated follower's pod after applying,
+/// and reports the outdated members.
+#[tokio::test]
+async fn a_changed_template_restarts_one_follower_at_a_time() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(2), &[]),
+        ..FakeProbe::default()
+    });
+    let (ctx, mut api) = fixtures::context(probe);
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    cluster.status = Some(crate::crd::LodestoneClusterStatus {
+        cluster_id: Some("c1a5".into()),
+        ..Default::default()
+    });
+    let names = crate::names::Names::of(&cluster);
+    let mut founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+    founding.state = build::ClusterState::Existing;
+    let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+    let mut statefulset = serde_json::to_value(build::statefulset(&cluster, &names, 3)).expect("json");
+    statefulset["status"] = json!({"replicas": 3, "readyReplicas": 3, "updateRevision": "example-new"});
+    let pod = |i: usize, rev: &str| {
+        json!({
+            "metadata": {"name": format!("example-{i}"), "labels": {"controller-revision-hash": rev}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        })
+    };
+    let task = spawn(cluster.clone(), ctx);
+
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&config_map).expect("json"));
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, statefulset);
+    expect_pods(
+        &mut api,
+        json!([pod(0, "example-old"), pod(1, "example-new"), pod(2, "example-old")]),
+    )
+    .await;
+    expect_applies(&mut api).await;
+    // example-2 leads: the outdated follower goes first.
+    api.expect("DELETE", &format!("{NS}/pods/example-0"))
+        .await
+        .reply(StatusCode::OK, pod(0, "example-old"));
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        status.body["status"]["outdatedMembers"],
+        json!(["example-0", "example-2"])
+    );
+    let progressing = status.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .cloned()
+        .unwrap();
+    assert_eq!(progressing["reason"], "RollingUpdate");
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "RollingUpdate");
+    assert!(event.body["note"].as_str().unwrap().contains("example-0"));
+    event.echo();
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
 }

@@ -339,6 +339,10 @@ pub struct LodestoneClusterStatus {
     /// The newest completed snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<LastSnapshot>,
+    /// Member pods still running an older pod template (restarted one at a time, the leader
+    /// last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outdated_members: Vec<String>,
     /// The membership change under way, recorded before each of its steps so a restarted
     /// operator resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
