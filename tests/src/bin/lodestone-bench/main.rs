@@ -358,8 +358,6 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
-/// peak RSS.
 /// What one run measures.
 struct Plan {
     members: usize,
@@ -368,7 +366,9 @@ struct Plan {
     loads: Vec<String>,
 }
 
-async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<f64>) {
+/// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
+/// peak RSS (`None` for a member that is no longer running).
+async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Option<f64>>) {
     let seconds = plan.seconds;
     let label = match kind {
         Kind::Lodestone => "lodestone",
@@ -407,10 +407,21 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<f6
         eprintln!("{} ({})", c.verdict, c.details.join("; "));
         checks.push(c);
     }
+    // A member that died during the run has no figure: say so, with the end of its log.
     let rss = cluster
         .members
         .iter()
-        .map(|m| m.pid().and_then(peak_rss_mib).unwrap_or(f64::NAN))
+        .map(|m| {
+            let peak = m.pid().and_then(peak_rss_mib);
+            if peak.is_none() {
+                eprintln!(
+                    "[{label}] member {} is no longer running; the end of its log:\n{}",
+                    m.name,
+                    m.log_tail()
+                );
+            }
+            peak
+        })
         .collect();
     (rows, checks, rss)
 }
@@ -508,7 +519,12 @@ async fn main() {
             l.p99_ms / e.p99_ms,
         );
     }
-    let show = |v: &[f64]| v.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" / ");
+    let show = |v: &[Option<f64>]| {
+        v.iter()
+            .map(|m| m.map_or("exited".to_string(), |m| format!("{m:.0}")))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     println!();
     println!(
         "peak RSS per member (MiB): etcd {} | lodestone {}",
