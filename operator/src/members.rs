@@ -58,6 +58,17 @@ impl MembersView {
         self.cluster_id.is_some()
     }
 
+    /// The voter other than `id` that has applied the most, among those that answer: where
+    /// leadership goes when `id` must give it up.
+    pub fn furthest_voter_except(&self, id: u64) -> Option<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.id != id && !m.learner)
+            .filter_map(|m| m.status.as_ref().map(|s| (m.id, s.applied_index)))
+            .max_by_key(|(_, applied)| *applied)
+            .map(|(id, _)| id)
+    }
+
     /// Name of the leader, when known and started.
     pub fn leader_name(&self) -> Option<String> {
         let leader = self.leader?;
@@ -101,9 +112,7 @@ impl MemberProbe for EtcdProbe {
 }
 
 fn options(tls: Option<&ClientTls>) -> ConnectOptions {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(MEMBER_TIMEOUT)
-        .with_timeout(MEMBER_TIMEOUT);
+    let options = ConnectOptions::new().with_connect_timeout(MEMBER_TIMEOUT);
     match tls {
         Some(t) => options.with_tls(
             etcd_client::TlsOptions::new()
@@ -115,8 +124,15 @@ fn options(tls: Option<&ClientTls>) -> ConnectOptions {
 }
 
 async fn connect(endpoint: &str, tls: Option<&ClientTls>) -> Option<Client> {
+    connect_within(endpoint, tls, MEMBER_TIMEOUT).await
+}
+
+/// A client of one member (TLS only for https endpoints), whose requests may take
+/// `request_timeout`; connecting itself takes at most [`MEMBER_TIMEOUT`].
+async fn connect_within(endpoint: &str, tls: Option<&ClientTls>, request_timeout: Duration) -> Option<Client> {
     let tls = tls.filter(|_| endpoint.starts_with("https://"));
-    tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options(tls))))
+    let options = options(tls).with_timeout(request_timeout);
+    tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options)))
         .await
         .ok()?
         .ok()
@@ -261,9 +277,7 @@ where
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     for endpoint in endpoints {
-        let tls = tls.filter(|_| endpoint.starts_with("https://"));
-        let options = options(tls).with_timeout(CHANGE_TIMEOUT);
-        let Ok(Ok(c)) = tokio::time::timeout(MEMBER_TIMEOUT, Client::connect([endpoint], Some(options))).await else {
+        let Some(c) = connect_within(endpoint, tls, CHANGE_TIMEOUT).await else {
             continue;
         };
         match call(c).await {

@@ -58,6 +58,16 @@ impl Names {
         format!("{}-{ordinal}", self.cluster)
     }
 
+    /// The ordinal of one of this cluster's pods, from its name (`<cluster>-<n>`).
+    pub fn ordinal(&self, pod: &str) -> Option<i32> {
+        pod.strip_prefix(&self.cluster)?.strip_prefix('-')?.parse().ok()
+    }
+
+    /// The selector of the member pods, as a pod list takes it.
+    pub fn selector(&self) -> String {
+        selector_text(selector_labels_of(&self.cluster))
+    }
+
     /// Stable DNS name of a member pod through the headless Service.
     pub fn pod_host(&self, pod: &str) -> String {
         format!("{pod}.{}.{}.svc", self.peer_service, self.namespace)
@@ -90,21 +100,31 @@ impl Names {
     }
 }
 
-/// Labels that select a cluster's member pods. Never change them: selectors are immutable.
-pub fn selector_labels(cluster: &LodestoneCluster) -> BTreeMap<String, String> {
+/// Labels that select the member pods of the cluster named `instance`. Never change them:
+/// selectors are immutable.
+fn selector_labels_of(instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "lodestone".to_string()),
-        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+        ("app.kubernetes.io/instance".to_string(), instance.to_string()),
     ])
 }
 
-/// The selector in the string form of the scale subresource.
-pub fn selector_string(cluster: &LodestoneCluster) -> String {
-    selector_labels(cluster)
+/// Labels that select a cluster's member pods.
+pub fn selector_labels(cluster: &LodestoneCluster) -> BTreeMap<String, String> {
+    selector_labels_of(&cluster.name_any())
+}
+
+fn selector_text(labels: BTreeMap<String, String>) -> String {
+    labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The selector in the string form of the scale subresource (and of a pod list).
+pub fn selector_string(cluster: &LodestoneCluster) -> String {
+    selector_text(selector_labels(cluster))
 }
 
 /// All recommended labels of an owned object.

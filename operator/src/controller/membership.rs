@@ -74,15 +74,10 @@ pub struct Input<'a> {
     pub operation: Option<&'a Operation>,
 }
 
-/// The ordinal of a pod named `<cluster>-<n>`.
-fn ordinal_of(names: &Names, pod: &str) -> Option<i32> {
-    pod.strip_prefix(&format!("{}-", names.cluster))?.parse().ok()
-}
-
 /// The pod a member runs in, found by its peer URL (a learner that has not started yet has
 /// no name, but its peer URL is the one MemberAdd was given).
 fn ordinal_of_member(names: &Names, m: &ObservedMember, slots_upper: i32) -> Option<i32> {
-    if let Some(o) = ordinal_of(names, &m.name) {
+    if let Some(o) = names.ordinal(&m.name) {
         return Some(o);
     }
     (0..slots_upper).find(|&o| m.peer_urls.contains(&names.peer_url(&names.pod(o))))
@@ -248,17 +243,14 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
                 return resume(input, &next(StepKind::RemoveMember));
             }
             // To the healthy voter furthest along.
-            let to = view
-                .members
-                .iter()
-                .filter(|m| m.id != id && !m.learner)
-                .filter_map(|m| m.status.as_ref().map(|s| (m, s.applied_index)))
-                .max_by_key(|(_, applied)| *applied);
-            match (to, member.and_then(|m| m.client_urls.first())) {
-                (Some((to, _)), Some(url)) => step(
+            match (
+                view.furthest_voter_except(id),
+                member.and_then(|m| m.client_urls.first()),
+            ) {
+                (Some(to), Some(url)) => step(
                     Action::MoveLeader {
                         leader_client_url: url.clone(),
-                        to: to.id,
+                        to,
                     },
                     Some(next(StepKind::RemoveMember)),
                 ),

@@ -72,10 +72,7 @@ pub async fn observe(client: &kube::Client, probe: &dyn MemberProbe, names: &Nam
 /// The member pods (by the StatefulSet's selector), for rolling restarts.
 async fn list_pods(client: &kube::Client, names: &Names) -> Result<Vec<PodInfo>, Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let selector = format!(
-        "app.kubernetes.io/name=lodestone,app.kubernetes.io/instance={}",
-        names.cluster
-    );
+    let selector = names.selector();
     let list = api
         .list(&ListParams::default().labels(&selector))
         .await

@@ -94,7 +94,7 @@ pub fn decide(update_revision: Option<&str>, pods: &[PodInfo], view: &MembersVie
     }
     // Followers first, highest ordinal first; the leader last.
     let mut order: Vec<&String> = stale.iter().collect();
-    order.sort_by_key(|p| std::cmp::Reverse(ordinal(names, p)));
+    order.sort_by_key(|p| std::cmp::Reverse(names.ordinal(p).unwrap_or(-1)));
     let is_leader = |pod: &str| member_of(view, names, pod).is_some_and(|m| m.id == leader);
     if let Some(pod) = order.iter().find(|p| !is_leader(p)) {
         return Decision::Step(Action::RestartPod((*pod).clone()));
@@ -103,14 +103,7 @@ pub fn decide(update_revision: Option<&str>, pods: &[PodInfo], view: &MembersVie
     let Some(me) = member_of(view, names, pod) else {
         return Decision::Wait(format!("{pod} is not a member"));
     };
-    let to = view
-        .members
-        .iter()
-        .filter(|m| m.id != me.id && !m.learner)
-        .filter_map(|m| m.status.as_ref().map(|s| (m, s.applied_index)))
-        .max_by_key(|(_, applied)| *applied)
-        .map(|(m, _)| m.id);
-    match (to, me.client_urls.first()) {
+    match (view.furthest_voter_except(me.id), me.client_urls.first()) {
         (Some(to), Some(url)) => Decision::Step(Action::MoveLeader {
             leader_client_url: url.clone(),
             to,
@@ -119,12 +112,6 @@ pub fn decide(update_revision: Option<&str>, pods: &[PodInfo], view: &MembersVie
         (None, _) => Decision::Step(Action::RestartPod(pod.clone())),
         (Some(_), None) => Decision::Wait(format!("{pod} has not published its client URL")),
     }
-}
-
-fn ordinal(names: &Names, pod: &str) -> i32 {
-    pod.strip_prefix(&format!("{}-", names.cluster))
-        .and_then(|o| o.parse().ok())
-        .unwrap_or(-1)
 }
 
 fn describe(m: &ObservedMember) -> String {
