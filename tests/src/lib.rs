@@ -680,6 +680,30 @@ pub fn etcdctl(endpoints: &[String], args: &[&str]) -> Output {
         .expect("run etcdctl")
 }
 
+/// The standard output of an etcdctl run that must have succeeded (its output and errors
+/// in the failure message otherwise).
+pub fn etcdctl_ok(out: impl std::borrow::Borrow<Output>) -> String {
+    let out = out.borrow();
+    assert!(
+        out.status.success(),
+        "etcdctl failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).expect("etcdctl printed UTF-8")
+}
+
+/// The standard error of an etcdctl run that must have failed.
+pub fn etcdctl_failed(out: impl std::borrow::Borrow<Output>) -> String {
+    let out = out.borrow();
+    assert!(
+        !out.status.success(),
+        "etcdctl succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs etcdctl with `stdin` as its input (for `txn`).
 pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> Output {
     use std::io::Write;

@@ -13,6 +13,7 @@ use ::lodestone::proto::etcdserverpb::{AuthStatusRequest, AuthenticateRequest, P
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Permission, PutOptions, Txn, TxnOp, WatchOptions};
 use lodestone_tests::pki::Ca;
 use lodestone_tests::{Cluster, Kind, Options, assert_status, connect_with, etcdctl};
+use lodestone_tests::{etcdctl_failed as failed, etcdctl_ok as ok};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -29,25 +30,6 @@ lodestone_tests::compat!(
 );
 
 const ROOT_PW: &str = "rootpw";
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &std::process::Output) -> String {
-    assert!(
-        !out.status.success(),
-        "etcdctl succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 async fn as_user(c: &Cluster, user: &str, password: &str) -> Client {
     connect_with(
@@ -247,20 +229,20 @@ async fn etcdctl_manages_users_roles_and_permissions(kind: Kind) {
     let root = format!("--user=root:{ROOT_PW}");
 
     assert_eq!(
-        ok(&ctl(&["user", "add", &format!("root:{ROOT_PW}")])),
+        ok(ctl(&["user", "add", &format!("root:{ROOT_PW}")])),
         "User root created\n"
     );
     // etcdctl adds the root role and grants it when the server says it is missing.
-    assert_eq!(ok(&ctl(&["auth", "enable"])), "Authentication Enabled\n");
-    assert!(failed(&ctl(&["put", "k", "v"])).contains("etcdserver: user name is empty"));
+    assert_eq!(ok(ctl(&["auth", "enable"])), "Authentication Enabled\n");
+    assert!(failed(ctl(&["put", "k", "v"])).contains("etcdserver: user name is empty"));
     assert!(
-        failed(&ctl(&["--user=root:wrong", "get", "k"]))
+        failed(ctl(&["--user=root:wrong", "get", "k"]))
             .contains("etcdserver: authentication failed, invalid user ID or password")
     );
-    assert_eq!(ok(&ctl(&[&root, "put", "k", "v"])), "OK\n");
-    assert_eq!(ok(&ctl(&[&root, "role", "add", "app"])), "Role app created\n");
+    assert_eq!(ok(ctl(&[&root, "put", "k", "v"])), "OK\n");
+    assert_eq!(ok(ctl(&[&root, "role", "add", "app"])), "Role app created\n");
     assert_eq!(
-        ok(&ctl(&[
+        ok(ctl(&[
             &root,
             "role",
             "grant-permission",
@@ -272,40 +254,40 @@ async fn etcdctl_manages_users_roles_and_permissions(kind: Kind) {
         "Role app updated\n"
     );
     assert_eq!(
-        ok(&ctl(&[&root, "role", "grant-permission", "app", "read", "config"])),
+        ok(ctl(&[&root, "role", "grant-permission", "app", "read", "config"])),
         "Role app updated\n"
     );
     assert_eq!(
-        ok(&ctl(&[&root, "role", "get", "app"])),
+        ok(ctl(&[&root, "role", "get", "app"])),
         "Role app\nKV Read:\n\t[app/, app0) (prefix app/)\n\tconfig\nKV Write:\n\t[app/, app0) (prefix app/)\n"
     );
-    assert_eq!(ok(&ctl(&[&root, "user", "add", "svc:pw"])), "User svc created\n");
+    assert_eq!(ok(ctl(&[&root, "user", "add", "svc:pw"])), "User svc created\n");
     assert_eq!(
-        ok(&ctl(&[&root, "user", "grant-role", "svc", "app"])),
+        ok(ctl(&[&root, "user", "grant-role", "svc", "app"])),
         "Role app is granted to user svc\n"
     );
-    assert_eq!(ok(&ctl(&[&root, "user", "get", "svc"])), "User: svc\nRoles: app\n");
-    assert_eq!(ok(&ctl(&[&root, "user", "list"])), "root\nsvc\n");
-    assert_eq!(ok(&ctl(&[&root, "role", "list"])), "app\nroot\n");
+    assert_eq!(ok(ctl(&[&root, "user", "get", "svc"])), "User: svc\nRoles: app\n");
+    assert_eq!(ok(ctl(&[&root, "user", "list"])), "root\nsvc\n");
+    assert_eq!(ok(ctl(&[&root, "role", "list"])), "app\nroot\n");
 
     let svc = "--user=svc:pw";
-    assert_eq!(ok(&ctl(&[svc, "put", "app/x", "1"])), "OK\n");
-    assert_eq!(ok(&ctl(&[svc, "get", "config"])), "");
-    assert_eq!(ok(&ctl(&[svc, "get", "app/", "--prefix", "--print-value-only"])), "1\n");
-    assert!(failed(&ctl(&[svc, "put", "config", "x"])).contains("etcdserver: permission denied"));
-    assert!(failed(&ctl(&[svc, "get", "k"])).contains("etcdserver: permission denied"));
-    assert!(failed(&ctl(&[svc, "get", "app", "--prefix"])).contains("etcdserver: permission denied"));
-    assert!(failed(&ctl(&[svc, "del", "k"])).contains("etcdserver: permission denied"));
-    assert!(failed(&ctl(&[svc, "user", "list"])).contains("etcdserver: permission denied"));
-    assert!(failed(&ctl(&[svc, "auth", "disable"])).contains("etcdserver: permission denied"));
+    assert_eq!(ok(ctl(&[svc, "put", "app/x", "1"])), "OK\n");
+    assert_eq!(ok(ctl(&[svc, "get", "config"])), "");
+    assert_eq!(ok(ctl(&[svc, "get", "app/", "--prefix", "--print-value-only"])), "1\n");
+    assert!(failed(ctl(&[svc, "put", "config", "x"])).contains("etcdserver: permission denied"));
+    assert!(failed(ctl(&[svc, "get", "k"])).contains("etcdserver: permission denied"));
+    assert!(failed(ctl(&[svc, "get", "app", "--prefix"])).contains("etcdserver: permission denied"));
+    assert!(failed(ctl(&[svc, "del", "k"])).contains("etcdserver: permission denied"));
+    assert!(failed(ctl(&[svc, "user", "list"])).contains("etcdserver: permission denied"));
+    assert!(failed(ctl(&[svc, "auth", "disable"])).contains("etcdserver: permission denied"));
     // `endpoint health` reads the key "health": permission denied counts as healthy.
     assert!(String::from_utf8_lossy(&ctl(&[svc, "endpoint", "health"]).stderr).contains("is healthy"));
     // Nothing the refused requests asked for happened.
-    assert_eq!(ok(&ctl(&[&root, "get", "k", "--print-value-only"])), "v\n");
-    assert_eq!(ok(&ctl(&[&root, "get", "config", "--print-value-only"])), "");
+    assert_eq!(ok(ctl(&[&root, "get", "k", "--print-value-only"])), "v\n");
+    assert_eq!(ok(ctl(&[&root, "get", "config", "--print-value-only"])), "");
 
     assert_eq!(
-        ok(&ctl(&[&root, "role", "revoke-permission", "app", "config"])),
+        ok(ctl(&[&root, "role", "revoke-permission", "app", "config"])),
         "Permission of key config is revoked from role app\n"
     );
     let out = lodestone_tests::etcdctl_stdin(
@@ -314,19 +296,19 @@ async fn etcdctl_manages_users_roles_and_permissions(kind: Kind) {
         "newpw\n",
     );
     assert_eq!(ok(&out), "Password updated\n");
-    assert!(failed(&ctl(&[svc, "get", "app/x"])).contains("authentication failed"));
+    assert!(failed(ctl(&[svc, "get", "app/x"])).contains("authentication failed"));
     assert_eq!(
-        ok(&ctl(&["--user=svc:newpw", "get", "app/x", "--print-value-only"])),
+        ok(ctl(&["--user=svc:newpw", "get", "app/x", "--print-value-only"])),
         "1\n"
     );
     assert_eq!(
-        ok(&ctl(&[&root, "user", "revoke-role", "svc", "app"])),
+        ok(ctl(&[&root, "user", "revoke-role", "svc", "app"])),
         "Role app is revoked from user svc\n"
     );
-    assert_eq!(ok(&ctl(&[&root, "user", "delete", "svc"])), "User svc deleted\n");
-    assert_eq!(ok(&ctl(&[&root, "role", "delete", "app"])), "Role app deleted\n");
-    assert_eq!(ok(&ctl(&[&root, "auth", "disable"])), "Authentication Disabled\n");
-    assert_eq!(ok(&ctl(&["get", "k", "--print-value-only"])), "v\n");
+    assert_eq!(ok(ctl(&[&root, "user", "delete", "svc"])), "User svc deleted\n");
+    assert_eq!(ok(ctl(&[&root, "role", "delete", "app"])), "Role app deleted\n");
+    assert_eq!(ok(ctl(&[&root, "auth", "disable"])), "Authentication Disabled\n");
+    assert_eq!(ok(ctl(&["get", "k", "--print-value-only"])), "v\n");
 }
 
 async fn permissions_cover_every_kv_request(kind: Kind) {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use lodestone_tests::etcdctl_ok as ok;
 use lodestone_tests::{Cluster, Kind, Options, etcdctl, etcdctl_stdin};
 
 lodestone_tests::compat!(
@@ -11,16 +12,6 @@ lodestone_tests::compat!(
     endpoint_and_member_commands,
     errors_are_reported
 );
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn json(out: std::process::Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("etcdctl json")

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lodestone_tests::etcdctl_ok as ok;
 use lodestone_tests::{Cluster, Kind, Options, etcdctl, etcdctl_bin};
 
 lodestone_tests::compat!(
@@ -13,16 +14,6 @@ lodestone_tests::compat!(
     member_endpoint_snapshot_alarm_commands,
     interactive_watch_exec_watch_keep_alive_and_mirror
 );
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn json(out: std::process::Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("etcdctl json")

@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use etcd_client::MemberAddOptions;
+use lodestone_tests::etcdctl_ok as ok;
 use lodestone_tests::pki::{Ca, TlsFiles};
 use lodestone_tests::{Cluster, Kind, Options, connect_options, etcdctl, https_get};
 
@@ -17,16 +18,6 @@ lodestone_tests::compat!(
     members_talk_over_tls_and_refuse_a_stranger,
     auto_tls_serves_self_signed_certificates
 );
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "etcdctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn tls_args(t: &TlsFiles) -> Vec<String> {
     vec![
@@ -62,9 +53,9 @@ async fn clients_need_a_certificate_signed_by_the_trusted_ca(kind: Kind) {
     assert!(ep.starts_with("https://"));
 
     // etcdctl with the CA and a client certificate the CA signed.
-    assert_eq!(ok(&ctl(&ep, &tls_args(&client), &["put", "k", "v"])).trim(), "OK");
+    assert_eq!(ok(ctl(&ep, &tls_args(&client), &["put", "k", "v"])).trim(), "OK");
     assert_eq!(
-        ok(&ctl(&ep, &tls_args(&client), &["get", "k", "--print-value-only"])).trim(),
+        ok(ctl(&ep, &tls_args(&client), &["get", "k", "--print-value-only"])).trim(),
         "v"
     );
 
@@ -236,7 +227,7 @@ async fn auto_tls_serves_self_signed_certificates(kind: Kind) {
     }
     // Another member, reached over its own self-signed certificate, has the write.
     let other = c.members[2].client_url();
-    let got = ok(&ctl(&other, &insecure, &["get", "auto", "--print-value-only"]));
+    let got = ok(ctl(&other, &insecure, &["get", "auto", "--print-value-only"]));
     assert_eq!(got.trim(), "tls");
     // A client that checks certificates refuses the self-signed one.
     let out = ctl(&ep, &[], &["get", "auto"]);
@@ -278,14 +269,14 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             format!("--key={}", client.key.display()),
         ]
     };
-    ok(&ctl(&ep, &trusting(&first), &["put", "k", "1"]));
+    ok(ctl(&ep, &trusting(&first), &["put", "k", "1"]));
     assert!(!ctl(&ep, &trusting(&second), &["get", "k"]).status.success());
 
     // Renew: the same files now hold a certificate the second CA signed.
     let renewed = second.issue("renewed", "server");
     std::fs::copy(&renewed.key, &server.key).unwrap();
     std::fs::copy(&renewed.cert, &server.cert).unwrap();
-    ok(&ctl(&ep, &trusting(&second), &["put", "k", "2"]));
+    ok(ctl(&ep, &trusting(&second), &["put", "k", "2"]));
     assert!(!ctl(&ep, &trusting(&first), &["get", "k"]).status.success());
 }
 
@@ -321,13 +312,13 @@ async fn a_rotated_trusted_ca_is_used_without_a_restart() {
             format!("--key={}", t.key.display()),
         ]
     };
-    ok(&ctl(&ep, &as_client(&old_client), &["put", "k", "1"]));
+    ok(ctl(&ep, &as_client(&old_client), &["put", "k", "1"]));
     assert!(!ctl(&ep, &as_client(&new_client), &["put", "k", "2"]).status.success());
 
     std::fs::copy(new_ca.ca_file(), &trusted).unwrap();
-    ok(&ctl(&ep, &as_client(&new_client), &["put", "k", "3"]));
+    ok(ctl(&ep, &as_client(&new_client), &["put", "k", "3"]));
     assert!(!ctl(&ep, &as_client(&old_client), &["put", "k", "4"]).status.success());
-    let got = ok(&ctl(&ep, &as_client(&new_client), &["get", "k", "--print-value-only"]));
+    let got = ok(ctl(&ep, &as_client(&new_client), &["get", "k", "--print-value-only"]));
     assert_eq!(got.trim(), "3", "only the accepted clients wrote");
 }
 
