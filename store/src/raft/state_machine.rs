@@ -348,6 +348,65 @@ mod tests {
         meta.last_log_id.as_ref().map_or(0, |l| l.index)
     }
 
+    /// The auth store is state-machine state: a member that catches up by snapshot gets the
+    /// users, roles and enabled flag the leader applied, and keeps them across a reopen.
+    #[tokio::test]
+    async fn the_auth_store_travels_in_snapshots() {
+        use crate::proto::etcdserverpb::{AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = StateMachine::open(&dir.path().join("leader")).unwrap();
+        let entry = |index: u64, kind: Kind| {
+            let cmd = pb::Command {
+                kind: Some(kind),
+                auth: None,
+            };
+            Ok((
+                Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), Command(cmd)),
+                None,
+            ))
+        };
+        let items: Vec<Result<EntryResponder<TypeConfig>, std::io::Error>> = vec![
+            entry(
+                1,
+                Kind::UserAdd(AuthUserAddRequest {
+                    name: "root".into(),
+                    hashed_password: "hash".into(),
+                    ..Default::default()
+                }),
+            ),
+            entry(
+                2,
+                Kind::UserGrantRole(AuthUserGrantRoleRequest {
+                    user: "root".into(),
+                    role: "root".into(),
+                }),
+            ),
+            entry(3, Kind::AuthEnable(AuthEnableRequest {})),
+        ];
+        leader.apply(futures::stream::iter(items)).await.unwrap();
+        let applied = leader.shared.auth();
+        assert!(applied.enabled());
+        let sent = leader.build_snapshot().await.unwrap();
+
+        let root = dir.path().join("member");
+        {
+            let mut member = StateMachine::open(&root).unwrap();
+            assert!(!member.shared.auth().enabled());
+            let part = dir.path().join("received.part");
+            std::fs::copy(&sent.snapshot.path, &part).unwrap();
+            member
+                .install_snapshot(&sent.meta, SnapshotFile { path: part })
+                .await
+                .unwrap();
+            assert_eq!(*member.shared.auth(), *applied);
+            member.sync().unwrap();
+        }
+        let reopened = StateMachine::open(&root).unwrap();
+        assert_eq!(*reopened.shared.auth(), *applied, "read back from storage");
+        assert_eq!(reopened.shared.auth().password_hash("root").unwrap(), "hash");
+    }
+
     /// A build that started before an install and finishes after it neither deletes the
     /// newer installed snapshot nor becomes current, and fails nothing.
     #[tokio::test]
