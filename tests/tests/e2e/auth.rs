@@ -712,6 +712,19 @@ async fn checks_etcds_later_advisories_added() {
     let e = cl.compact(1, None).await.unwrap_err();
     assert_status(e, Code::InvalidArgument, "etcdserver: user name is empty");
     alice.compact(1, None).await.unwrap();
+
+    // v3lock and v3election: a recipe on a name needs the permissions of its keys (`<name>/`).
+    let session = alice.lease_grant(60, None).await.unwrap().id();
+    let opts = || Some(etcd_client::LockOptions::new().with_lease(session));
+    denied(alice.lock("b", opts()).await.unwrap_err());
+    let held = alice.lock("a", opts()).await.unwrap();
+    assert!(held.key().starts_with(b"a/"));
+    denied(alice.unlock("secret").await.unwrap_err());
+    alice.unlock(held.key()).await.unwrap();
+    denied(alice.campaign("b", "me", session).await.unwrap_err());
+    denied(alice.leader("b").await.unwrap_err());
+    let e = alice.leader("a").await.unwrap_err();
+    assert_status(e, Code::Unknown, "election: no leader");
 }
 
 /// AuthStatus (etcd 3.5's RPC), auth that survives a restart, and a simple token issued by
