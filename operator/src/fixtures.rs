@@ -227,6 +227,7 @@ pub fn context(probe: Arc<FakeProbe>) -> (Arc<Context>, ApiServerVerifier) {
 pub fn context_with(probe: Arc<FakeProbe>, members: Arc<FakeMembers>) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let ctx = Context::new(client, probe, members, Arc::new(Metrics::new()), "test".to_string());
+    let platform = Arc::new(crate::platform::KubePlatform::new(client, "test".to_string()));
+    let ctx = Context::new(platform, probe, members, Arc::new(Metrics::new()));
     (Arc::new(ctx), ApiServerVerifier(handle))
 }

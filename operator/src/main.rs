@@ -9,6 +9,7 @@ use lodestone_operator::controller::{self, Context};
 use lodestone_operator::leader::Election;
 use lodestone_operator::members::{EtcdMembers, EtcdProbe};
 use lodestone_operator::metrics::Metrics;
+use lodestone_operator::platform::KubePlatform;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -101,17 +102,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let platform = Arc::new(KubePlatform::new(client.clone(), args.identity.clone()));
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        platform,
         Arc::new(EtcdProbe),
         Arc::new(EtcdMembers),
         metrics.clone(),
-        args.identity.clone(),
     ));
 
     let mut result = Ok(());
     if args.leader_elect {
-        let mut election = Election::start(client, &args.lease_namespace, &args.lease_name, &args.identity)
+        let mut election = Election::start(client.clone(), &args.lease_namespace, &args.lease_name, &args.identity)
             .await
             .context("failed to start leader election")?;
         tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting to become leader");
@@ -123,7 +124,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("became leader");
             metrics.leader.set(1);
             let controller_stop = shutdown.child_token();
-            let controller = tokio::spawn(controller::run(ctx, args.watch_namespace, controller_stop.clone()));
+            let controller = tokio::spawn(controller::run(ctx, client.clone(), args.watch_namespace, controller_stop.clone()));
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = election.lost() => {
@@ -139,7 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         election.release().await;
     } else {
         metrics.leader.set(1);
-        controller::run(ctx, args.watch_namespace, shutdown.clone()).await;
+        controller::run(ctx, client, args.watch_namespace, shutdown.clone()).await;
     }
     shutdown.cancel();
     tracker.close();

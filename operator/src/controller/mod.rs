@@ -1,7 +1,6 @@
 //! The `LodestoneCluster` controller: a named pipeline per reconcile,
 //! observe → plan (pure) → apply → status.
 
-pub mod apply;
 pub mod build;
 pub mod membership;
 pub mod observe;
@@ -16,11 +15,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -31,11 +29,12 @@ use crate::members::format_id;
 use crate::members::{ChangeError, MemberProbe, Members};
 use crate::metrics::Metrics;
 use crate::names::Names;
+use crate::platform::Platform;
 
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
-    pub client: kube::Client,
-    pub recorder: Recorder,
+    /// Where every Kubernetes side effect goes.
+    pub platform: Arc<dyn Platform>,
     pub probe: Arc<dyn MemberProbe>,
     /// Membership changes (MemberAdd, MemberPromote, MemberRemove, MoveLeader).
     pub members: Arc<dyn Members>,
@@ -46,19 +45,13 @@ pub struct Context {
 
 impl Context {
     pub fn new(
-        client: kube::Client,
+        platform: Arc<dyn Platform>,
         probe: Arc<dyn MemberProbe>,
         members: Arc<dyn Members>,
         metrics: Arc<Metrics>,
-        instance: String,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "lodestone-operator".to_string(),
-            instance: Some(instance),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
+            platform,
             probe,
             members,
             metrics,
@@ -95,7 +88,7 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
     if names.namespace.is_empty() {
         return Err(Error::MissingNamespace);
     }
-    let observed = observe::observe(&ctx.client, ctx.probe.as_ref(), &names).await?;
+    let observed = observe::observe(ctx.platform.as_ref(), ctx.probe.as_ref(), &names).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut plan = plan::plan(cluster, &observed, &now);
     // What the API server holds, as far as this reconcile knows: the base of status patches.
@@ -104,7 +97,7 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
         // Record the step before making it, so a restarted operator resumes it.
         let recorded = cluster.status.as_ref().and_then(|s| s.operation.as_ref());
         if recorded != Some(&step.record) {
-            status::write(&ctx.client, &reported, &plan.status).await?;
+            ctx.platform.write_status(&reported, &plan.status).await?;
             reported.status = Some(plan.status.clone());
         }
         match change_membership(ctx, &names, &observed, step).await {
@@ -118,15 +111,15 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
         }
     }
     if let Some(desired) = &plan.desired {
-        apply::apply(&ctx.client, &names.namespace, desired).await?;
+        ctx.platform.apply(&names.namespace, desired).await?;
     }
     if let Some(action) = &plan.rollout {
         restart_one(ctx, &names, &observed, action).await?;
     }
     if status::changed(&reported, &plan.status) {
-        status::write(&ctx.client, &reported, &plan.status).await?;
+        ctx.platform.write_status(&reported, &plan.status).await?;
     }
-    apply::publish(&ctx.recorder, cluster, &plan.events).await;
+    ctx.platform.publish(cluster, &plan.events).await;
     ctx.metrics.observe_cluster(&names, &plan.status);
     Ok(match plan.desired {
         Some(_) => Action::requeue(plan.requeue_after),
@@ -188,14 +181,10 @@ async fn change_membership(
             tracing::info!(member = %step.record.member, "removed from the cluster");
         }
         membership::Action::DeleteVolumes { pod } => {
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
             for template in ["data", "wal"] {
-                let name = format!("{template}-{pod}");
-                match api.delete(&name, &Default::default()).await {
-                    Ok(_) => tracing::info!(claim = %name, "deleted the volume of a removed member"),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(source) => return Err(Error::DeleteVolume { name, source }),
-                }
+                ctx.platform
+                    .delete_claim(&names.namespace, &format!("{template}-{pod}"))
+                    .await?;
             }
         }
     }
@@ -211,17 +200,8 @@ async fn restart_one(
 ) -> Result<(), Error> {
     match action {
         rollout::Action::RestartPod(pod) => {
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-            match api.delete(pod, &Default::default()).await {
-                Ok(_) => tracing::info!(pod = %pod, "restarting a member on the new template"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::DeletePod {
-                        name: pod.clone(),
-                        source,
-                    });
-                }
-            }
+            tracing::info!(pod = %pod, "restarting a member on the new template");
+            ctx.platform.delete_pod(&names.namespace, pod).await?;
         }
         rollout::Action::MoveLeader { leader_client_url, to } => {
             ctx.members
@@ -254,9 +234,9 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
-/// Runs the controller until `shutdown` is cancelled. `namespace` limits it to one namespace.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
-    let client = ctx.client.clone();
+/// Runs the controller until `shutdown` is cancelled, watching through `client` (the
+/// platform's). `namespace` limits it to one namespace.
+pub async fn run(ctx: Arc<Context>, client: kube::Client, namespace: Option<String>, shutdown: CancellationToken) {
     fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,

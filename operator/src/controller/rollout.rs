@@ -26,6 +26,26 @@ pub struct PodInfo {
     pub terminating: bool,
 }
 
+impl PodInfo {
+    /// What a pod from the API says of itself.
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            revision: pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("controller-revision-hash").cloned()),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
 /// The one thing to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

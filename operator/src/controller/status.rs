@@ -1,7 +1,5 @@
-//! The status step: write `status` through the status subresource, only when it changed.
+//! The status step: what to write to `status` (through the platform), only when it changed.
 
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use crate::Error;
@@ -23,22 +21,4 @@ pub fn patch(cluster: &LodestoneCluster, planned: &LodestoneClusterStatus) -> Re
         }
     }
     Ok(json!({ "status": new }))
-}
-
-pub async fn write(
-    client: &kube::Client,
-    cluster: &LodestoneCluster,
-    planned: &LodestoneClusterStatus,
-) -> Result<(), Error> {
-    let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
-    let name = cluster.metadata.name.as_deref().unwrap_or_default();
-    let api: Api<LodestoneCluster> = Api::namespaced(client.clone(), namespace);
-    let patch = patch(cluster, planned)?;
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| Error::WriteStatus {
-            name: name.to_string(),
-            source,
-        })?;
-    Ok(())
 }
