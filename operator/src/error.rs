@@ -49,6 +49,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A platform other than the API server (the end-to-end suite's local processes) failed.
+    #[error("{action} failed: {message}")]
+    Platform { action: &'static str, message: String },
 }
 
 impl Error {
@@ -64,6 +67,7 @@ impl Error {
             Error::Membership { .. } => "membership",
             Error::DeleteVolume { .. } => "delete_volume",
             Error::DeletePod { .. } => "delete_pod",
+            Error::Platform { .. } => "platform",
         }
     }
 }

@@ -124,7 +124,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("became leader");
             metrics.leader.set(1);
             let controller_stop = shutdown.child_token();
-            let controller = tokio::spawn(controller::run(ctx, client.clone(), args.watch_namespace, controller_stop.clone()));
+            let controller = tokio::spawn(controller::run(
+                ctx,
+                client.clone(),
+                args.watch_namespace,
+                controller_stop.clone(),
+            ));
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = election.lost() => {

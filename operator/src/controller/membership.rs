@@ -18,6 +18,7 @@
 //! member is added only while every voter answers; a voter is removed only if the voters left
 //! keep a quorum of healthy members; the leader is never removed while it leads.
 
+use super::rollout::PodInfo;
 use crate::members::{MembersView, ObservedMember, format_id};
 use crate::names::Names;
 
@@ -72,6 +73,8 @@ pub struct Input<'a> {
     pub view: &'a MembersView,
     pub names: &'a Names,
     pub operation: Option<&'a Operation>,
+    /// The member pods that exist (a slot's old pod may still be terminating).
+    pub pods: &'a [PodInfo],
 }
 
 /// The pod a member runs in, found by its peer URL (a learner that has not started yet has
@@ -143,22 +146,12 @@ fn start(input: Input<'_>) -> Decision {
         let member = names.pod(ordinal);
         let record = Operation {
             kind: OperationKind::AddMember,
-            step: StepKind::AddLearner,
-            member: member.clone(),
+            step: StepKind::ClearVolumes,
+            member,
             ordinal,
             member_id: None,
         };
-        let then = Operation {
-            step: StepKind::StartMember,
-            ..record.clone()
-        };
-        return Decision::Step(Step {
-            action: Action::AddLearner {
-                peer_url: names.peer_url(&member),
-            },
-            record,
-            then: Some(then),
-        });
+        return resume(input, &record);
     }
     // Too many voters: the one of the highest ordinal goes.
     let Some((victim, ordinal)) = voters
@@ -211,6 +204,19 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
         })
     };
     match op.step {
+        // Volumes left in the slot (retained by hand, or by an operator stopped before it
+        // deleted them) hold an old member's id and data: they go before the member is added.
+        // The slot's old pod must be gone first, or its claims would outlive the delete.
+        StepKind::ClearVolumes => match input.pods.iter().find(|p| p.name == op.member) {
+            Some(_) => Decision::Wait(format!(
+                "pod {} still exists: a member is added in its slot once it is gone",
+                op.member
+            )),
+            None => step(
+                Action::DeleteVolumes { pod: op.member.clone() },
+                Some(next(StepKind::AddLearner)),
+            ),
+        },
         StepKind::AddLearner => step(
             Action::AddLearner {
                 peer_url: names.peer_url(&op.member),
@@ -323,6 +329,7 @@ mod tests {
             view,
             names: &n,
             operation: op,
+            pods: &[],
         })
     }
 
@@ -344,10 +351,15 @@ mod tests {
     }
 
     #[test]
-    fn growing_adds_a_learner_then_a_slot_then_promotes() {
+    fn growing_clears_the_slot_adds_a_learner_then_a_slot_then_promotes() {
         let n = names();
         let v = view(&[0], &[], &[], Some(0));
+        // Whatever volumes the slot holds go first.
         let s = step(decide_for(3, 1, &v, None));
+        assert_eq!(s.action, Action::DeleteVolumes { pod: n.pod(1) });
+        assert_eq!((s.record.step, s.record.ordinal), (StepKind::ClearVolumes, 1));
+        let clear = s.then.expect("then");
+        let s = step(decide_for(3, 1, &v, Some(&clear)));
         assert_eq!(
             s.action,
             Action::AddLearner {
@@ -529,6 +541,40 @@ mod tests {
             "{trace:#?}"
         );
         assert_eq!(trace.iter().filter(|t| t.starts_with("Remove")).count(), 4);
-        assert_eq!(trace.iter().filter(|t| t.starts_with("DeleteVolumes")).count(), 4);
+        // Four slots cleared before their members were added, four after removal.
+        assert_eq!(trace.iter().filter(|t| t.starts_with("DeleteVolumes")).count(), 8);
+    }
+
+    #[test]
+    fn a_slot_is_cleared_only_once_its_old_pod_is_gone() {
+        let n = names();
+        let v = view(&[0], &[], &[], Some(0));
+        let clear = Operation {
+            kind: OperationKind::AddMember,
+            step: StepKind::ClearVolumes,
+            member: n.pod(1),
+            ordinal: 1,
+            member_id: None,
+        };
+        let terminating = [PodInfo {
+            name: n.pod(1),
+            terminating: true,
+            ..PodInfo::default()
+        }];
+        let decision = decide(Input {
+            desired: 3,
+            slots: 1,
+            view: &v,
+            names: &n,
+            operation: Some(&clear),
+            pods: &terminating,
+        });
+        assert!(
+            matches!(decision, Decision::Wait(ref why) if why.contains("still exists")),
+            "{decision:?}"
+        );
+        let s = step(decide_for(3, 1, &v, Some(&clear)));
+        assert_eq!(s.action, Action::DeleteVolumes { pod: n.pod(1) });
+        assert_eq!(s.then.map(|t| t.step), Some(StepKind::AddLearner));
     }
 }

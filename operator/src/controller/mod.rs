@@ -101,7 +101,10 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
             reported.status = Some(plan.status.clone());
         }
         match change_membership(ctx, &names, &observed, step).await {
-            Ok(then) => plan.status.operation = then,
+            Ok(then) => {
+                plan.status.operation = then;
+                plan.events.extend(plan.membership_done.take());
+            }
             // A learner still catching up: the record stands; look again soon.
             Err(Error::Membership {
                 source: ChangeError::NotCaughtUp,

@@ -53,6 +53,9 @@ pub struct Plan {
     /// The membership step to make before applying (`status.operation` holds its record
     /// until it succeeded, then its follow-up).
     pub membership: Option<membership::Step>,
+    /// The Event to publish when the membership step succeeds and ends its operation (the
+    /// member joined as a voter, or is gone with its volumes).
+    pub membership_done: Option<PlannedEvent>,
     /// The rolling-restart step to make after applying.
     pub rollout: Option<rollout::Action>,
 }
@@ -95,6 +98,10 @@ pub enum Reason {
     AddingMember,
     /// A member is being removed (leadership, removal, slot, volumes).
     RemovingMember,
+    /// A member joined as a voter.
+    MemberAdded,
+    /// A member left the cluster and its volumes were deleted.
+    MemberRemoved,
     /// `spec.replicas` differs from the membership, and no change can be made safely now.
     ScalingBlocked,
     /// `spec.storage` differs from the volumes the members run on, and a StatefulSet's claim
@@ -126,6 +133,8 @@ impl Reason {
             Reason::NoLeader => "NoLeader",
             Reason::AddingMember => "AddingMember",
             Reason::RemovingMember => "RemovingMember",
+            Reason::MemberAdded => "MemberAdded",
+            Reason::MemberRemoved => "MemberRemoved",
             Reason::ScalingBlocked => "ScalingBlocked",
             Reason::StorageChangeNotApplied => "StorageChangeNotApplied",
             Reason::MembersUnhealthy => "MembersUnhealthy",
@@ -203,6 +212,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             events,
             requeue_after: REQUEUE_STEADY,
             membership: None,
+            membership_done: None,
             rollout: None,
         };
     }
@@ -257,6 +267,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             view: &observed.members,
             names: &names,
             operation: previous.operation.as_ref(),
+            pods: &observed.pods,
         })
     } else if previous.operation.is_some() {
         Decision::Wait("no member answers".into())
@@ -277,18 +288,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         }
         Decision::Done => {
             if let Some(op) = &previous.operation {
-                events.push(PlannedEvent {
-                    warning: false,
-                    reason: match op.kind {
-                        membership::OperationKind::AddMember => Reason::AddingMember,
-                        membership::OperationKind::RemoveMember => Reason::RemovingMember,
-                    },
-                    action: "ChangeMembership",
-                    note: match op.kind {
-                        membership::OperationKind::AddMember => format!("{} joined as a voter", op.member),
-                        membership::OperationKind::RemoveMember => format!("{} was removed", op.member),
-                    },
-                });
+                events.push(finished(op));
             }
             status.operation = None;
             None
@@ -505,8 +505,25 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
         status,
         events,
         requeue_after: if steady { REQUEUE_STEADY } else { REQUEUE_BUSY },
+        membership_done: step.as_ref().filter(|s| s.then.is_none()).map(|s| finished(&s.record)),
         membership: step,
         rollout: restart,
+    }
+}
+
+/// The Event that says a membership operation is over.
+fn finished(op: &crate::crd::MembershipOperation) -> PlannedEvent {
+    PlannedEvent {
+        warning: false,
+        reason: match op.kind {
+            membership::OperationKind::AddMember => Reason::MemberAdded,
+            membership::OperationKind::RemoveMember => Reason::MemberRemoved,
+        },
+        action: "ChangeMembership",
+        note: match op.kind {
+            membership::OperationKind::AddMember => format!("{} joined as a voter", op.member),
+            membership::OperationKind::RemoveMember => format!("{} was removed and its volumes deleted", op.member),
+        },
     }
 }
 

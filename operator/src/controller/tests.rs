@@ -327,9 +327,9 @@ async fn api_failures_are_errors_retried_with_growing_backoff() {
     assert_eq!(backoff(30), std::time::Duration::from_secs(300));
 }
 
-/// A cluster asked to grow: the step is recorded in status before MemberAdd, then the
-/// objects are applied (no new slot yet), then the follow-up step is recorded with the new
-/// member's id.
+/// A cluster asked to grow: each step is recorded in status before it is made. First the new
+/// slot's leftover volumes are deleted; the next reconcile makes MemberAdd, applies the objects
+/// (no new slot yet) and records the follow-up step with the new member's id.
 #[tokio::test]
 async fn growing_records_each_step_before_making_it() {
     let probe = Arc::new(FakeProbe {
@@ -338,6 +338,7 @@ async fn growing_records_each_step_before_making_it() {
     });
     let members = Arc::new(fixtures::FakeMembers::default());
     let (ctx, mut api) = fixtures::context_with(probe, members.clone());
+    let ctx2 = ctx.clone();
     let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     cluster.spec.replicas = 4;
     cluster.status = Some(crate::crd::LodestoneClusterStatus {
@@ -349,23 +350,40 @@ async fn growing_records_each_step_before_making_it() {
     founding.state = build::ClusterState::Existing;
     let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
     let statefulset = build::statefulset(&cluster, &names, 3);
-    let task = spawn(cluster.clone(), ctx);
 
-    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
-        .await
-        .reply(StatusCode::OK, serde_json::to_value(&config_map).expect("json"));
-    api.expect("GET", &format!("{APPS}/statefulsets/example"))
-        .await
-        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
-    expect_pods(&mut api, json!([])).await;
+    // First reconcile: the slot is cleared.
+    let task = spawn(cluster.clone(), ctx);
+    expect_observed(&mut api, &config_map, &statefulset).await;
     let record = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(
         record.body["status"]["operation"],
-        json!({"kind": "AddMember", "step": "AddLearner", "member": "example-3", "ordinal": 3})
+        json!({"kind": "AddMember", "step": "ClearVolumes", "member": "example-3", "ordinal": 3})
     );
-    assert!(members.calls.lock().unwrap().is_empty(), "recorded before it is made");
     let reply = with_status(&cluster, &record.body);
     record.reply(StatusCode::OK, reply);
+    for claim in ["data-example-3", "wal-example-3"] {
+        api.expect("DELETE", &format!("{NS}/persistentvolumeclaims/{claim}"))
+            .await
+            .not_found();
+    }
+    expect_applies(&mut api).await;
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        status.body["status"]["operation"],
+        json!({"kind": "AddMember", "step": "AddLearner", "member": "example-3", "ordinal": 3})
+    );
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply.clone());
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "AddingMember");
+    event.echo();
+    task.await.expect("task").expect("reconcile succeeds");
+    assert!(members.calls.lock().unwrap().is_empty(), "no member call yet");
+
+    // Second reconcile, from the recorded AddLearner: MemberAdd, then the follow-up.
+    let cluster: LodestoneCluster = serde_json::from_value(reply).expect("cluster");
+    let task = spawn(cluster.clone(), ctx2);
+    expect_observed(&mut api, &config_map, &statefulset).await;
     let bodies = expect_applies(&mut api).await;
     assert_eq!(
         members.calls.lock().unwrap().as_slice(),
@@ -381,11 +399,23 @@ async fn growing_records_each_step_before_making_it() {
     );
     let reply = with_status(&cluster, &status.body);
     status.reply(StatusCode::OK, reply);
-    let event = api.expect("POST", EVENTS).await;
-    assert_eq!(event.body["reason"], "AddingMember");
-    event.echo();
     let action = task.await.expect("task").expect("reconcile succeeds");
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
+}
+
+/// Answers the observe step's reads with a formed cluster's ConfigMap and StatefulSet, and no pods.
+async fn expect_observed(
+    api: &mut ApiServerVerifier,
+    config_map: &k8s_openapi::api::core::v1::ConfigMap,
+    statefulset: &StatefulSet,
+) {
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(config_map).expect("json"));
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(statefulset).expect("json"));
+    expect_pods(api, json!([])).await;
 }
 
 /// The last step of a removal deletes the removed member's volumes, explicitly (a
@@ -447,6 +477,10 @@ async fn a_removal_ends_by_deleting_the_members_volumes() {
     status.reply(StatusCode::OK, reply);
     let event = api.expect("POST", EVENTS).await;
     assert_eq!(event.body["reason"], "RemovingMember");
+    event.echo();
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "MemberRemoved");
+    assert_eq!(event.body["note"], "example-2 was removed and its volumes deleted");
     event.echo();
     task.await.expect("task").expect("reconcile succeeds");
     assert!(members.calls.lock().unwrap().is_empty(), "no member call in this step");

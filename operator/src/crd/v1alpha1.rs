@@ -379,11 +379,13 @@ pub enum OperationKind {
     RemoveMember,
 }
 
-/// Steps of a membership operation. Adding: AddLearner (MemberAdd as a learner), StartMember
-/// (a StatefulSet slot for its pod), Promote. Removing: MoveLeader (only if it leads),
-/// RemoveMember, Shrink (its slot goes), DeleteVolumes (its claims are deleted).
+/// Steps of a membership operation. Adding: ClearVolumes (claims left in the new member's slot
+/// are deleted, so it never starts on an old member's data), AddLearner (MemberAdd as a
+/// learner), StartMember (a StatefulSet slot for its pod), Promote. Removing: MoveLeader (only
+/// if it leads), RemoveMember, Shrink (its slot goes), DeleteVolumes (its claims are deleted).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepKind {
+    ClearVolumes,
     AddLearner,
     StartMember,
     Promote,

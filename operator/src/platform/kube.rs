@@ -111,11 +111,7 @@ fn gone_is_done<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Error> 
 }
 
 impl Platform for KubePlatform {
-    fn config_map<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ConfigMap>, Error>> {
+    fn config_map<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<ConfigMap>, Error>> {
         Box::pin(self.read(namespace, name))
     }
 

@@ -26,8 +26,7 @@ use crate::names::Names;
 /// exist; deletes of something already gone succeed.
 pub trait Platform: Send + Sync {
     /// A ConfigMap (the bootstrap decision).
-    fn config_map<'a>(&'a self, namespace: &'a str, name: &'a str)
-    -> BoxFuture<'a, Result<Option<ConfigMap>, Error>>;
+    fn config_map<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<ConfigMap>, Error>>;
     /// The members' StatefulSet, with its status (replicas, update revision).
     fn statefulset<'a>(
         &'a self,

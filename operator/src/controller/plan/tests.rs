@@ -174,6 +174,19 @@ fn growing_a_formed_cluster_adds_one_learner_at_a_time() {
         members: view(&["example-0", "example-1", "example-2"], Some(0), &[]),
         ..Default::default()
     };
+    // First, whatever volumes the new slot holds are deleted.
+    let clearing = plan(&cluster, &observed, &at(0));
+    let step = clearing.membership.clone().expect("a membership step");
+    assert_eq!(
+        step.action,
+        crate::controller::membership::Action::DeleteVolumes {
+            pod: "example-3".into()
+        }
+    );
+    cluster.status = Some(LodestoneClusterStatus {
+        operation: step.then.clone(),
+        ..clearing.status.clone()
+    });
     let plan = plan(&cluster, &observed, &at(0));
     let step = plan.membership.clone().expect("a membership step");
     assert_eq!(
@@ -190,7 +203,11 @@ fn growing_a_formed_cluster_adds_one_learner_at_a_time() {
     );
     assert_eq!(replicas_of(&plan), Some(3));
     assert_condition(&plan.status, condition::PROGRESSING, "True", "AddingMember");
-    assert!(reasons(&plan).contains(&"AddingMember"));
+    assert!(
+        reasons(&clearing).contains(&"AddingMember"),
+        "an Event when the operation starts"
+    );
+    assert!(reasons(&plan).is_empty(), "none for its next steps");
     assert_eq!(plan.requeue_after, REQUEUE_BUSY);
 
     // The next reconcile, with the learner added: its slot.

@@ -1,0 +1,246 @@
+//! The scenarios of issue 11, each under a writer, with the invariants checked after every
+//! reconcile.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+
+use crate::harness::Harness;
+
+const STEP: Duration = Duration::from_secs(180);
+
+/// Hands leadership to the member at `ordinal` (a user's `etcdctl move-leader`), so the
+/// operator must move it away again before removing that member.
+async fn lead_from(h: &Harness, ordinal: i32) {
+    let target = h.platform.dns.client_url(ordinal);
+    let mut c = Client::connect([target.as_str()], None).await.expect("connect");
+    let id = c.status().await.expect("status").header().expect("header").member_id();
+    for _ in 0..50 {
+        let running: Vec<String> = h
+            .platform
+            .running()
+            .iter()
+            .map(|o| h.platform.dns.client_url(*o))
+            .collect();
+        for endpoint in running {
+            let Ok(mut c) = Client::connect([endpoint.as_str()], None).await else {
+                continue;
+            };
+            let Ok(status) = c.status().await else { continue };
+            if status.leader() == id {
+                return;
+            }
+            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
+                let _ = c.move_leader(id).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("leadership did not move to ordinal {ordinal}");
+}
+
+fn count(events: &[String], prefix: &str) -> usize {
+    events.iter().filter(|e| e.starts_with(prefix)).count()
+}
+
+/// 1 → 3 → 5 → 3 → 1: members join as learners one at a time and are promoted; members leave
+/// highest ordinal first, leadership handed over first when the leaving member leads, and
+/// their volumes are deleted after their removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_1_3_5_3_1_under_a_writer() {
+    let mut h = Harness::new("scale", 1, 1);
+    h.converge(1, STEP).await;
+    h.start_writer();
+    // When shrinking, the first member to go leads.
+    for (replicas, leader) in [(3, None), (5, None), (3, Some(4)), (1, Some(2))] {
+        if let Some(ordinal) = leader {
+            lead_from(&h, ordinal).await;
+        }
+        h.platform.edit(|c| c.spec.replicas = replicas);
+        h.converge(replicas as usize, STEP).await;
+    }
+    let acked = h.check_writes().await;
+    assert!(acked > 20, "the writer made progress: {acked} writes");
+    h.assert_unbroken();
+    let events = h.platform.events();
+    assert_eq!(count(&events, "MemberAdded:"), 4, "{events:#?}");
+    assert_eq!(count(&events, "MemberRemoved:"), 4, "{events:#?}");
+    let journal = h.faults.journal.lock().unwrap().clone();
+    assert!(
+        journal.iter().any(|j| j.contains("MoveLeader")),
+        "leadership was handed over before a leader was removed: {journal:#?}"
+    );
+}
+
+/// 1 → 3 → 1 with the member to go leading: every kind of step, on a small cluster.
+async fn grow_and_shrink(h: &mut Harness) {
+    h.converge(1, STEP).await;
+    h.start_writer();
+    h.platform.edit(|c| c.spec.replicas = 3);
+    h.converge(3, STEP).await;
+    lead_from(h, 2).await;
+    h.platform.edit(|c| c.spec.replicas = 1);
+    h.converge(1, STEP).await;
+    let acked = h.check_writes().await;
+    assert!(acked > 5, "the writer made progress: {acked} writes");
+    h.assert_unbroken();
+}
+
+/// A scenario, from a platform holding its cluster resource to its checks.
+type Scenario = for<'a> fn(&'a mut Harness) -> BoxFuture<'a, ()>;
+
+/// Runs `scenario` once cleanly, then again with the operator killed right after its k-th
+/// change, for every k (four runs at a time: they mostly wait on timers). The runs'
+/// pods use 127.77.`net`.x and up. Returns, per run, k, how often the operator was killed and
+/// the change it was killed after.
+async fn with_each_abort(
+    name: &'static str,
+    net: u8,
+    replicas: i32,
+    scenario: Scenario,
+) -> Vec<(usize, usize, String)> {
+    let mut clean = Harness::new(name, net, replicas);
+    scenario(&mut clean).await;
+    let changes = clean.faults.changes();
+    drop(clean);
+    assert!(changes > 5, "a run makes many changes: {changes}");
+    // Runs differ a little in their number of changes (a status write more or less): a few
+    // more runs than the clean one made.
+    let started = std::time::Instant::now();
+    let runs: Vec<(usize, usize, String)> = futures::stream::iter(1..=changes + 4)
+        .map(|k| async move {
+            let mut h = Harness::new(name, net + k as u8, replicas);
+            h.faults.abort_after(Some(k));
+            scenario(&mut h).await;
+            let at = h.faults.journal.lock().unwrap().get(k - 1).cloned().unwrap_or_default();
+            eprintln!(
+                "{name}: killed after change {k} ({at}): recovered; {:?} so far",
+                started.elapsed()
+            );
+            (k, h.restarts, at)
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let killed = runs.iter().filter(|(_, restarts, _)| *restarts == 1).count();
+    assert!(
+        killed + 4 >= changes,
+        "the operator was killed in {killed} runs of {changes} changes: {runs:#?}"
+    );
+    runs
+}
+
+/// The operator is killed right after its k-th change (a status write, an apply that changed
+/// something, a membership call, a pod or claim delete), for every k: a new operator takes
+/// over from the API state alone, and the scenario still ends where it should with every
+/// invariant kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_and_shrink_with_the_operator_killed_after_each_change() {
+    with_each_abort("abort", 19, 1, |h| Box::pin(grow_and_shrink(h))).await;
+    // Runs drift by a change or two, so each kind of step also gets a run killed right
+    // after it for certain.
+    let kinds = [
+        "ClearVolumes",
+        "MemberAdd",
+        "StartMember",
+        "MemberPromote",
+        "MoveLeader",
+        "MemberRemove",
+        "Shrink",
+        "delete claim",
+    ];
+    futures::stream::iter(kinds.into_iter().enumerate())
+        .map(|(i, kind)| async move {
+            let mut h = Harness::new("abort", 100 + i as u8, 1);
+            h.faults.abort_on(kind);
+            grow_and_shrink(&mut h).await;
+            assert_eq!(h.restarts, 1, "the operator was killed right after {kind}");
+            eprintln!("killed right after {kind}: recovered");
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// A changed template (here the version) restarts the members one at a time, followers first;
+/// leadership is handed over before the leader's pod goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_restarts_followers_first_and_the_leader_last() {
+    let mut h = Harness::new("upgrade", 3, 3);
+    upgrade(&mut h).await;
+    // An Event per restart (a killed operator may lose its last Events, so only here).
+    let events = h.platform.events();
+    assert!(count(&events, "RollingUpdate:") >= 3, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_with_the_operator_killed_after_each_change() {
+    with_each_abort("upgrade", 120, 3, |h| Box::pin(upgrade(h))).await;
+}
+
+async fn upgrade(h: &mut Harness) {
+    h.converge(3, STEP).await;
+    h.start_writer();
+    let leader = h.check_invariants().await.leader_name().expect("a leader");
+    let before = h.faults.changes();
+    h.platform.edit(|c| c.spec.version = "0.1.1".into());
+    h.converge(3, STEP).await;
+    let acked = h.check_writes().await;
+    assert!(acked > 5, "the writer made progress: {acked} writes");
+    h.assert_unbroken();
+    let journal: Vec<String> = h.faults.journal.lock().unwrap()[before..].to_vec();
+    let deletes: Vec<&String> = journal.iter().filter(|j| j.contains("delete pod")).collect();
+    assert_eq!(deletes.len(), 3, "each member restarted once: {journal:#?}");
+    assert!(
+        deletes[2].ends_with(&leader),
+        "the leader {leader} went last: {journal:#?}"
+    );
+    let last = journal.iter().position(|j| j == deletes[2]).unwrap();
+    let second = journal.iter().position(|j| j == deletes[1]).unwrap();
+    assert!(
+        journal[second..last].iter().any(|j| j.contains("MoveLeader")),
+        "leadership moved before the leader restarted: {journal:#?}"
+    );
+}
+
+/// Volumes of removed members that come back (retained, and bound again by hand) never bring
+/// their old members back: a member is added to a slot only after its leftover volumes are
+/// deleted, so it starts empty under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_volumes_after_scale_in_are_not_reused() {
+    let mut h = Harness::new("stale", 4, 3);
+    stale_volumes(&mut h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_volumes_with_the_operator_killed_after_each_change() {
+    with_each_abort("stale", 160, 3, |h| Box::pin(stale_volumes(h))).await;
+}
+
+async fn stale_volumes(h: &mut Harness) {
+    h.converge(3, STEP).await;
+    h.start_writer();
+    h.platform.retain.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.platform.edit(|c| c.spec.replicas = 1);
+    h.converge(1, STEP).await;
+    h.platform.rebind("data-stale-1");
+    h.platform.rebind("data-stale-2");
+    h.platform.edit(|c| c.spec.replicas = 3);
+    h.converge(3, STEP).await;
+    let acked = h.check_writes().await;
+    assert!(acked > 5, "the writer made progress: {acked} writes");
+    h.assert_unbroken();
+    let journal = h.faults.journal.lock().unwrap().clone();
+    for claim in ["data-stale-1", "data-stale-2"] {
+        assert_eq!(
+            journal
+                .iter()
+                .filter(|j| j.ends_with(&format!("delete claim {claim}")))
+                .count(),
+            2,
+            "{claim} deleted after its member left, and again before a new member took the slot: {journal:#?}"
+        );
+    }
+}
