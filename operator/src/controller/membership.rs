@@ -14,9 +14,16 @@
 //! with the recorded step; every action is idempotent ([`crate::members::Members`]), so
 //! repeating one is harmless.
 //!
-//! Safety rules, all checked here: nothing changes without a leader; one learner at a time; a
-//! member is added only while every voter answers; a voter is removed only if the voters left
-//! keep a quorum of healthy members; the leader is never removed while it leads.
+//! Replacing repairs a voter that lost its volume (the store refuses to start under its old id
+//! on empty storage and says so; the operator reads that in the pod's termination message) or
+//! that crash-loops without answering: MemberRemove, then its claims are deleted and its pod
+//! restarted so it comes back empty, then MemberAdd as a learner under a new id and
+//! MemberPromote, as in growing.
+//!
+//! Safety rules, all checked here: nothing changes without a leader; one operation, so one
+//! learner and one replacement, at a time; a member is added only while every voter answers; a
+//! voter is removed only if the voters left keep a quorum of healthy members; the leader is
+//! never removed while it leads.
 
 use super::rollout::PodInfo;
 use crate::members::{MembersView, ObservedMember, format_id};
@@ -40,7 +47,16 @@ pub enum Action {
     Remove { id: u64 },
     /// Delete the member pod's PersistentVolumeClaims.
     DeleteVolumes { pod: String },
+    /// Delete the member pod's claims, then the pod, so the StatefulSet starts it again on
+    /// new, empty volumes.
+    ResetVolumes { pod: String },
 }
+
+/// How often a member's container may restart without answering before it is replaced.
+pub const CRASH_LOOP_RESTARTS: i32 = 5;
+
+/// What the store says when it refuses to start under an old id on empty storage.
+const LOST_VOLUME: &str = "has already been bootstrapped";
 
 /// A step: record `record`, perform `action`, then record `then` (`None`: done).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,14 +121,21 @@ fn start(input: Input<'_>) -> Decision {
     let voters: Vec<&ObservedMember> = view.members.iter().filter(|m| !m.learner).collect();
     let learners: Vec<&ObservedMember> = view.members.iter().filter(|m| m.learner).collect();
     let wanted = desired.max(1) as usize;
+    // Ordinals above every member and slot, for finding the pods of members.
+    let upper = input.slots.max(view.members.len() as i32) + 1;
+    // A lost voter is replaced first (it needs a leader, and no learner may be under way).
+    if view.leader.is_some()
+        && learners.is_empty()
+        && let Some(decision) = replacement(input, &voters, upper)
+    {
+        return decision;
+    }
     if learners.is_empty() && voters.len() == wanted {
         return Decision::Steady;
     }
     let Some(leader) = view.leader else {
         return Decision::Wait("no leader: membership changes wait for one".into());
     };
-    // Ordinals above every member and slot, for finding the pods of members.
-    let upper = input.slots.max(view.members.len() as i32) + 1;
     if let Some(l) = learners.first() {
         // A learner nobody recorded (added by hand, or the record was lost): finish adding
         // it if it is one of this cluster's pods.
@@ -184,6 +207,42 @@ fn start(input: Input<'_>) -> Decision {
         member_id: Some(format_id(victim.id)),
     };
     resume(input, &record)
+}
+
+/// A voter to replace: its pod says its volume was lost, or it crash-loops and does not answer.
+/// `None` when there is none; a wait when there is one but the rest lack a healthy quorum.
+fn replacement(input: Input<'_>, voters: &[&ObservedMember], upper: i32) -> Option<Decision> {
+    let Input { names, pods, .. } = input;
+    let (lost, ordinal, why) = voters.iter().find_map(|m| {
+        let ordinal = ordinal_of_member(names, m, upper)?;
+        let pod = pods.iter().find(|p| p.name == names.pod(ordinal))?;
+        if m.status.is_some() || pod.ready {
+            return None;
+        }
+        if pod.last_failure.as_deref().is_some_and(|f| f.contains(LOST_VOLUME)) {
+            Some((*m, ordinal, "lost its volume"))
+        } else if pod.restarts >= CRASH_LOOP_RESTARTS {
+            Some((*m, ordinal, "crash-loops"))
+        } else {
+            None
+        }
+    })?;
+    let healthy_left = voters.iter().filter(|m| m.id != lost.id && m.status.is_some()).count();
+    if healthy_left < quorum(voters.len() - 1) {
+        return Some(Decision::Wait(format!(
+            "{} {why}, but replacing it would leave {healthy_left} healthy of {} voters, short of a quorum",
+            names.pod(ordinal),
+            voters.len() - 1
+        )));
+    }
+    let op = Operation {
+        kind: OperationKind::ReplaceMember,
+        step: StepKind::RemoveMember,
+        member: names.pod(ordinal),
+        ordinal,
+        member_id: Some(format_id(lost.id)),
+    };
+    Some(resume(input, &op))
 }
 
 fn resume(input: Input<'_>, op: &Operation) -> Decision {
@@ -263,16 +322,30 @@ fn resume(input: Input<'_>, op: &Operation) -> Decision {
                 _ => Decision::Wait(format!("no healthy voter to hand leadership from {} to", op.member)),
             }
         }
-        StepKind::RemoveMember => match op.id() {
-            // Still a member: remove it (the leader never: leadership moves first).
-            Some(id) if member.is_some() => {
-                if view.leader == Some(id) {
-                    return resume(input, &next(StepKind::MoveLeader));
+        StepKind::RemoveMember => {
+            // A removed member leaves its slot; a replaced one is started again, empty.
+            let after = match op.kind {
+                OperationKind::ReplaceMember => StepKind::ResetVolumes,
+                _ => StepKind::Shrink,
+            };
+            match op.id() {
+                // Still a member: remove it (the leader never: leadership moves first).
+                Some(id) if member.is_some() => {
+                    if view.leader == Some(id) {
+                        return resume(input, &next(StepKind::MoveLeader));
+                    }
+                    step(Action::Remove { id }, Some(next(after)))
                 }
-                step(Action::Remove { id }, Some(next(StepKind::Shrink)))
+                _ => resume(input, &next(after)),
             }
-            _ => resume(input, &next(StepKind::Shrink)),
-        },
+        }
+        StepKind::ResetVolumes => step(
+            Action::ResetVolumes { pod: op.member.clone() },
+            Some(Operation {
+                member_id: None,
+                ..next(StepKind::AddLearner)
+            }),
+        ),
         StepKind::Shrink if slots > op.ordinal => {
             step(Action::SetSlots(op.ordinal), Some(next(StepKind::DeleteVolumes)))
         }
@@ -527,6 +600,7 @@ mod tests {
                             Action::Remove { id } => members.retain(|m| 100 + m.0 as u64 != id),
                             Action::MoveLeader { .. } => panic!("member 0 leads throughout"),
                             Action::DeleteVolumes { .. } => {}
+                            Action::ResetVolumes { .. } => panic!("nobody is lost here"),
                         }
                         op = then;
                     }
@@ -543,6 +617,111 @@ mod tests {
         assert_eq!(trace.iter().filter(|t| t.starts_with("Remove")).count(), 4);
         // Four slots cleared before their members were added, four after removal.
         assert_eq!(trace.iter().filter(|t| t.starts_with("DeleteVolumes")).count(), 8);
+    }
+
+    fn pod(n: &Names, ordinal: i32, restarts: i32, last_failure: Option<&str>) -> PodInfo {
+        PodInfo {
+            name: n.pod(ordinal),
+            restarts,
+            last_failure: last_failure.map(str::to_string),
+            ..PodInfo::default()
+        }
+    }
+
+    fn decide_with_pods(
+        desired: i32,
+        slots: i32,
+        view: &MembersView,
+        op: Option<&Operation>,
+        pods: &[PodInfo],
+    ) -> Decision {
+        let n = names();
+        decide(Input {
+            desired,
+            slots,
+            view,
+            names: &n,
+            operation: op,
+            pods,
+        })
+    }
+
+    #[test]
+    fn a_member_that_lost_its_volume_is_removed_reset_and_added_again_under_a_new_id() {
+        let n = names();
+        let refused = "member a2 has already been bootstrapped: the cluster at ... knows it";
+        let pods = [pod(&n, 0, 0, None), pod(&n, 1, 2, Some(refused)), pod(&n, 2, 0, None)];
+        // Member 1 does not answer and its pod says why.
+        let v = view(&[0, 1, 2], &[], &[1], Some(0));
+        let s = step(decide_with_pods(3, 3, &v, None, &pods));
+        assert_eq!(s.record.kind, OperationKind::ReplaceMember);
+        assert_eq!(s.action, Action::Remove { id: 101 });
+        let then = s.then.expect("then");
+        assert_eq!(then.step, StepKind::ResetVolumes);
+
+        // Removed: its claims go and its pod restarts; then it is added again, as new.
+        let v = view(&[0, 2], &[], &[], Some(0));
+        let s = step(decide_with_pods(3, 3, &v, Some(&then), &pods));
+        assert_eq!(s.action, Action::ResetVolumes { pod: n.pod(1) });
+        let then = s.then.expect("then");
+        assert_eq!((then.step, then.member_id.as_deref()), (StepKind::AddLearner, None));
+        let s = step(decide_with_pods(3, 3, &v, Some(&then), &pods));
+        assert_eq!(
+            s.action,
+            Action::AddLearner {
+                peer_url: n.peer_url(&n.pod(1))
+            }
+        );
+        let mut then = s.then.expect("then");
+        then.member_id = Some(format_id(111));
+
+        // Its slot exists already: promoted once caught up, and done.
+        let mut v = view(&[0, 2], &[], &[], Some(0));
+        v.members.push(ObservedMember {
+            id: 111,
+            name: n.pod(1),
+            peer_urls: vec![n.peer_url(&n.pod(1))],
+            learner: true,
+            status: Some(MemberHealth::default()),
+            ..ObservedMember::default()
+        });
+        let s = step(decide_with_pods(3, 3, &v, Some(&then), &[]));
+        assert_eq!(s.action, Action::Promote { id: 111 });
+        assert_eq!(s.then, None);
+    }
+
+    #[test]
+    fn a_crash_looping_member_is_replaced_but_a_restarting_one_is_not() {
+        let n = names();
+        let v = view(&[0, 1, 2], &[], &[2], Some(0));
+        let restarting = [pod(&n, 2, CRASH_LOOP_RESTARTS - 1, None)];
+        assert_eq!(decide_with_pods(3, 3, &v, None, &restarting), Decision::Steady);
+        let looping = [pod(&n, 2, CRASH_LOOP_RESTARTS, None)];
+        let s = step(decide_with_pods(3, 3, &v, None, &looping));
+        assert_eq!(
+            (s.record.kind, s.action),
+            (OperationKind::ReplaceMember, Action::Remove { id: 102 })
+        );
+        // One that answers again is left alone, whatever its past.
+        let v = view(&[0, 1, 2], &[], &[], Some(0));
+        assert_eq!(decide_with_pods(3, 3, &v, None, &looping), Decision::Steady);
+    }
+
+    #[test]
+    fn no_replacement_without_a_healthy_quorum_of_the_rest_or_a_leader() {
+        let n = names();
+        let refused = "has already been bootstrapped";
+        let pods = [pod(&n, 1, 1, Some(refused)), pod(&n, 2, 1, Some(refused))];
+        // Two of three lost: removing one would leave one healthy of two.
+        let v = view(&[0, 1, 2], &[], &[1, 2], Some(0));
+        let d = decide_with_pods(3, 3, &v, None, &pods);
+        assert!(
+            matches!(d, Decision::Wait(ref why) if why.contains("short of a quorum")),
+            "{d:?}"
+        );
+        // No leader: nothing moves.
+        let v = view(&[0, 1, 2], &[], &[1], None);
+        assert_eq!(decide_with_pods(3, 3, &v, None, &pods[..1]), Decision::Steady);
     }
 
     #[test]

@@ -190,6 +190,17 @@ async fn change_membership(
                     .await?;
             }
         }
+        membership::Action::ResetVolumes { pod } => {
+            // The claims first: their protection holds them until the pod is gone, and the
+            // StatefulSet then creates the pod again with new claims.
+            for template in ["data", "wal"] {
+                ctx.platform
+                    .delete_claim(&names.namespace, &format!("{template}-{pod}"))
+                    .await?;
+            }
+            ctx.platform.delete_pod(&names.namespace, pod).await?;
+            tracing::info!(member = %pod, "restarting a replaced member on new volumes");
+        }
     }
     Ok(then)
 }

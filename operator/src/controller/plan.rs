@@ -98,8 +98,12 @@ pub enum Reason {
     AddingMember,
     /// A member is being removed (leadership, removal, slot, volumes).
     RemovingMember,
+    /// A member that lost its volume, or crash-looped, is being removed and added again.
+    ReplacingMember,
     /// A member joined as a voter.
     MemberAdded,
+    /// A lost member joined again, empty, under a new id.
+    MemberReplaced,
     /// A member left the cluster and its volumes were deleted.
     MemberRemoved,
     /// `spec.replicas` differs from the membership, and no change can be made safely now.
@@ -133,7 +137,9 @@ impl Reason {
             Reason::NoLeader => "NoLeader",
             Reason::AddingMember => "AddingMember",
             Reason::RemovingMember => "RemovingMember",
+            Reason::ReplacingMember => "ReplacingMember",
             Reason::MemberAdded => "MemberAdded",
+            Reason::MemberReplaced => "MemberReplaced",
             Reason::MemberRemoved => "MemberRemoved",
             Reason::ScalingBlocked => "ScalingBlocked",
             Reason::StorageChangeNotApplied => "StorageChangeNotApplied",
@@ -307,6 +313,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
                     reason: match step.record.kind {
                         membership::OperationKind::AddMember => Reason::AddingMember,
                         membership::OperationKind::RemoveMember => Reason::RemovingMember,
+                        membership::OperationKind::ReplaceMember => Reason::ReplacingMember,
                     },
                     action: "ChangeMembership",
                     note: format!("{}: {:?}", step.record.member, step.record.step),
@@ -430,6 +437,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             match op.kind {
                 membership::OperationKind::AddMember => Reason::AddingMember,
                 membership::OperationKind::RemoveMember => Reason::RemovingMember,
+                membership::OperationKind::ReplaceMember => Reason::ReplacingMember,
             },
             &format!("{}: {:?}", op.member, op.step),
         );
@@ -518,11 +526,15 @@ fn finished(op: &crate::crd::MembershipOperation) -> PlannedEvent {
         reason: match op.kind {
             membership::OperationKind::AddMember => Reason::MemberAdded,
             membership::OperationKind::RemoveMember => Reason::MemberRemoved,
+            membership::OperationKind::ReplaceMember => Reason::MemberReplaced,
         },
         action: "ChangeMembership",
         note: match op.kind {
             membership::OperationKind::AddMember => format!("{} joined as a voter", op.member),
             membership::OperationKind::RemoveMember => format!("{} was removed and its volumes deleted", op.member),
+            membership::OperationKind::ReplaceMember => {
+                format!("{} was replaced: it joined again, empty, as a new voter", op.member)
+            }
         },
     }
 }

@@ -24,6 +24,10 @@ pub struct PodInfo {
     pub ready: bool,
     /// Being deleted already.
     pub terminating: bool,
+    /// How often its container restarted.
+    pub restarts: i32,
+    /// What its container said when it last exited with an error (the end of its log).
+    pub last_failure: Option<String>,
 }
 
 impl PodInfo {
@@ -42,8 +46,24 @@ impl PodInfo {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            restarts: store(pod).map_or(0, |c| c.restart_count),
+            last_failure: store(pod)
+                .and_then(|c| c.last_state.as_ref())
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|t| t.exit_code != 0)
+                .and_then(|t| t.message.clone()),
         }
     }
+}
+
+/// The status of a member pod's `lodestone` container.
+fn store(pod: &k8s_openapi::api::core::v1::Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "lodestone")
 }
 
 /// The one thing to do now.
@@ -158,7 +178,7 @@ mod tests {
                 name: format!("example-{i}"),
                 revision: Some(r.to_string()),
                 ready: true,
-                terminating: false,
+                ..PodInfo::default()
             })
             .collect()
     }

@@ -377,12 +377,17 @@ impl MembershipOperation {
 pub enum OperationKind {
     AddMember,
     RemoveMember,
+    /// A member that lost its volume (or crash-loops) is removed and added again, empty,
+    /// under a new id.
+    ReplaceMember,
 }
 
 /// Steps of a membership operation. Adding: ClearVolumes (claims left in the new member's slot
 /// are deleted, so it never starts on an old member's data), AddLearner (MemberAdd as a
 /// learner), StartMember (a StatefulSet slot for its pod), Promote. Removing: MoveLeader (only
 /// if it leads), RemoveMember, Shrink (its slot goes), DeleteVolumes (its claims are deleted).
+/// Replacing: RemoveMember, ResetVolumes (its claims are deleted and its pod restarted, so it
+/// comes back empty), AddLearner, StartMember, Promote.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepKind {
     ClearVolumes,
@@ -393,6 +398,7 @@ pub enum StepKind {
     RemoveMember,
     Shrink,
     DeleteVolumes,
+    ResetVolumes,
 }
 
 /// One Raft member.

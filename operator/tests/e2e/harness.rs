@@ -144,8 +144,8 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// `net` picks the pods' addresses (127.77.<net>.x): unique per scenario.
-    pub fn new(name: &str, net: u8, replicas: i32) -> Self {
+    /// `net` picks the pods' addresses: unique per scenario run.
+    pub fn new(name: &str, net: u16, replicas: i32) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let faults = Arc::new(Faults::default());
         let platform = ProcessPlatform::start(dir.path(), net, cluster(name, replicas), faults.clone());

@@ -56,7 +56,7 @@ pub struct Dns {
 }
 
 impl Dns {
-    fn new(names: &Names, net: u8) -> Self {
+    fn new(names: &Names, net: u16) -> Self {
         let pairs = (0..16)
             .map(|ordinal| (names.pod_host(&names.pod(ordinal)), pod_ip(net, ordinal)))
             .collect();
@@ -92,8 +92,9 @@ impl Dns {
     }
 }
 
-fn pod_ip(net: u8, ordinal: i32) -> String {
-    format!("127.77.{net}.{}", ordinal + 1)
+/// The address of a pod: `net` numbers the platform (one per scenario run).
+fn pod_ip(net: u16, ordinal: i32) -> String {
+    format!("127.{}.{}.{}", 77 + net / 256, net % 256, ordinal + 1)
 }
 
 /// Kills the operator after its `k`-th change: that change is made, every later call fails,
@@ -207,7 +208,7 @@ struct Process {
 pub struct ProcessPlatform {
     dir: PathBuf,
     bin: PathBuf,
-    net: u8,
+    net: u16,
     pub dns: Dns,
     pub names: Names,
     pub faults: Arc<Faults>,
@@ -222,9 +223,9 @@ pub struct ProcessPlatform {
 }
 
 impl ProcessPlatform {
-    /// A platform holding `cluster`, its pods on `127.77.<net>.<ordinal + 1>`, its state under
+    /// A platform holding `cluster`, its pods on their own loopback addresses ([`pod_ip`]), its state under
     /// `dir`. The kubelet runs until [`ProcessPlatform::shutdown`].
-    pub fn start(dir: &Path, net: u8, cluster: LodestoneCluster, faults: Arc<Faults>) -> Arc<Self> {
+    pub fn start(dir: &Path, net: u16, cluster: LodestoneCluster, faults: Arc<Faults>) -> Arc<Self> {
         let names = Names::of(&cluster);
         std::fs::create_dir_all(dir.join("volumes")).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
@@ -340,6 +341,21 @@ impl ProcessPlatform {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{pod}.log"))).unwrap_or_default()
     }
 
+    /// The node under a pod loses its disk: the process dies and comes back on empty volumes.
+    pub fn lose_volumes(&self, pod: &str) {
+        let mut processes = self.processes.lock().unwrap();
+        if let Some(child) = processes.get_mut(pod).and_then(|p| p.child.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let api = self.api.lock().unwrap();
+        for claim in api.claims.iter().filter(|c| c.ends_with(&format!("-{pod}"))) {
+            let dir = self.dir.join("volumes").join(claim);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+    }
+
     /// An administrator binds a retained volume to the claim of its old name again.
     pub fn rebind(&self, claim: &str) {
         let mut api = self.api.lock().unwrap();
@@ -427,10 +443,11 @@ impl ProcessPlatform {
                 start_at: now,
                 stopping: None,
             });
-            let exited = match process.child.as_mut() {
-                Some(child) => matches!(child.try_wait(), Ok(Some(_))),
-                None => false,
+            let status = match process.child.as_mut() {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
             };
+            let exited = status.is_some();
             if record.terminating {
                 if process.stopping.is_none() {
                     self.terminate(Some(&mut *process));
@@ -453,7 +470,9 @@ impl ProcessPlatform {
                 let _ = child.wait();
                 record.restarts += 1;
                 record.ready = false;
-                record.last_termination = Some(tail(&self.log(&name), 5));
+                // FallbackToLogsOnError: after a failure, the end of the log is the
+                // termination message.
+                record.last_termination = status.filter(|s| !s.success()).map(|_| tail(&self.log(&name), 5));
                 let backoff = Duration::from_millis(250 << record.restarts.min(5)).min(MAX_BACKOFF);
                 process.start_at = now + backoff;
                 changed = true;
@@ -465,6 +484,18 @@ impl ProcessPlatform {
             if record.ordinal >= replicas && !record.terminating {
                 record.terminating = true;
                 record.ready = false;
+                changed = true;
+            }
+        }
+
+        // Claims deleted while in use go once no pod uses them (before the StatefulSet
+        // controller creates a pod again, which then gets new claims).
+        let held: Vec<String> = api.claims_terminating.iter().cloned().collect();
+        for claim in held {
+            if !api.pods.keys().any(|pod| claim.ends_with(&format!("-{pod}"))) {
+                api.claims_terminating.remove(&claim);
+                api.claims.remove(&claim);
+                self.release(&claim);
                 changed = true;
             }
         }
@@ -505,17 +536,6 @@ impl ProcessPlatform {
             changed = true;
         }
 
-        // Claims deleted while in use go once no pod uses them.
-        let held: Vec<String> = api.claims_terminating.iter().cloned().collect();
-        for claim in held {
-            if !api.pods.keys().any(|pod| claim.ends_with(&format!("-{pod}"))) {
-                api.claims_terminating.remove(&claim);
-                api.claims.remove(&claim);
-                self.release(&claim);
-                changed = true;
-            }
-        }
-
         // Start what should run.
         let config_maps = api.config_maps.clone();
         for (name, record) in api.pods.iter() {
@@ -535,7 +555,11 @@ impl ProcessPlatform {
         if let Some(process) = process {
             if let Some(child) = process.child.as_ref() {
                 // SIGTERM: the member shuts down gracefully.
-                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .stderr(Stdio::null())
+                    .status();
             }
             process.stopping = Some(Instant::now());
         }
@@ -730,6 +754,8 @@ impl Platform for ProcessPlatform {
                 revision: Some(p.revision.clone()),
                 ready: p.ready,
                 terminating: p.terminating,
+                restarts: p.restarts as i32,
+                last_failure: p.last_termination.clone(),
             })
             .collect();
         Box::pin(async move { Ok(pods) })

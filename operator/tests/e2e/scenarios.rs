@@ -92,12 +92,12 @@ async fn grow_and_shrink(h: &mut Harness) {
 type Scenario = for<'a> fn(&'a mut Harness) -> BoxFuture<'a, ()>;
 
 /// Runs `scenario` once cleanly, then again with the operator killed right after its k-th
-/// change, for every k (four runs at a time: they mostly wait on timers). The runs'
-/// pods use 127.77.`net`.x and up. Returns, per run, k, how often the operator was killed and
+/// change, for every k (four runs at a time: they mostly wait on timers). The runs take
+/// the platform numbers from `net` up. Returns, per run, k, how often the operator was killed and
 /// the change it was killed after.
 async fn with_each_abort(
     name: &'static str,
-    net: u8,
+    net: u16,
     replicas: i32,
     scenario: Scenario,
 ) -> Vec<(usize, usize, String)> {
@@ -111,7 +111,7 @@ async fn with_each_abort(
     let started = std::time::Instant::now();
     let runs: Vec<(usize, usize, String)> = futures::stream::iter(1..=changes + 4)
         .map(|k| async move {
-            let mut h = Harness::new(name, net + k as u8, replicas);
+            let mut h = Harness::new(name, net + k as u16, replicas);
             h.faults.abort_after(Some(k));
             scenario(&mut h).await;
             let at = h.faults.journal.lock().unwrap().get(k - 1).cloned().unwrap_or_default();
@@ -153,7 +153,7 @@ async fn grow_and_shrink_with_the_operator_killed_after_each_change() {
     ];
     futures::stream::iter(kinds.into_iter().enumerate())
         .map(|(i, kind)| async move {
-            let mut h = Harness::new("abort", 100 + i as u8, 1);
+            let mut h = Harness::new("abort", 100 + i as u16, 1);
             h.faults.abort_on(kind);
             grow_and_shrink(&mut h).await;
             assert_eq!(h.restarts, 1, "the operator was killed right after {kind}");
@@ -177,7 +177,7 @@ async fn rolling_upgrade_restarts_followers_first_and_the_leader_last() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_with_the_operator_killed_after_each_change() {
-    with_each_abort("upgrade", 120, 3, |h| Box::pin(upgrade(h))).await;
+    with_each_abort("upgrade", 200, 3, |h| Box::pin(upgrade(h))).await;
 }
 
 async fn upgrade(h: &mut Harness) {
@@ -216,7 +216,7 @@ async fn stale_volumes_after_scale_in_are_not_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_volumes_with_the_operator_killed_after_each_change() {
-    with_each_abort("stale", 160, 3, |h| Box::pin(stale_volumes(h))).await;
+    with_each_abort("stale", 300, 3, |h| Box::pin(stale_volumes(h))).await;
 }
 
 async fn stale_volumes(h: &mut Harness) {
@@ -243,4 +243,58 @@ async fn stale_volumes(h: &mut Harness) {
             "{claim} deleted after its member left, and again before a new member took the slot: {journal:#?}"
         );
     }
+}
+
+/// A follower loses its volume, then the leader does: each comes back refusing its old id
+/// (the store's bootstrapped-member check), and the operator replaces it (removed, restarted
+/// on new volumes, added again as a learner under a new id, promoted), one at a time and only
+/// while the rest keep a healthy quorum.
+async fn volumes_lost(h: &mut Harness) {
+    h.converge(3, STEP).await;
+    h.start_writer();
+    let view = h.check_invariants().await;
+    let leader = view.leader_name().expect("a leader");
+    let follower = (0..3)
+        .map(|o| h.platform.names.pod(o))
+        .find(|p| *p != leader)
+        .expect("a follower");
+    let before: Vec<u64> = view.members.iter().map(|m| m.id).collect();
+    for pod in [follower, leader] {
+        let replaced = h.faults.removed.lock().unwrap().len();
+        h.platform.lose_volumes(&pod);
+        let deadline = std::time::Instant::now() + STEP;
+        while h.faults.removed.lock().unwrap().len() == replaced {
+            assert!(std::time::Instant::now() < deadline, "{pod} was never replaced");
+            h.reconcile().await;
+            h.check_invariants().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        h.converge(3, STEP).await;
+        assert!(
+            h.platform.log(&pod).contains("has already been bootstrapped"),
+            "{pod} refused to come back under its old id"
+        );
+    }
+    let after: Vec<u64> = h.check_invariants().await.members.iter().map(|m| m.id).collect();
+    assert_eq!(
+        after.iter().filter(|id| before.contains(id)).count(),
+        1,
+        "two members have new ids: {before:x?} → {after:x?}"
+    );
+    let acked = h.check_writes().await;
+    assert!(acked > 5, "the writer made progress: {acked} writes");
+    h.assert_unbroken();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_volume_is_replaced_follower_then_leader() {
+    let mut h = Harness::new("lost", 5, 3);
+    volumes_lost(&mut h).await;
+    let events = h.platform.events();
+    assert_eq!(count(&events, "MemberReplaced:"), 2, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_loss_with_the_operator_killed_after_each_change() {
+    with_each_abort("lost", 400, 3, |h| Box::pin(volumes_lost(h))).await;
 }

@@ -87,6 +87,9 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
         liveness_probe: Some(http_probe("/livez", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         resources: spec.resources.clone(),
+        // The store logs why it stopped last: that becomes the container's termination
+        // message, which tells the operator a member lost its volume.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
