@@ -17,11 +17,13 @@
 //!   membership, leases, watch cache, compaction, corruption check.
 //! - [`api`]: the client gRPC services and HTTP endpoints, thin adapters over the member.
 //! - [`net`]: connection plumbing (the HTTP/2 `:authority` repair), independent of the rest.
-//! - [`restore`]: `lodestone snapshot restore`, a new cluster from a snapshot file.
+//! - [`restore`]: `lodestone snapshot restore`, a new cluster from a snapshot file;
+//!   [`backup`]: `lodestone snapshot save`, a checked snapshot file from a running cluster.
 
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod lease;

@@ -33,7 +33,7 @@ async fn signals(token: CancellationToken) {
     token.cancel();
 }
 
-/// `lodestone snapshot restore ...`: offline, then exit.
+/// `lodestone snapshot restore|save ...`: a tool, then exit.
 fn snapshot_tool() -> ! {
     use lodestone::restore::{SnapshotCli, SnapshotCommand, restore};
     let args = std::env::args().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| a);
@@ -41,12 +41,20 @@ fn snapshot_tool() -> ! {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     match cli.command {
         SnapshotCommand::Restore(r) => match restore(&r) {
-            Ok(dir) => {
+            Ok(done) if !done.restored => {
                 println!(
-                    "restored snapshot {} into {}; start the member with the same --name, --initial-cluster, \
+                    "nothing restored: {} has data or the member joins an existing cluster",
+                    done.data_dir.display()
+                );
+                std::process::exit(0)
+            }
+            Ok(done) => {
+                println!(
+                    "restored snapshot {} (revision {}) into {}; start the member with the same --name, --initial-cluster, \
                      --initial-cluster-token and --initial-advertise-peer-urls and --initial-cluster-state new",
                     r.file.display(),
-                    dir.display()
+                    done.revision,
+                    done.data_dir.display()
                 );
                 std::process::exit(0)
             }
@@ -55,6 +63,22 @@ fn snapshot_tool() -> ! {
                 std::process::exit(1)
             }
         },
+        SnapshotCommand::Save(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(lodestone::backup::save(&args)) {
+                Ok(saved) => {
+                    println!("{}", serde_json::to_string(&saved).expect("json"));
+                    std::process::exit(0)
+                }
+                Err(e) => {
+                    eprintln!("lodestone snapshot save: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
     }
 }
 

@@ -29,33 +29,79 @@ pub struct SnapshotCli {
 pub enum SnapshotCommand {
     /// Restores a snapshot file into a new data directory for a member of a new cluster.
     Restore(RestoreArgs),
+    /// Saves a snapshot of a running cluster into a file (Maintenance.Snapshot), checks it
+    /// and prints what it holds as JSON.
+    Save(crate::backup::SaveArgs),
 }
 
+/// The flags read the member's own `LODESTONE_*` variables too, so a pod's init container can
+/// restore with the environment its member starts with.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The snapshot file (from `etcdctl snapshot save`).
     pub file: PathBuf,
     /// Human-readable name of the member this data directory is for.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "LODESTONE_NAME", default_value = "default")]
     pub name: String,
     /// Path to the data directory to create [default: ./<name>.lodestone].
-    #[arg(long)]
+    #[arg(long, env = "LODESTONE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Path to the dedicated write-ahead log directory [default: <data-dir>/member/wal].
-    #[arg(long)]
+    #[arg(long, env = "LODESTONE_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
     /// The new cluster, `name=peerURL,...` [default: <name>=<initial-advertise-peer-urls>].
-    #[arg(long)]
+    #[arg(long, env = "LODESTONE_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster token of the new cluster.
-    #[arg(long, default_value = "etcd-cluster")]
+    #[arg(long, env = "LODESTONE_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
     /// This member's peer URLs.
-    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "LODESTONE_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Restore a file without the trailing SHA-256 (e.g. copied out of a data directory).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Do nothing, successfully, when the data directory exists already or
+    /// `--initial-cluster-state` is `existing`: a member restarting, or joining later, must not
+    /// be restored (for init containers).
+    #[arg(long)]
+    pub only_if_new: bool,
+    /// With `--only-if-new`: whether this member founds a new cluster.
+    #[arg(long, env = "LODESTONE_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+}
+
+impl Default for RestoreArgs {
+    /// The command line's defaults, with no file.
+    fn default() -> Self {
+        Self {
+            file: PathBuf::new(),
+            name: "default".into(),
+            data_dir: None,
+            wal_dir: None,
+            initial_cluster: None,
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            skip_hash_check: false,
+            only_if_new: false,
+            initial_cluster_state: "new".into(),
+        }
+    }
+}
+
+/// A restored data directory.
+#[derive(Debug)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    /// The store revision it holds.
+    pub revision: i64,
+    /// False when `--only-if-new` found nothing to do.
+    pub restored: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +123,7 @@ pub enum RestoreError {
 
 /// Checks etcd's trailer: the payload is a whole number of 512-byte pages followed by its
 /// SHA-256.
-fn verify_hash(path: &Path) -> Result<(), RestoreError> {
+pub(crate) fn verify_hash(path: &Path) -> Result<(), RestoreError> {
     use std::io::Read;
     let bad = |why: String| RestoreError::BadHash(path.to_path_buf(), why);
     let mut f = std::fs::File::open(path)?;
@@ -102,8 +148,8 @@ fn verify_hash(path: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Restores `args.file` into a new data directory; returns the member's data directory.
-pub fn restore(args: &RestoreArgs) -> Result<PathBuf, RestoreError> {
+/// Restores `args.file` into a new data directory.
+pub fn restore(args: &RestoreArgs) -> Result<Restored, RestoreError> {
     // Validate the cluster flags exactly as a starting member would.
     let mut flags = vec![
         "lodestone".to_string(),
@@ -128,10 +174,18 @@ pub fn restore(args: &RestoreArgs) -> Result<PathBuf, RestoreError> {
     cfg.self_member(&members)?;
 
     let data_dir = cfg.data_dir();
-    if data_dir.exists() {
+    if args.only_if_new && (args.initial_cluster_state == "existing" || pristine(&data_dir)? == Some(false)) {
+        tracing::info!(data_dir = %data_dir.display(), state = %args.initial_cluster_state, "nothing to restore: the member has data or joins an existing cluster");
+        return Ok(Restored {
+            data_dir,
+            revision: 0,
+            restored: false,
+        });
+    }
+    if pristine(&data_dir)? == Some(false) {
         return Err(RestoreError::DataDirExists(data_dir));
     }
-    if cfg.wal_dir.is_some() && cfg.wal_dir().exists() {
+    if cfg.wal_dir.is_some() && pristine(&cfg.wal_dir())? == Some(false) {
         return Err(RestoreError::WalDirExists(cfg.wal_dir()));
     }
     if !args.skip_hash_check {
@@ -139,7 +193,7 @@ pub fn restore(args: &RestoreArgs) -> Result<PathBuf, RestoreError> {
     }
 
     let sm_dir = cfg.state_machine_dir();
-    let result = (|| -> Result<(), RestoreError> {
+    let result = (|| -> Result<i64, RestoreError> {
         std::fs::create_dir_all(&sm_dir)?;
         {
             let db = crate::mvcc::open_db(&sm_dir.join("db-0")).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -178,11 +232,29 @@ pub fn restore(args: &RestoreArgs) -> Result<PathBuf, RestoreError> {
             compacted = meta.compacted,
             "restored state machine"
         );
-        Ok(())
+        Ok(meta.revision)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&data_dir);
-        return Err(e);
+    match result {
+        Ok(revision) => Ok(Restored {
+            data_dir,
+            revision,
+            restored: true,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            Err(e)
+        }
     }
-    Ok(data_dir)
+}
+
+/// Whether a data directory is absent or empty (`None`: absent). A volume's mount point
+/// exists, empty, before the member ever ran (some file systems add `lost+found`).
+fn pristine(dir: &Path) -> std::io::Result<Option<bool>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(
+            entries.filter_map(|e| e.ok()).all(|e| e.file_name() == "lost+found"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, GetOptions, PutOptions};
-use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl};
+use lodestone_tests::{Cluster, Kind, Options, assert_status, etcdctl, etcdctl_ok};
 use tonic::Code;
 
 lodestone_tests::compat!(status_hashkv_defrag_errors, nospace_alarm_cycle);
@@ -321,6 +321,96 @@ async fn snapshot_save_restore_into_a_new_cluster() {
     // And it takes writes.
     let p = ncl.put("after", "restore", None).await.unwrap();
     assert_eq!(p.header().unwrap().revision(), rev + 1);
+}
+
+/// Lodestone only: `lodestone snapshot save` (what the operator's backup Jobs run) skips an
+/// endpoint that does not answer, writes the same bytes etcdctl does, reports the file's size,
+/// SHA-256 and revision as JSON, prunes older files of its prefix with `--retain`, and the
+/// restore tool's `--only-if-new` leaves a member with data (or a joiner) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lodestone_snapshot_save_checks_reports_and_prunes() {
+    let c = Cluster::start(Kind::Lodestone, three()).await;
+    c.wait_published().await;
+    let mut cl = c.client().await;
+    for i in 0..20 {
+        cl.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    let rev = cl.get("x", None).await.unwrap().header().unwrap().revision();
+    let dir = tempfile::tempdir().unwrap();
+    let save = |name: &str, extra: &[&str]| {
+        let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+            .args(["snapshot", "save", dir.path().join(name).to_str().unwrap()])
+            .arg("--endpoints")
+            .arg(format!("http://127.0.0.1:1,{}", c.members[2].client_url()))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one line of JSON")
+    };
+    let saved = save("c-001.db", &[]);
+    let bytes = std::fs::read(dir.path().join("c-001.db")).unwrap();
+    assert_eq!(saved["size"], bytes.len() as u64);
+    assert_eq!(saved["revision"], rev);
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(saved["sha256"], sha);
+    // The same stream etcdctl saves.
+    let theirs = dir.path().join("etcdctl.db");
+    etcdctl_ok(etcdctl(
+        &[c.members[2].endpoint()],
+        &["snapshot", "save", theirs.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(&theirs).unwrap(), bytes);
+    std::fs::remove_file(&theirs).unwrap();
+
+    cl.put("more", "v", None).await.unwrap();
+    save("c-002.db", &[]);
+    let third = save("c-003.db", &["--retain", "2", "--prefix", "c-"]);
+    assert_eq!(third["revision"], rev + 1);
+    assert_eq!(third["pruned"], serde_json::json!(["c-001.db"]));
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["c-002.db", "c-003.db"], "nothing else left behind");
+
+    // Nothing answers: a clear error, and no file.
+    let out = std::process::Command::new(lodestone_tests::lodestone_bin())
+        .args(["snapshot", "save", dir.path().join("none.db").to_str().unwrap()])
+        .args(["--endpoints", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no endpoint streamed a snapshot"));
+    assert!(!dir.path().join("none.db").exists());
+
+    // --only-if-new: a data directory with data, or a joining member, is left alone.
+    let file = dir.path().join("c-003.db");
+    let data = dir.path().join("member");
+    let restore = |state: &str| {
+        std::process::Command::new(lodestone_tests::lodestone_bin())
+            .args(["snapshot", "restore", file.to_str().unwrap(), "--only-if-new"])
+            .args(["--data-dir", data.to_str().unwrap(), "--initial-cluster-state", state])
+            .output()
+            .unwrap()
+    };
+    let joiner = restore("existing");
+    assert!(joiner.status.success());
+    assert!(!data.exists(), "a joiner is not restored");
+    std::fs::create_dir(&data).unwrap();
+    let first = restore("new");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains(&format!("revision {}", rev + 1)));
+    let again = restore("new");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing restored"));
 }
 
 /// Lodestone only: MoveLeader through etcdctl (which finds the leader with Status first),
