@@ -29,6 +29,10 @@ pub struct SaveArgs {
     /// The name prefix `--retain` prunes by.
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Also write the JSON report to this file (a pod's `/dev/termination-log`, where the
+    /// operator reads it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// What a saved file holds, printed as one line of JSON.
@@ -59,6 +63,10 @@ pub enum SaveError {
 /// Saves a snapshot from the first endpoint that streams one.
 pub async fn save(args: &SaveArgs) -> Result<Saved, SaveError> {
     let part = args.file.with_extension("part");
+    // The directory inside the volume may not exist yet.
+    if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut errors = Vec::new();
     let mut saved = false;
     for endpoint in &args.endpoints {

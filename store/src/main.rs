@@ -70,7 +70,17 @@ fn snapshot_tool() -> ! {
                 .expect("tokio runtime");
             match runtime.block_on(lodestone::backup::save(&args)) {
                 Ok(saved) => {
-                    println!("{}", serde_json::to_string(&saved).expect("json"));
+                    let json = serde_json::to_string(&saved).expect("json");
+                    println!("{json}");
+                    if let Some(report) = &args.report
+                        && let Err(e) = std::fs::write(report, &json)
+                    {
+                        eprintln!(
+                            "lodestone snapshot save: saved, but cannot write the report to {}: {e}",
+                            report.display()
+                        );
+                        std::process::exit(1)
+                    }
                     std::process::exit(0)
                 }
                 Err(e) => {

@@ -201,10 +201,12 @@ class Render(unittest.TestCase):
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
         # What the controller does, and nothing it does not: the only deletes are a member
-        # pod (a rolling restart) and a removed member's volume claims.
+        # pod (a rolling restart), a removed member's volume claims and the snapshots a
+        # schedule's retention lets go.
         expected = {
             ("lodestone.dev", "lodestoneclusters"): {"get", "list", "watch"},
-            ("lodestone.dev", "lodestonesnapshots"): {"get", "list", "watch"},
+            ("lodestone.dev", "lodestonesnapshots"): {"get", "list", "watch", "create", "delete"},
+            ("batch", "jobs"): {"get", "list", "watch", "create"},
             ("lodestone.dev", "lodestoneclusters/status"): {"get", "patch", "update"},
             ("lodestone.dev", "lodestonesnapshots/status"): {"get", "patch", "update"},
             ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},

@@ -1,6 +1,7 @@
 //! The `LodestoneCluster` controller: a named pipeline per reconcile,
 //! observe → plan (pure) → apply → status.
 
+pub mod backup;
 pub mod build;
 pub mod membership;
 pub mod observe;
@@ -15,16 +16,18 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::crd::LodestoneCluster;
+use crate::crd::{LodestoneCluster, LodestoneSnapshot};
 use crate::members::format_id;
 use crate::members::{ChangeError, MemberProbe, Members};
 use crate::metrics::Metrics;
@@ -119,6 +122,14 @@ async fn reconcile_inner(cluster: &LodestoneCluster, ctx: &Context) -> Result<Ac
     if let Some(action) = &plan.rollout {
         restart_one(ctx, &names, &observed, action).await?;
     }
+    if plan.desired.is_some() && observed.members.formed() {
+        let snapshots = take_snapshots(ctx, cluster, &names, &observed, &now).await?;
+        plan.status.last_snapshot = snapshots.last;
+        plan.events.extend(snapshots.events);
+        if let Some(wake) = snapshots.wake {
+            plan.requeue_after = plan.requeue_after.min(wake);
+        }
+    }
     if status::changed(&reported, &plan.status) {
         ctx.platform.write_status(&reported, &plan.status).await?;
     }
@@ -205,6 +216,67 @@ async fn change_membership(
     Ok(then)
 }
 
+/// The snapshot step: moves each of the cluster's snapshots on with its Job, creates the
+/// schedule's, and deletes what its retention lets go.
+async fn take_snapshots(
+    ctx: &Context,
+    cluster: &LodestoneCluster,
+    names: &Names,
+    observed: &observe::Observed,
+    now: &Time,
+) -> Result<backup::Plan, Error> {
+    let snapshots = ctx.platform.snapshots(&names.namespace).await?;
+    let mut jobs = std::collections::BTreeMap::new();
+    for s in snapshots.iter().filter(|s| s.spec.cluster == names.cluster) {
+        let phase = s.status.as_ref().and_then(|st| st.phase.as_deref());
+        if !matches!(phase, Some(backup::phase::SUCCEEDED | backup::phase::FAILED)) {
+            let job = build::snapshot_job_name(s);
+            if let Some(state) = ctx.platform.job(&names.namespace, &job).await? {
+                jobs.insert(job, state);
+            }
+        }
+    }
+    // Members that answer, the leader first; none without a leader.
+    let view = &observed.members;
+    let endpoints: Vec<String> = match view.leader {
+        None => Vec::new(),
+        Some(leader) => {
+            let answering = view.members.iter().filter(|m| m.status.is_some());
+            let mut urls: Vec<String> = answering
+                .clone()
+                .filter(|m| m.id == leader)
+                .chain(answering.filter(|m| m.id != leader))
+                .filter_map(|m| m.client_urls.first().cloned())
+                .collect();
+            urls.dedup();
+            urls
+        }
+    };
+    let plan = backup::decide(backup::Input {
+        cluster,
+        snapshots: &snapshots,
+        jobs: &jobs,
+        endpoints: &endpoints,
+        now,
+    });
+    for snapshot in &plan.create {
+        ctx.platform.create_snapshot(snapshot).await?;
+        tracing::info!(snapshot = %snapshot.name_any(), "scheduled snapshot created");
+    }
+    for job in &plan.jobs {
+        ctx.platform.run_job(&names.namespace, job).await?;
+        tracing::info!(job = %job.name_any(), "saving a snapshot");
+    }
+    for (snapshot, status) in &plan.statuses {
+        ctx.platform.write_snapshot_status(snapshot, status).await?;
+    }
+    for name in &plan.delete {
+        ctx.platform.delete_snapshot(&names.namespace, name).await?;
+        tracing::info!(snapshot = %name, "snapshot deleted by retention");
+    }
+    Ok(plan)
+}
+
 /// One step of a rolling restart.
 async fn restart_one(
     ctx: &Context,
@@ -269,7 +341,21 @@ pub async fn run(ctx: Arc<Context>, client: kube::Client, namespace: Option<Stri
     .owns(api::<Service>(&client, &namespace), owned.clone())
     .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
     .owns(api::<PodDisruptionBudget>(&client, &namespace), owned.clone())
-    .owns(api::<ServiceAccount>(&client, &namespace), owned)
+    .owns(api::<ServiceAccount>(&client, &namespace), owned.clone())
+    // A snapshot (the user's or a schedule's) and its save Job concern the cluster it names.
+    .watches(
+        api::<LodestoneSnapshot>(&client, &namespace),
+        watcher::Config::default(),
+        |snapshot| {
+            let namespace = snapshot.namespace()?;
+            Some(ObjectRef::new(&snapshot.spec.cluster).within(&namespace))
+        },
+    )
+    .watches(api::<Job>(&client, &namespace), owned, |job| {
+        let namespace = job.namespace()?;
+        let cluster = job.labels().get("app.kubernetes.io/instance")?;
+        Some(ObjectRef::new(cluster).within(&namespace))
+    })
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

@@ -82,8 +82,6 @@ pub mod condition {
 pub enum Reason {
     /// The spec breaks a rule the API server cannot check.
     InvalidSpec,
-    /// `spec.bootstrap.fromSnapshot` asks for a restore this version cannot do.
-    RestoreNotSupported,
     /// The founding members are starting and have not formed the cluster yet.
     Bootstrapping,
     /// A member reported the cluster for the first time.
@@ -119,6 +117,10 @@ pub enum Reason {
     MembersStarting,
     /// Everything the spec asks for is in place.
     Reconciled,
+    /// A snapshot was saved and checked.
+    SnapshotSucceeded,
+    /// A snapshot could not be saved.
+    SnapshotFailed,
     /// Leadership moved to another member.
     LeaderChanged,
     /// Members restart one at a time on a changed pod template.
@@ -129,7 +131,6 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidSpec => "InvalidSpec",
-            Reason::RestoreNotSupported => "RestoreNotSupported",
             Reason::Bootstrapping => "Bootstrapping",
             Reason::ClusterFormed => "ClusterFormed",
             Reason::QuorumAvailable => "QuorumAvailable",
@@ -147,6 +148,8 @@ impl Reason {
             Reason::AsExpected => "AsExpected",
             Reason::MembersStarting => "MembersStarting",
             Reason::Reconciled => "Reconciled",
+            Reason::SnapshotSucceeded => "SnapshotSucceeded",
+            Reason::SnapshotFailed => "SnapshotFailed",
             Reason::LeaderChanged => "LeaderChanged",
             Reason::RollingUpdate => "RollingUpdate",
         }
@@ -184,15 +187,8 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     };
 
     // Specs that must not be acted on: report and wait for the user to change them.
-    let mut problems = validate(&cluster.spec);
-    let mut reason = Reason::InvalidSpec;
-    if problems.is_empty() && observed.bootstrap.is_none() && restore_requested(cluster) {
-        reason = Reason::RestoreNotSupported;
-        problems.push(
-            "spec.bootstrap.fromSnapshot is not supported by this operator version yet; remove it to create an empty cluster"
-                .to_string(),
-        );
-    }
+    let problems = validate(&cluster.spec);
+    let reason = Reason::InvalidSpec;
     if !problems.is_empty() {
         let message = problems.join("; ");
         if conditions.set(condition::DEGRADED, true, reason, &message) {
@@ -617,14 +613,6 @@ fn describe_storage(s: &StorageSpec) -> String {
         Some(wal) => format!("data {}, wal {}", volume(&s.data), volume(wal)),
         None => format!("data {}", volume(&s.data)),
     }
-}
-
-fn restore_requested(cluster: &LodestoneCluster) -> bool {
-    cluster
-        .spec
-        .bootstrap
-        .as_ref()
-        .is_some_and(|b| b.from_snapshot.is_some())
 }
 
 /// Whether a status was reported before, so the first observation does not raise an Event.

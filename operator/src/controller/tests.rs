@@ -51,6 +51,19 @@ async fn expect_applies(api: &mut ApiServerVerifier) -> Vec<Value> {
     bodies
 }
 
+/// Answers the snapshot step's list of LodestoneSnapshots: none.
+async fn expect_no_snapshots(api: &mut ApiServerVerifier) {
+    api.expect(
+        "GET",
+        "/apis/lodestone.dev/v1alpha1/namespaces/default/lodestonesnapshots?",
+    )
+    .await
+    .reply(
+        StatusCode::OK,
+        json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "LodestoneSnapshotList", "metadata": {}, "items": []}),
+    );
+}
+
 /// Answers the observe step's list of member pods with `items`.
 async fn expect_pods(api: &mut ApiServerVerifier, items: Value) {
     api.expect("GET", &format!("{NS}/pods?")).await.reply(
@@ -191,6 +204,7 @@ async fn formed_cluster_latches_existing_and_records_the_cluster_id() {
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
     expect_pods(&mut api, json!([])).await;
     let bodies = expect_applies(&mut api).await;
+    expect_no_snapshots(&mut api).await;
     assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_STATE"], "existing");
     assert_eq!(bodies[3]["data"]["LODESTONE_INITIAL_CLUSTER_TOKEN"], founding.token);
 
@@ -249,6 +263,7 @@ async fn unchanged_status_is_not_rewritten() {
         .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
     expect_pods(&mut api, json!([])).await;
     expect_applies(&mut api).await;
+    expect_no_snapshots(&mut api).await;
     let action = task.await.expect("task").expect("reconcile succeeds");
     api.expect_silence().await;
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
@@ -367,6 +382,7 @@ async fn growing_records_each_step_before_making_it() {
             .not_found();
     }
     expect_applies(&mut api).await;
+    expect_no_snapshots(&mut api).await;
     let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(
         status.body["status"]["operation"],
@@ -385,6 +401,7 @@ async fn growing_records_each_step_before_making_it() {
     let task = spawn(cluster.clone(), ctx2);
     expect_observed(&mut api, &config_map, &statefulset).await;
     let bodies = expect_applies(&mut api).await;
+    expect_no_snapshots(&mut api).await;
     assert_eq!(
         members.calls.lock().unwrap().as_slice(),
         [
@@ -469,6 +486,7 @@ async fn a_removal_ends_by_deleting_the_members_volumes() {
         .await
         .not_found();
     let bodies = expect_applies(&mut api).await;
+    expect_no_snapshots(&mut api).await;
     assert_eq!(bodies[4]["spec"]["replicas"], 2);
     assert_eq!(bodies[5]["spec"]["minAvailable"], 2, "the quorum of two voters");
     let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
@@ -531,6 +549,7 @@ async fn a_changed_template_restarts_one_follower_at_a_time() {
     api.expect("DELETE", &format!("{NS}/pods/example-0"))
         .await
         .reply(StatusCode::OK, pod(0, "example-old"));
+    expect_no_snapshots(&mut api).await;
     let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(
         status.body["status"]["outdatedMembers"],
@@ -552,4 +571,302 @@ async fn a_changed_template_restarts_one_follower_at_a_time() {
     event.echo();
     let action = task.await.expect("task").expect("reconcile succeeds");
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(10)));
+}
+
+const SNAPSHOTS: &str = "/apis/lodestone.dev/v1alpha1/namespaces/default/lodestonesnapshots";
+const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
+
+/// A formed three-member cluster whose status a previous reconcile wrote, and the answers to
+/// the observe step's reads for it.
+fn steady_cluster(probe: &FakeProbe) -> (LodestoneCluster, Value, Value) {
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let names = crate::names::Names::of(&cluster);
+    let existing = build::BootstrapConfig {
+        state: build::ClusterState::Existing,
+        ..build::BootstrapConfig::founding(&names, 3, fixtures::UID)
+    };
+    let mut statefulset = build::statefulset(&cluster, &names, 3);
+    statefulset.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+        replicas: 3,
+        ready_replicas: Some(3),
+        ..Default::default()
+    });
+    let observed = observe::Observed {
+        bootstrap: Some(existing.clone()),
+        statefulset: Some(statefulset.clone()),
+        members: probe.view.clone(),
+        ..Default::default()
+    };
+    let previous = plan::plan(&cluster, &observed, &Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    cluster.status = Some(previous.status);
+    let config_map = serde_json::to_value(build::bootstrap_config_map(&cluster, &names, &existing)).expect("json");
+    let statefulset = serde_json::to_value(&statefulset).expect("json");
+    (cluster, config_map, statefulset)
+}
+
+async fn expect_steady_observe_and_apply(api: &mut ApiServerVerifier, config_map: &Value, statefulset: &Value) {
+    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
+        .await
+        .reply(StatusCode::OK, config_map.clone());
+    api.expect("GET", &format!("{APPS}/statefulsets/example"))
+        .await
+        .reply(StatusCode::OK, statefulset.clone());
+    expect_pods(api, json!([])).await;
+    expect_applies(api).await;
+}
+
+fn snapshot_object(status: Value) -> Value {
+    json!({
+        "apiVersion": "lodestone.dev/v1alpha1",
+        "kind": "LodestoneSnapshot",
+        "metadata": {"name": "nightly", "namespace": "default", "uid": "5a5a"},
+        "spec": {"cluster": "example", "destination": {"pvc": {"claimName": "backups"}}},
+        "status": status,
+    })
+}
+
+fn snapshot_list(items: Value) -> Value {
+    json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "LodestoneSnapshotList", "metadata": {}, "items": items})
+}
+
+#[tokio::test]
+async fn a_new_snapshot_is_saved_by_a_job_from_the_leader_first() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(1), &[]),
+        ..FakeProbe::default()
+    });
+    let (cluster, config_map, statefulset) = steady_cluster(&probe);
+    let (ctx, mut api) = fixtures::context(probe);
+    let task = spawn(cluster, ctx);
+    expect_steady_observe_and_apply(&mut api, &config_map, &statefulset).await;
+
+    api.expect("GET", &format!("{SNAPSHOTS}?"))
+        .await
+        .reply(StatusCode::OK, snapshot_list(json!([snapshot_object(Value::Null)])));
+    api.expect("GET", &format!("{JOBS}/nightly-save")).await.not_found();
+    let job = api.expect("POST", &format!("{JOBS}?")).await;
+    assert_eq!(job.body["metadata"]["name"], "nightly-save");
+    assert_eq!(job.body["metadata"]["ownerReferences"][0]["kind"], "LodestoneSnapshot");
+    assert_eq!(job.body["metadata"]["ownerReferences"][0]["name"], "nightly");
+    let container = &job.body["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!([
+            "snapshot",
+            "save",
+            "/var/lib/lodestone/snapshots/nightly.db",
+            "--endpoints",
+            "http://example-1:2379,http://example-0:2379,http://example-2:2379",
+            "--report",
+            "/dev/termination-log"
+        ])
+    );
+    assert_eq!(
+        job.body["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "backups"
+    );
+    job.echo();
+    let status = api.expect("PATCH", &format!("{SNAPSHOTS}/nightly/status")).await;
+    assert_eq!(status.body["status"]["phase"], "Running");
+    assert!(status.body["status"]["startTime"].is_string());
+    let reply = snapshot_object(status.body["status"].clone());
+    status.reply(StatusCode::OK, reply);
+
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    api.expect_silence().await;
+    // A save runs: look again soon rather than at the steady pace.
+    assert_eq!(action, Action::requeue(backup::WAKE_WHILE_SAVING));
+}
+
+#[tokio::test]
+async fn a_finished_job_completes_the_snapshot_from_its_pods_report() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let (cluster, config_map, statefulset) = steady_cluster(&probe);
+    let (ctx, mut api) = fixtures::context(probe);
+    let task = spawn(cluster.clone(), ctx);
+    expect_steady_observe_and_apply(&mut api, &config_map, &statefulset).await;
+
+    let running = json!({"phase": "Running", "startTime": "2026-12-03T10:00:00Z"});
+    api.expect("GET", &format!("{SNAPSHOTS}?"))
+        .await
+        .reply(StatusCode::OK, snapshot_list(json!([snapshot_object(running)])));
+    api.expect("GET", &format!("{JOBS}/nightly-save")).await.reply(
+        StatusCode::OK,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "nightly-save", "namespace": "default"},
+            "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+        }),
+    );
+    let sha = "0f".repeat(32);
+    let report = format!(
+        r#"{{"file":"/var/lib/lodestone/snapshots/nightly.db","size":8192,"sha256":"{sha}","revision":42,"pruned":[]}}"#
+    );
+    let pods = api.expect("GET", &format!("{NS}/pods?")).await;
+    assert!(
+        pods.path
+            .contains("labelSelector=batch.kubernetes.io%2Fjob-name%3Dnightly-save"),
+        "{}",
+        pods.path
+    );
+    pods.reply(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+            "metadata": {"name": "nightly-save-x7k2p", "namespace": "default"},
+            "status": {"containerStatuses": [{
+                "name": "save", "image": "lodestone", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": report}},
+            }]},
+        }]}),
+    );
+    let status = api.expect("PATCH", &format!("{SNAPSHOTS}/nightly/status")).await;
+    assert_eq!(status.body["status"]["phase"], "Succeeded");
+    assert_eq!(status.body["status"]["size"], 8192);
+    assert_eq!(status.body["status"]["sha256"], sha.as_str());
+    assert_eq!(status.body["status"]["revision"], 42);
+    assert_eq!(status.body["status"]["startTime"], "2026-12-03T10:00:00Z");
+    let reply = snapshot_object(status.body["status"].clone());
+    status.reply(StatusCode::OK, reply);
+    // The cluster's status names its newest snapshot.
+    let cluster_status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(cluster_status.body["status"]["lastSnapshot"]["name"], "nightly");
+    assert_eq!(cluster_status.body["status"]["lastSnapshot"]["revision"], 42);
+    let reply = with_status(&cluster, &cluster_status.body);
+    cluster_status.reply(StatusCode::OK, reply);
+    let event = api.expect("POST", EVENTS).await;
+    assert_eq!(event.body["reason"], "SnapshotSucceeded");
+    event.echo();
+
+    task.await.expect("task").expect("reconcile succeeds");
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn the_schedule_creates_its_snapshot_and_retention_deletes_the_oldest() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let (mut cluster, config_map, statefulset) = steady_cluster(&probe);
+    // Every minute, two kept; the cluster is older than every tick below.
+    cluster.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+    cluster.spec.snapshots = Some(crate::crd::SnapshotScheduleSpec {
+        schedule: "* * * * *".into(),
+        retention: 2,
+        destination: crate::crd::SnapshotDestination {
+            pvc: crate::crd::PvcDestination {
+                claim_name: "backups".into(),
+                path: None,
+            },
+        },
+    });
+    let (ctx, mut api) = fixtures::context(probe);
+    let task = spawn(cluster.clone(), ctx);
+    expect_steady_observe_and_apply(&mut api, &config_map, &statefulset).await;
+
+    let done = |name: &str, at: &str| {
+        json!({
+            "apiVersion": "lodestone.dev/v1alpha1",
+            "kind": "LodestoneSnapshot",
+            "metadata": {"name": name, "namespace": "default", "labels": {"lodestone.dev/scheduled": "true"}},
+            "spec": {"cluster": "example", "destination": {"pvc": {"claimName": "backups"}}},
+            "status": {"phase": "Succeeded", "completionTime": at, "revision": 7},
+        })
+    };
+    api.expect("GET", &format!("{SNAPSHOTS}?")).await.reply(
+        StatusCode::OK,
+        snapshot_list(json!([
+            done("example-sched-20260101000100", "2026-01-01T00:01:05Z"),
+            done("example-sched-20260101000200", "2026-01-01T00:02:05Z"),
+            done("example-sched-20260101000300", "2026-01-01T00:03:05Z"),
+        ])),
+    );
+    let created = api.expect("POST", &format!("{SNAPSHOTS}?")).await;
+    let name = created.body["metadata"]["name"].as_str().expect("name").to_string();
+    assert!(name.starts_with("example-sched-2026"), "{name}");
+    assert_eq!(created.body["metadata"]["labels"]["lodestone.dev/scheduled"], "true");
+    assert_eq!(
+        created.body["metadata"]["ownerReferences"][0]["kind"],
+        "LodestoneCluster"
+    );
+    created.echo();
+    let deleted = api
+        .expect("DELETE", &format!("{SNAPSHOTS}/example-sched-20260101000100"))
+        .await;
+    deleted.reply(
+        StatusCode::OK,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
+    let cluster_status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        cluster_status.body["status"]["lastSnapshot"]["name"],
+        "example-sched-20260101000300"
+    );
+    let reply = with_status(&cluster, &cluster_status.body);
+    cluster_status.reply(StatusCode::OK, reply);
+    let action = task.await.expect("task").expect("reconcile succeeds");
+    api.expect_silence().await;
+    assert_eq!(action, Action::requeue(backup::WAKE_WHILE_SAVING));
+}
+
+/// A replaced member, once removed, restarts on new volumes: its claims are deleted, then its
+/// pod (the claims' protection holds them until the pod is gone), and the next step adds it
+/// again as a new member.
+#[tokio::test]
+async fn a_replaced_member_restarts_on_new_volumes_before_it_is_added_again() {
+    let probe = Arc::new(FakeProbe {
+        view: fixtures::view(&["example-0", "example-2"], Some(0), &[]),
+        ..FakeProbe::default()
+    });
+    let members = Arc::new(fixtures::FakeMembers::default());
+    let (ctx, mut api) = fixtures::context_with(probe, members.clone());
+    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    let operation = crate::crd::MembershipOperation {
+        kind: crate::crd::OperationKind::ReplaceMember,
+        step: crate::crd::StepKind::ResetVolumes,
+        member: "example-1".into(),
+        ordinal: 1,
+        member_id: Some("a2".into()),
+    };
+    cluster.status = Some(crate::crd::LodestoneClusterStatus {
+        cluster_id: Some("c1a5".into()),
+        operation: Some(operation),
+        ..Default::default()
+    });
+    let names = crate::names::Names::of(&cluster);
+    let mut founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+    founding.state = build::ClusterState::Existing;
+    let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+    let statefulset = build::statefulset(&cluster, &names, 3);
+    let task = spawn(cluster.clone(), ctx);
+
+    expect_observed(&mut api, &config_map, &statefulset).await;
+    // Recorded already: no status write before the step.
+    for claim in ["data-example-1", "wal-example-1"] {
+        api.expect("DELETE", &format!("{NS}/persistentvolumeclaims/{claim}"))
+            .await
+            .reply(
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            );
+    }
+    api.expect("DELETE", &format!("{NS}/pods/example-1")).await.reply(
+        StatusCode::OK,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+    );
+    let bodies = expect_applies(&mut api).await;
+    assert_eq!(bodies[4]["spec"]["replicas"], 3, "the slot stays");
+    expect_no_snapshots(&mut api).await;
+    let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+    assert_eq!(
+        status.body["status"]["operation"],
+        json!({"kind": "ReplaceMember", "step": "AddLearner", "member": "example-1", "ordinal": 1})
+    );
+    let reply = with_status(&cluster, &status.body);
+    status.reply(StatusCode::OK, reply);
+    task.await.expect("task").expect("reconcile succeeds");
+    assert!(members.calls.lock().unwrap().is_empty(), "no member call in this step");
 }

@@ -1,8 +1,6 @@
 //! Spec checks the API server cannot make (or that an older CRD may not carry). A spec that
 //! fails them is reported as `Degraded` with reason `InvalidSpec` and is not acted on.
 
-use croner::Cron;
-
 use crate::crd::{AutoCompactionMode, LodestoneClusterSpec};
 
 /// etcd's defaults, used when a timing option is unset.
@@ -61,7 +59,7 @@ pub fn validate(spec: &LodestoneClusterSpec) -> Vec<String> {
         }
     }
     if let Some(snapshots) = &spec.snapshots {
-        if let Err(err) = snapshots.schedule.parse::<Cron>() {
+        if let Err(err) = super::backup::parse_schedule(&snapshots.schedule) {
             problems.push(format!(
                 "spec.snapshots.schedule {:?} is not a cron schedule: {err}",
                 snapshots.schedule

@@ -247,7 +247,8 @@ pub enum AutoCompactionMode {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotScheduleSpec {
-    /// Cron schedule in the standard five-field form, for example `0 */6 * * *`.
+    /// Cron schedule in the standard five-field form, for example `0 */6 * * *` (UTC); a
+    /// sixth, leading field of seconds is accepted.
     pub schedule: String,
     /// How many completed snapshots to keep; older ones are deleted.
     #[serde(default = "default_retention")]

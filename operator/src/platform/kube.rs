@@ -2,6 +2,7 @@
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -9,13 +10,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Platform;
+use super::{JobState, Platform};
 use crate::Error;
 use crate::controller::build::certificate_resource;
 use crate::controller::plan::{Desired, PlannedEvent};
 use crate::controller::rollout::PodInfo;
 use crate::controller::status;
-use crate::crd::{LodestoneCluster, LodestoneClusterStatus};
+use crate::crd::{LodestoneCluster, LodestoneClusterStatus, LodestoneSnapshot, LodestoneSnapshotStatus};
 use crate::names::Names;
 
 /// Field manager of everything the operator writes.
@@ -201,6 +202,145 @@ impl Platform for KubePlatform {
                     source,
                 })?;
             Ok(())
+        })
+    }
+
+    fn snapshots<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<LodestoneSnapshot>, Error>> {
+        Box::pin(async move {
+            let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
+            let list = api.list(&ListParams::default()).await.map_err(|source| Error::Read {
+                kind: "LodestoneSnapshot",
+                name: namespace.to_string(),
+                source,
+            })?;
+            Ok(list.items)
+        })
+    }
+
+    fn create_snapshot<'a>(&'a self, snapshot: &'a LodestoneSnapshot) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let namespace = snapshot.metadata.namespace.as_deref().unwrap_or_default();
+            let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
+            match api.create(&Default::default(), snapshot).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(source) => Err(Error::Apply {
+                    kind: "LodestoneSnapshot".into(),
+                    name: snapshot.name_any(),
+                    source,
+                }),
+            }
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
+            gone_is_done(api.delete(name, &Default::default()).await).map_err(|source| Error::Apply {
+                kind: "LodestoneSnapshot".into(),
+                name: name.to_string(),
+                source,
+            })?;
+            Ok(())
+        })
+    }
+
+    fn write_snapshot_status<'a>(
+        &'a self,
+        snapshot: &'a LodestoneSnapshot,
+        status: &'a LodestoneSnapshotStatus,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let namespace = snapshot.metadata.namespace.as_deref().unwrap_or_default();
+            let name = snapshot.name_any();
+            let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
+            let patch = serde_json::json!({ "status": status });
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::WriteStatus { name, source })?;
+            Ok(())
+        })
+    }
+
+    fn run_job<'a>(&'a self, namespace: &'a str, job: &'a Job) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+            match api.create(&Default::default(), job).await {
+                Ok(_) => Ok(()),
+                // Created by an earlier reconcile: Jobs are immutable, so never updated.
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(source) => Err(Error::Apply {
+                    kind: "Job".into(),
+                    name: job.name_any(),
+                    source,
+                }),
+            }
+        })
+    }
+
+    fn job<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<JobState>, Error>> {
+        Box::pin(async move {
+            let Some(job) = self.read::<Job>(namespace, name).await? else {
+                return Ok(None);
+            };
+            let status = job.status.unwrap_or_default();
+            let condition = |t: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == t && c.status == "True")
+            };
+            let done = status.succeeded.unwrap_or(0) > 0 || condition("Complete");
+            let failed = condition("Failed");
+            if !done && !failed {
+                return Ok(Some(JobState::Running));
+            }
+            // The report (or the failure) is the termination message of the Job's pod.
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let selector = format!("batch.kubernetes.io/job-name={name}");
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|source| Error::Read {
+                    kind: "Pod",
+                    name: selector.clone(),
+                    source,
+                })?;
+            let messages: Vec<(bool, String)> = list
+                .items
+                .iter()
+                .filter_map(|p| {
+                    let state = p
+                        .status
+                        .as_ref()?
+                        .container_statuses
+                        .as_ref()?
+                        .first()?
+                        .state
+                        .as_ref()?;
+                    let t = state.terminated.as_ref()?;
+                    Some((t.exit_code == 0, t.message.clone().unwrap_or_default()))
+                })
+                .collect();
+            Ok(Some(if done {
+                JobState::Succeeded {
+                    report: messages
+                        .iter()
+                        .find(|(ok, _)| *ok)
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_default(),
+                }
+            } else {
+                JobState::Failed {
+                    message: messages
+                        .iter()
+                        .rev()
+                        .find(|(ok, _)| !*ok)
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_else(|| "the Job failed".to_string()),
+                }
+            }))
         })
     }
 

@@ -121,12 +121,18 @@ impl Members for Calls {
 
 /// A cluster resource with `replicas` voters wanted.
 pub fn cluster(name: &str, replicas: i32) -> LodestoneCluster {
+    cluster_with(name, replicas, |_| {})
+}
+
+/// A cluster resource with `replicas` voters wanted, changed by `edit`.
+pub fn cluster_with(name: &str, replicas: i32, edit: impl FnOnce(&mut LodestoneCluster)) -> LodestoneCluster {
     let mut cluster: LodestoneCluster = serde_saphyr::from_str(&format!(
         "apiVersion: lodestone.dev/v1alpha1\nkind: LodestoneCluster\nmetadata: {{name: {name}, namespace: default}}\nspec: {{replicas: {replicas}, version: 0.1.0, storage: {{data: {{size: 1Gi}}}}}}\n"
     ))
     .expect("cluster resource");
     cluster.metadata.uid = Some(format!("uid-{name}"));
     cluster.metadata.generation = Some(1);
+    edit(&mut cluster);
     cluster
 }
 
@@ -146,9 +152,14 @@ pub struct Harness {
 impl Harness {
     /// `net` picks the pods' addresses: unique per scenario run.
     pub fn new(name: &str, net: u16, replicas: i32) -> Self {
+        Self::of(cluster(name, replicas), net)
+    }
+
+    /// A scenario for this cluster resource.
+    pub fn of(resource: LodestoneCluster, net: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let faults = Arc::new(Faults::default());
-        let platform = ProcessPlatform::start(dir.path(), net, cluster(name, replicas), faults.clone());
+        let platform = ProcessPlatform::start(dir.path(), net, resource, faults.clone());
         let ctx = Self::operator(&platform, &faults);
         Self {
             _dir: dir,
@@ -279,8 +290,9 @@ impl Harness {
         self.writer = Some(Writer::start(self.platform.clone()));
     }
 
-    /// Stops the writer and checks that every acknowledged write is there.
-    pub async fn check_writes(&mut self) -> usize {
+    /// Stops the writer and checks that every acknowledged write is there; the acknowledged
+    /// keys.
+    pub async fn check_writes_keys(&mut self) -> Vec<String> {
         let writer = self.writer.take().expect("a writer was started");
         let acked = writer.stop().await;
         let running = self.platform.running();
@@ -293,7 +305,12 @@ impl Harness {
         let present: BTreeSet<String> = got.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect();
         let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
         assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-        acked.len()
+        acked
+    }
+
+    /// Stops the writer and checks that every acknowledged write is there; how many there were.
+    pub async fn check_writes(&mut self) -> usize {
+        self.check_writes_keys().await.len()
     }
 
     pub fn assert_unbroken(&self) {

@@ -33,13 +33,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret};
 use lodestone_operator::Error;
 use lodestone_operator::controller::plan::{Desired, PlannedEvent};
 use lodestone_operator::controller::rollout::PodInfo;
-use lodestone_operator::crd::{LodestoneCluster, LodestoneClusterStatus};
+use lodestone_operator::crd::{LodestoneCluster, LodestoneClusterStatus, LodestoneSnapshot, LodestoneSnapshotStatus};
 use lodestone_operator::names::Names;
-use lodestone_operator::platform::Platform;
+use lodestone_operator::platform::{JobState, Platform};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -191,6 +192,22 @@ struct ApiState {
     claims_terminating: BTreeSet<String>,
     pods: BTreeMap<String, PodRecord>,
     events: Vec<String>,
+    snapshots: BTreeMap<String, LodestoneSnapshot>,
+    jobs: BTreeMap<String, JobRecord>,
+}
+
+/// How a Job went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum JobOutcome {
+    Running,
+    Succeeded(String),
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JobRecord {
+    job: Job,
+    outcome: JobOutcome,
 }
 
 /// A pod's process, which only the kubelet knows.
@@ -354,6 +371,24 @@ impl ProcessPlatform {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
         }
+    }
+
+    /// The directory behind a claim.
+    pub fn volume(&self, claim: &str) -> PathBuf {
+        self.dir.join("volumes").join(claim)
+    }
+
+    /// A user creates a `LodestoneSnapshot`.
+    pub fn create_snapshot(&self, snapshot: LodestoneSnapshot) {
+        let mut api = self.api.lock().unwrap();
+        api.snapshots
+            .insert(snapshot.metadata.name.clone().unwrap_or_default(), snapshot);
+        self.save(&api);
+    }
+
+    /// The `LodestoneSnapshot`s, by name.
+    pub fn snapshot_objects(&self) -> BTreeMap<String, LodestoneSnapshot> {
+        self.api.lock().unwrap().snapshots.clone()
     }
 
     /// An administrator binds a retained volume to the claim of its old name again.
@@ -538,13 +573,70 @@ impl ProcessPlatform {
 
         // Start what should run.
         let config_maps = api.config_maps.clone();
-        for (name, record) in api.pods.iter() {
+        for (name, record) in api.pods.iter_mut() {
             let process = processes.get_mut(name).unwrap();
             if record.terminating || process.child.is_some() || now < process.start_at {
                 continue;
             }
-            process.child = Some(self.spawn(name, record, &config_maps));
-            process.started = Instant::now();
+            match self.start_pod(name, record, &config_maps) {
+                Ok(child) => {
+                    process.child = Some(child);
+                    process.started = Instant::now();
+                }
+                Err(message) => {
+                    // An init container failed: the pod restarts with a backoff.
+                    record.restarts += 1;
+                    record.last_termination = Some(message);
+                    process.start_at = now + Duration::from_millis(250 << record.restarts.min(5)).min(MAX_BACKOFF);
+                    changed = true;
+                }
+            }
+        }
+
+        // Jobs: each runs once; its termination log is its report.
+        let job_names: Vec<String> = api.jobs.keys().cloned().collect();
+        for name in job_names {
+            let key = format!("job/{name}");
+            let record = api.jobs.get_mut(&name).unwrap();
+            if record.outcome != JobOutcome::Running {
+                continue;
+            }
+            let process = processes.entry(key.clone()).or_insert(Process {
+                child: None,
+                started: now,
+                start_at: now,
+                stopping: None,
+            });
+            match process.child.as_mut() {
+                None => {
+                    let spec = record
+                        .job
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.spec.clone())
+                        .expect("job pod spec");
+                    let child = self
+                        .command(&key.replace('/', "-"), None, &spec, &spec.containers[0], &config_maps)
+                        .spawn()
+                        .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+                    process.child = Some(child);
+                }
+                Some(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let pod = key.replace('/', "-");
+                        record.outcome = if status.success() {
+                            JobOutcome::Succeeded(
+                                std::fs::read_to_string(self.dir.join("logs").join(format!("{pod}.termination-log")))
+                                    .unwrap_or_default(),
+                            )
+                        } else {
+                            JobOutcome::Failed(tail(&self.log(&pod), 5))
+                        };
+                        processes.remove(&key);
+                        changed = true;
+                    }
+                }
+            }
         }
         if changed {
             self.save(&api);
@@ -565,11 +657,18 @@ impl ProcessPlatform {
         }
     }
 
-    /// Starts a pod's container as the kubelet would.
-    fn spawn(&self, pod: &str, record: &PodRecord, config_maps: &BTreeMap<String, ConfigMap>) -> Child {
-        let spec = record.template.spec.as_ref().expect("pod spec");
-        let container = &spec.containers[0];
-        let ip = pod_ip(self.net, record.ordinal);
+    /// A container's command as the kubelet would run it: its environment (`envFrom`
+    /// ConfigMaps, `$(VAR)` references, the pod's name), its arguments, its volumes as
+    /// directories, the pod's address for `0.0.0.0` and the Service names, and its
+    /// termination log as a file of the pod.
+    fn command(
+        &self,
+        pod: &str,
+        ip: Option<&str>,
+        spec: &PodSpec,
+        container: &Container,
+        config_maps: &BTreeMap<String, ConfigMap>,
+    ) -> Command {
         let mut env: Vec<(String, String)> = Vec::new();
         for from in container.env_from.iter().flatten() {
             let name = from
@@ -598,30 +697,54 @@ impl ProcessPlatform {
             env.retain(|(k, _)| *k != var.name);
             env.push((var.name.clone(), value));
         }
-        // Mounts: claims are directories of this platform; /tmp is the host's.
-        let claims = ["data", "wal"];
-        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        // Mounts: the member claims (templates) and named claims are directories of this
+        // platform; /tmp is the host's.
+        let volumes = self.dir.join("volumes");
+        let mut mounts: Vec<(String, PathBuf)> = vec![(
+            "/dev/termination-log".to_string(),
+            self.dir.join("logs").join(format!("{pod}.termination-log")),
+        )];
         for mount in container.volume_mounts.iter().flatten() {
-            if claims.contains(&mount.name.as_str()) {
-                let dir = self.dir.join("volumes").join(format!("{}-{pod}", mount.name));
-                mounts.push((mount.mount_path.clone(), dir));
-            } else if mount.name != "tmp" {
-                panic!(
-                    "ProcessPlatform does not mount volume {} (TLS Secrets are not supported)",
-                    mount.name
-                );
-            }
+            let claim = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.clone());
+            let dir = match (mount.name.as_str(), claim) {
+                ("data" | "wal", _) => volumes.join(format!("{}-{pod}", mount.name)),
+                (_, Some(claim)) => {
+                    // A claim the user made: it exists before anything mounts it.
+                    std::fs::create_dir_all(volumes.join(&claim)).unwrap();
+                    volumes.join(claim)
+                }
+                ("tmp", None) => continue,
+                (other, None) => {
+                    panic!("ProcessPlatform does not mount volume {other} (TLS Secrets are not supported)")
+                }
+            };
+            mounts.push((mount.mount_path.clone(), dir));
         }
-        let mut command = Command::new(&self.bin);
-        command.env_clear();
-        for (k, v) in &env {
-            let mut v = self.dns.resolve(v).replace("0.0.0.0", &ip);
+        let local = |v: &str| {
+            let mut v = self.dns.resolve(v);
+            if let Some(ip) = ip {
+                v = v.replace("0.0.0.0", ip);
+            }
             for (path, dir) in &mounts {
                 if v.starts_with(path.as_str()) {
                     v = v.replacen(path.as_str(), &dir.to_string_lossy(), 1);
                 }
             }
-            command.env(k, v);
+            v
+        };
+        let mut command = Command::new(&self.bin);
+        command.env_clear();
+        for (k, v) in &env {
+            command.env(k, local(v));
+        }
+        for arg in container.args.iter().flatten() {
+            command.arg(local(arg));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -631,9 +754,33 @@ impl ProcessPlatform {
         command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stderr(log);
+        command
+    }
+
+    /// Runs a pod's init containers to completion, then starts its container; `Err` with the
+    /// end of the log when an init container failed.
+    fn start_pod(
+        &self,
+        pod: &str,
+        record: &PodRecord,
+        config_maps: &BTreeMap<String, ConfigMap>,
+    ) -> Result<Child, String> {
+        let spec = record.template.spec.as_ref().expect("pod spec");
+        let ip = pod_ip(self.net, record.ordinal);
+        for init in spec.init_containers.iter().flatten() {
+            let status = self
+                .command(pod, Some(&ip), spec, init, config_maps)
+                .status()
+                .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+            if !status.success() {
+                return Err(tail(&self.log(pod), 5));
+            }
+        }
+        Ok(self
+            .command(pod, Some(&ip), spec, &spec.containers[0], config_maps)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()))
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display())))
     }
 
     /// Records a change the operator made, or refuses it if the operator is dead.
@@ -883,6 +1030,84 @@ impl Platform for ProcessPlatform {
             (changed, ())
         });
         Box::pin(async move { result })
+    }
+
+    fn snapshots<'a>(&'a self, _ns: &'a str) -> BoxFuture<'a, Result<Vec<LodestoneSnapshot>, Error>> {
+        let list = self.api.lock().unwrap().snapshots.values().cloned().collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn create_snapshot<'a>(&'a self, snapshot: &'a LodestoneSnapshot) -> BoxFuture<'a, Result<(), Error>> {
+        let name = snapshot.metadata.name.clone().unwrap_or_default();
+        let result = self.change(format!("create snapshot {name}"), "create snapshot", |api| {
+            if api.snapshots.contains_key(&name) {
+                return (false, ());
+            }
+            let mut s = snapshot.clone();
+            s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+            api.snapshots.insert(name.clone(), s);
+            (true, ())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn delete_snapshot<'a>(&'a self, _ns: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        let result = self.change(format!("delete snapshot {name}"), "delete snapshot", |api| {
+            // Its Job goes with it (owner reference).
+            api.jobs.remove(&format!("{name}-save"));
+            (api.snapshots.remove(name).is_some(), ())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn write_snapshot_status<'a>(
+        &'a self,
+        snapshot: &'a LodestoneSnapshot,
+        status: &'a LodestoneSnapshotStatus,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let name = snapshot.metadata.name.clone().unwrap_or_default();
+        let what = format!("snapshot {name}: {:?}", status.phase);
+        let result = self.change(what, "write snapshot status", |api| {
+            match api.snapshots.get_mut(&name) {
+                Some(s) if s.status.as_ref() != Some(status) => {
+                    s.status = Some(status.clone());
+                    (true, ())
+                }
+                _ => (false, ()),
+            }
+        });
+        Box::pin(async move { result })
+    }
+
+    fn run_job<'a>(&'a self, _ns: &'a str, job: &'a Job) -> BoxFuture<'a, Result<(), Error>> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let result = self.change(format!("run job {name}"), "run job", |api| {
+            if api.jobs.contains_key(&name) {
+                return (false, ());
+            }
+            api.jobs.insert(
+                name.clone(),
+                JobRecord {
+                    job: job.clone(),
+                    outcome: JobOutcome::Running,
+                },
+            );
+            (true, ())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn job<'a>(&'a self, _ns: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<JobState>, Error>> {
+        let state = self.api.lock().unwrap().jobs.get(name).map(|r| match &r.outcome {
+            JobOutcome::Running => JobState::Running,
+            JobOutcome::Succeeded(report) => JobState::Succeeded { report: report.clone() },
+            JobOutcome::Failed(message) => JobState::Failed {
+                message: message.clone(),
+            },
+        });
+        Box::pin(async move { Ok(state) })
     }
 
     fn publish<'a>(&'a self, _cluster: &'a LodestoneCluster, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()> {

@@ -5,12 +5,14 @@ mod certificate;
 mod config;
 mod pdb;
 mod service;
+mod snapshot_job;
 mod statefulset;
 
 pub use certificate::{Side, certificate, certificate_resource, certificates};
 pub use config::{BootstrapConfig, ClusterState, bootstrap_config_map};
 pub use pdb::{pod_disruption_budget, quorum};
 pub use service::{client_service, peer_service, service_account};
+pub use snapshot_job::{SAVE_JOB_APP, SNAPSHOT_LABEL, snapshot_file, snapshot_job, snapshot_job_name};
 pub use statefulset::statefulset;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -27,7 +27,7 @@ use crate::names::{
 };
 
 /// The non-root user of the `lodestone` image.
-const RUN_AS: i64 = 65532;
+pub(super) const RUN_AS: i64 = 65532;
 
 /// The StatefulSet running `replicas` members.
 pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> StatefulSet {
@@ -64,6 +64,53 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
         .clone()
         .unwrap_or_else(|| spread_across_nodes(cluster));
 
+    // A cluster founded from a snapshot: each founding member's data directory is restored from
+    // the same file before the member first starts. The restore tool reads the member's own
+    // environment and does nothing for a member with data or one joining later.
+    let mut init_containers = Vec::new();
+    if let Some(source) = cluster.spec.bootstrap.as_ref().and_then(|b| b.from_snapshot.as_ref()) {
+        volumes.push(Volume {
+            name: "restore".to_string(),
+            persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                claim_name: source.pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
+        let mut restore_mounts: Vec<VolumeMount> = mounts
+            .iter()
+            .filter(|m| m.name == "data" || m.name == "wal")
+            .cloned()
+            .collect();
+        restore_mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount("restore", RESTORE_DIR)
+        });
+        init_containers.push(Container {
+            name: "restore".to_string(),
+            image: Some(image(cluster)),
+            image_pull_policy: spec.image_pull_policy.clone(),
+            args: Some(vec![
+                "snapshot".to_string(),
+                "restore".to_string(),
+                snapshot_path(RESTORE_DIR, source.pvc.path.as_deref(), &source.file),
+                "--only-if-new".to_string(),
+            ]),
+            env: Some(env(cluster, names)),
+            env_from: Some(vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: names.bootstrap.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            }]),
+            volume_mounts: Some(restore_mounts),
+            security_context: Some(container_security()),
+            termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+            ..Container::default()
+        });
+    }
+
     let container = Container {
         name: "lodestone".to_string(),
         image: Some(image(cluster)),
@@ -91,16 +138,7 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
         // message, which tells the operator a member lost its volume.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         ..Container::default()
     };
 
@@ -134,6 +172,7 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
                     containers: vec![container],
                     volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
@@ -245,6 +284,31 @@ fn env(cluster: &LodestoneCluster, names: &Names) -> Vec<EnvVar> {
         }
     }
     env
+}
+
+/// Non-root, no privilege, read-only root file system: every container the operator runs.
+pub(super) fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Where the snapshot to restore from is mounted in the restore init container.
+const RESTORE_DIR: &str = "/var/lib/lodestone/restore";
+
+/// A snapshot file's path under a volume mounted at `mount`.
+pub(super) fn snapshot_path(mount: &str, path: Option<&str>, file: &str) -> String {
+    match path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+        Some(p) => format!("{mount}/{p}/{file}"),
+        None => format!("{mount}/{file}"),
+    }
 }
 
 fn var(name: &str, value: String) -> EnvVar {

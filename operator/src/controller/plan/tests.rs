@@ -375,25 +375,41 @@ fn every_shipped_sample_is_valid() {
 }
 
 #[test]
-fn restore_is_refused_until_supported_but_does_not_block_an_existing_cluster() {
+fn a_cluster_from_a_snapshot_restores_each_founder_in_an_init_container() {
     let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     cluster.spec.bootstrap = Some(crate::crd::BootstrapSpec {
         from_snapshot: Some(crate::crd::SnapshotSource {
             pvc: crate::crd::PvcDestination {
                 claim_name: "backups".into(),
-                path: None,
+                path: Some("daily/".into()),
             },
             file: "snap.db".into(),
         }),
     });
-    let refused = plan(&cluster, &Observed::default(), &at(0));
-    assert!(refused.desired.is_none());
-    assert_condition(&refused.status, condition::DEGRADED, "True", "RestoreNotSupported");
-    let running = Observed {
-        bootstrap: Some(founded(&cluster, ClusterState::Existing)),
-        ..Default::default()
-    };
-    assert!(plan(&cluster, &running, &at(0)).desired.is_some());
+    let planned = plan(&cluster, &Observed::default(), &at(0));
+    let desired = planned.desired.expect("acted on");
+    let pod = desired.statefulset.spec.expect("spec").template.spec.expect("pod");
+    let init = &pod.init_containers.as_ref().expect("an init container")[0];
+    assert_eq!(
+        init.args.as_deref().unwrap_or_default(),
+        [
+            "snapshot",
+            "restore",
+            "/var/lib/lodestone/restore/daily/snap.db",
+            "--only-if-new"
+        ]
+    );
+    // The member's own environment and bootstrap ConfigMap: it restores as the member founds.
+    assert_eq!(init.env, pod.containers[0].env);
+    assert_eq!(init.env_from, pod.containers[0].env_from);
+    let claim = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "restore")
+        .and_then(|v| v.persistent_volume_claim.clone())
+        .expect("the snapshot's claim");
+    assert_eq!((claim.claim_name.as_str(), claim.read_only), ("backups", Some(true)));
 }
 
 #[test]
