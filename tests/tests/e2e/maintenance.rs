@@ -381,6 +381,16 @@ async fn lodestone_snapshot_save_checks_reports_and_prunes() {
     left.sort();
     assert_eq!(left, ["c-002.db", "c-003.db"], "nothing else left behind");
 
+    // --report leaves the same JSON in a file too (a Job pod's termination message), and a
+    // missing directory of the destination is created.
+    let report = dir.path().join("report.json");
+    let nested = save("nested/dir/d-001.db", &["--report", report.to_str().unwrap()]);
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(written, nested);
+    assert_eq!(nested["revision"], rev + 1);
+    std::fs::remove_file(&report).unwrap();
+    std::fs::remove_dir_all(dir.path().join("nested")).unwrap();
+
     // Nothing answers: a clear error, and no file.
     let out = std::process::Command::new(lodestone_tests::lodestone_bin())
         .args(["snapshot", "save", dir.path().join("none.db").to_str().unwrap()])
