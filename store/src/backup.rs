@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::net::tls::Dialer;
+use crate::net::tls::{Dialer, Policy, Side};
 use crate::proto::etcdserverpb::SnapshotRequest;
 use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::restore::{RestoreArgs, RestoreError};
@@ -33,6 +33,15 @@ pub struct SaveArgs {
     /// operator reads it).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// CA bundle that `https://` endpoints' certificates must be signed by (etcdctl's --cacert).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate to present to `https://` endpoints (etcdctl's --cert).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (etcdctl's --key).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// What a saved file holds, printed as one line of JSON.
@@ -52,8 +61,12 @@ pub struct Saved {
 pub enum SaveError {
     #[error("no endpoint streamed a snapshot: {0}")]
     Unavailable(String),
-    #[error("only http:// endpoints are supported by snapshot save for now: {0}")]
-    Https(String),
+    #[error(
+        "{0} is an https:// endpoint: give --cacert (the CA its certificate is signed by), and --cert and --key if it checks client certificates"
+    )]
+    NoCa(String),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("the snapshot file is not valid: {0}")]
     Invalid(#[from] RestoreError),
     #[error("{0}")]
@@ -67,13 +80,11 @@ pub async fn save(args: &SaveArgs) -> Result<Saved, SaveError> {
     if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    let dialer = dialer(args)?;
     let mut errors = Vec::new();
     let mut saved = false;
     for endpoint in &args.endpoints {
-        if crate::config::is_https(endpoint) {
-            return Err(SaveError::Https(endpoint.clone()));
-        }
-        match stream_to(endpoint, &part).await {
+        match stream_to(endpoint, &dialer, &part).await {
             Ok(()) => {
                 saved = true;
                 break;
@@ -113,8 +124,28 @@ pub async fn save(args: &SaveArgs) -> Result<Saved, SaveError> {
     })
 }
 
-async fn stream_to(endpoint: &str, part: &Path) -> Result<(), String> {
-    let channel = crate::peer::client::channel(endpoint, &Dialer::plain()).map_err(|e| e.to_string())?;
+/// Plain TCP for `http://` endpoints; TLS checked against `--cacert` for `https://` ones (never
+/// an unchecked server: a backup must come from the cluster it claims to).
+fn dialer(args: &SaveArgs) -> Result<Dialer, SaveError> {
+    let https = args.endpoints.iter().find(|e| crate::config::is_https(e));
+    match (https, &args.cacert) {
+        (None, _) => Ok(Dialer::plain()),
+        (Some(endpoint), None) => Err(SaveError::NoCa(endpoint.clone())),
+        (Some(_), Some(ca)) => {
+            let side = Side {
+                cert_file: args.cert.clone(),
+                key_file: args.key.clone(),
+                trusted_ca_file: Some(ca.clone()),
+                ..Side::default()
+            };
+            let key_pair = args.cert.as_deref().zip(args.key.as_deref());
+            Ok(Dialer::new(&side, &Policy::default(), key_pair)?)
+        }
+    }
+}
+
+async fn stream_to(endpoint: &str, dialer: &Dialer, part: &Path) -> Result<(), String> {
+    let channel = crate::peer::client::channel(endpoint, dialer).map_err(|e| e.to_string())?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client
         .snapshot(SnapshotRequest {})

@@ -352,3 +352,62 @@ async fn health_is_served_over_https_on_client_and_metrics_urls(kind: Kind) {
         }
     }
 }
+
+/// Lodestone only: `lodestone snapshot save` (the operator's backup Job) saves from https
+/// client URLs with `--cacert --cert --key`, and refuses to trust a server it cannot check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_save_over_tls_checks_the_server_and_presents_a_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "cluster");
+    let rogue = Ca::new(pki.path(), "rogue");
+    let server = ca.issue("server", "server");
+    let client = ca.issue("client", "client");
+    let c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            client_tls: Some(server),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ep = c.members[0].client_url();
+    let mut cl = c.client().await;
+    cl.put("k", "v", None).await.unwrap();
+    let out = pki.path().join("snapshots");
+    let save = |file: &str, flags: &[String]| {
+        std::process::Command::new(lodestone_tests::lodestone_bin())
+            .args(["snapshot", "save", out.join(file).to_str().unwrap(), "--endpoints", &ep])
+            .args(flags)
+            .output()
+            .unwrap()
+    };
+
+    let saved = save("ok.db", &tls_args(&client));
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&saved.stdout).unwrap();
+    assert!(report["revision"].as_i64().unwrap() >= 2, "{report}");
+
+    // No CA to check the server against: refused before dialing, saying what to give.
+    let no_ca = save("no-ca.db", &[]);
+    assert!(!no_ca.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_ca.stderr).contains("--cacert"),
+        "{}",
+        String::from_utf8_lossy(&no_ca.stderr)
+    );
+    // A server another CA signed is not trusted; no client certificate is refused by the
+    // server. Neither leaves a file.
+    let mut wrong_ca = tls_args(&client);
+    wrong_ca[0] = format!("--cacert={}", rogue.ca_file().display());
+    let ca_only = vec![format!("--cacert={}", client.ca.display())];
+    for (what, flags) in [("an untrusted server", wrong_ca), ("no client certificate", ca_only)] {
+        let refused = save("refused.db", &flags);
+        assert!(!refused.status.success(), "{what}: saved");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("no endpoint streamed a snapshot"),
+            "{what}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        assert!(!out.join("refused.db").exists(), "{what}");
+    }
+}

@@ -289,3 +289,67 @@ fn retention_keeps_the_newest_completed_scheduled_snapshots_and_their_files() {
         .unwrap();
     assert_eq!(args[args.len() - 4..], ["--retain", "2", "--prefix", "example-sched-"]);
 }
+
+#[test]
+fn with_client_tls_the_job_checks_the_members_and_presents_the_operators_certificate() {
+    let c = fixtures::sample("lodestonecluster-tls.yaml");
+    let mut s = snapshot("secure", None, false, None);
+    s.spec.cluster = c.name_any();
+    let https = vec!["https://example-tls-0.example-tls-peer.default.svc:2379".to_string()];
+    let now = at("2026-12-03T10:00:00Z");
+    let plan = decide(Input {
+        cluster: &c,
+        snapshots: std::slice::from_ref(&s),
+        jobs: &BTreeMap::new(),
+        endpoints: &https,
+        now: &now,
+    });
+    let pod = plan.jobs[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    let dir = crate::names::CLIENT_TLS_DIR;
+    for (flag, file) in [("--cacert", "ca.crt"), ("--cert", "tls.crt"), ("--key", "tls.key")] {
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+        assert_eq!(args[at + 1], format!("{dir}/{file}"));
+    }
+    let secret = c
+        .spec
+        .tls
+        .as_ref()
+        .unwrap()
+        .client
+        .as_ref()
+        .unwrap()
+        .secret_name
+        .clone();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "client-tls")
+        .expect("volume");
+    assert_eq!(volume.secret.unwrap().secret_name, Some(secret));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "client-tls")
+        .expect("mount");
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (dir, Some(true)));
+
+    // Without TLS, neither flags nor Secret.
+    let plain = cluster(None);
+    let plan = decide(Input {
+        cluster: &plain,
+        snapshots: &[snapshot("plain", None, false, None)],
+        jobs: &BTreeMap::new(),
+        endpoints: &urls(),
+        now: &now,
+    });
+    let pod = plan.jobs[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert!(!pod.containers[0].args.clone().unwrap().iter().any(|a| a == "--cacert"));
+    assert_eq!(pod.volumes.unwrap().len(), 1);
+}

@@ -1,6 +1,7 @@
 //! The Job that saves one `LodestoneSnapshot`: `lodestone snapshot save` from the members'
 //! client URLs into the destination claim, its JSON report left as the pod's termination
-//! message for the operator to read.
+//! message for the operator to read. With client TLS it mounts the cluster's client TLS
+//! Secret, the operator's own client identity.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use super::image;
-use super::statefulset::{RUN_AS, container_security, snapshot_path};
+use super::statefulset::{RUN_AS, container_security, secret_volume, snapshot_path};
 use crate::crd::{LodestoneCluster, LodestoneSnapshot};
-use crate::names::labels;
+use crate::names::{CLIENT_TLS_DIR, Names, labels};
 
 /// Where the destination claim is mounted in the Job's pod.
 const SNAPSHOTS_DIR: &str = "/var/lib/lodestone/snapshots";
@@ -62,6 +63,39 @@ pub fn snapshot_job(
         "--report".to_string(),
         "/dev/termination-log".to_string(),
     ];
+    // With client TLS, the Job checks the members against the cluster's CA and presents the
+    // client certificate of the same Secret the operator uses.
+    let names = Names::of(cluster);
+    let mut volume_mounts = vec![VolumeMount {
+        name: "snapshots".to_string(),
+        mount_path: SNAPSHOTS_DIR.to_string(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "snapshots".to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: pvc.claim_name.clone(),
+            read_only: Some(false),
+        }),
+        ..Volume::default()
+    }];
+    if let Some(secret) = &names.client_tls_secret {
+        args.extend([
+            "--cacert".to_string(),
+            format!("{CLIENT_TLS_DIR}/ca.crt"),
+            "--cert".to_string(),
+            format!("{CLIENT_TLS_DIR}/tls.crt"),
+            "--key".to_string(),
+            format!("{CLIENT_TLS_DIR}/tls.key"),
+        ]);
+        volumes.push(secret_volume("client-tls", secret));
+        volume_mounts.push(VolumeMount {
+            name: "client-tls".to_string(),
+            mount_path: CLIENT_TLS_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if let Some((keep, prefix)) = retain {
         args.extend([
             "--retain".into(),
@@ -98,23 +132,12 @@ pub fn snapshot_job(
                         image: Some(image(cluster)),
                         image_pull_policy: cluster.spec.image_pull_policy.clone(),
                         args: Some(args),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "snapshots".to_string(),
-                            mount_path: SNAPSHOTS_DIR.to_string(),
-                            ..VolumeMount::default()
-                        }]),
+                        volume_mounts: Some(volume_mounts),
                         security_context: Some(container_security()),
                         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "snapshots".to_string(),
-                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: pvc.claim_name.clone(),
-                            read_only: Some(false),
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),

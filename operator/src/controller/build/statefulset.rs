@@ -343,7 +343,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// A Secret as files readable by the store's group only (the pod's fsGroup).
-fn secret_volume(name: &str, secret: &str) -> Volume {
+pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.to_string(),
         secret: Some(SecretVolumeSource {
