@@ -228,41 +228,11 @@ async fn unchanged_status_is_not_rewritten() {
         view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
         ..FakeProbe::default()
     });
-    let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
-    let names = crate::names::Names::of(&cluster);
-    let existing = build::BootstrapConfig {
-        state: build::ClusterState::Existing,
-        ..build::BootstrapConfig::founding(&names, 3, fixtures::UID)
-    };
-    let mut statefulset = build::statefulset(&cluster, &names, 3);
-    statefulset.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
-        replicas: 3,
-        ready_replicas: Some(3),
-        ..Default::default()
-    });
-    let observed = observe::Observed {
-        bootstrap: Some(existing.clone()),
-        statefulset: Some(statefulset.clone()),
-        members: probe.view.clone(),
-        ..Default::default()
-    };
     // The status a previous reconcile wrote.
-    let previous = plan::plan(&cluster, &observed, &Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-    cluster.status = Some(previous.status);
-
+    let (cluster, config_map, statefulset) = steady_cluster(&probe);
     let (ctx, mut api) = fixtures::context(probe);
-    let task = spawn(cluster.clone(), ctx);
-    api.expect("GET", &format!("{NS}/configmaps/example-bootstrap"))
-        .await
-        .reply(
-            StatusCode::OK,
-            serde_json::to_value(build::bootstrap_config_map(&cluster, &names, &existing)).expect("json"),
-        );
-    api.expect("GET", &format!("{APPS}/statefulsets/example"))
-        .await
-        .reply(StatusCode::OK, serde_json::to_value(&statefulset).expect("json"));
-    expect_pods(&mut api, json!([])).await;
-    expect_applies(&mut api).await;
+    let task = spawn(cluster, ctx);
+    expect_steady_observe_and_apply(&mut api, &config_map, &statefulset).await;
     expect_no_snapshots(&mut api).await;
     let action = task.await.expect("task").expect("reconcile succeeds");
     api.expect_silence().await;

@@ -86,6 +86,28 @@ impl KubePlatform {
         Ok(())
     }
 
+    /// Creates `object` unless it exists: objects created once and never changed (a scheduled
+    /// snapshot, a save Job), so an earlier reconcile's creation is success.
+    async fn create_once<K>(&self, namespace: &str, object: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        match api.create(&Default::default(), object).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(Error::Apply {
+                kind: K::kind(&()).into_owned(),
+                name: object.name_any(),
+                source,
+            }),
+        }
+    }
+
     /// A cert-manager Certificate (a dynamic object: cert-manager's types are not a dependency).
     async fn apply_certificate(&self, namespace: &str, object: &DynamicObject) -> Result<(), Error> {
         let resource = certificate_resource();
@@ -220,16 +242,7 @@ impl Platform for KubePlatform {
     fn create_snapshot<'a>(&'a self, snapshot: &'a LodestoneSnapshot) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let namespace = snapshot.metadata.namespace.as_deref().unwrap_or_default();
-            let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
-            match api.create(&Default::default(), snapshot).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                Err(source) => Err(Error::Apply {
-                    kind: "LodestoneSnapshot".into(),
-                    name: snapshot.name_any(),
-                    source,
-                }),
-            }
+            self.create_once(namespace, snapshot).await
         })
     }
 
@@ -264,17 +277,8 @@ impl Platform for KubePlatform {
 
     fn run_job<'a>(&'a self, namespace: &'a str, job: &'a Job) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
-            match api.create(&Default::default(), job).await {
-                Ok(_) => Ok(()),
-                // Created by an earlier reconcile: Jobs are immutable, so never updated.
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                Err(source) => Err(Error::Apply {
-                    kind: "Job".into(),
-                    name: job.name_any(),
-                    source,
-                }),
-            }
+            // Jobs are immutable: one created by an earlier reconcile stands.
+            self.create_once(namespace, job).await
         })
     }
 

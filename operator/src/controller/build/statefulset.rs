@@ -27,7 +27,7 @@ use crate::names::{
 };
 
 /// The non-root user of the `lodestone` image.
-pub(super) const RUN_AS: i64 = 65532;
+const RUN_AS: i64 = 65532;
 
 /// The StatefulSet running `replicas` members.
 pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> StatefulSet {
@@ -97,13 +97,7 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
                 "--only-if-new".to_string(),
             ]),
             env: Some(env(cluster, names)),
-            env_from: Some(vec![EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource {
-                    name: names.bootstrap.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvFromSource::default()
-            }]),
+            env_from: bootstrap_env(names),
             volume_mounts: Some(restore_mounts),
             security_context: Some(container_security()),
             termination_message_policy: Some("FallbackToLogsOnError".to_string()),
@@ -116,13 +110,7 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
         image: Some(image(cluster)),
         image_pull_policy: spec.image_pull_policy.clone(),
         env: Some(env(cluster, names)),
-        env_from: Some(vec![EnvFromSource {
-            config_map_ref: Some(ConfigMapEnvSource {
-                name: names.bootstrap.clone(),
-                optional: Some(false),
-            }),
-            ..EnvFromSource::default()
-        }]),
+        env_from: bootstrap_env(names),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),
             container_port("peer", PEER_PORT),
@@ -176,16 +164,8 @@ pub fn statefulset(cluster: &LodestoneCluster, names: &Names, replicas: i32) -> 
                     containers: vec![container],
                     volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
                         fs_group_change_policy: Some("OnRootMismatch".to_string()),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_string(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
+                        ..pod_security()
                     }),
                     affinity: Some(affinity),
                     node_selector: scheduling.node_selector.clone(),
@@ -340,6 +320,32 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
         timeout_seconds: Some(3),
         ..Probe::default()
     }
+}
+
+/// The pod's security: the store's user and group, never root, the runtime's seccomp profile.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The bootstrap ConfigMap as environment: the member's cluster state and token.
+fn bootstrap_env(names: &Names) -> Option<Vec<EnvFromSource>> {
+    Some(vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: names.bootstrap.clone(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }])
 }
 
 /// A Secret as files readable by the store's group only (the pod's fsGroup).
