@@ -50,6 +50,9 @@ struct State {
     /// Inode → path relative to the backing directory (the root is the empty path).
     paths: HashMap<u64, PathBuf>,
     inodes: HashMap<PathBuf, u64>,
+    /// Inode → how many lookups the kernel holds on it (entries it was given, less those it
+    /// forgot). An inode the kernel forgot and that has no waiting writes leaves the table.
+    lookups: HashMap<u64, u64>,
     next: u64,
     /// Inode → its waiting changes, oldest first.
     unsynced: HashMap<u64, Vec<Change>>,
@@ -71,6 +74,37 @@ impl State {
         self.paths.insert(ino, rel.clone());
         self.inodes.insert(rel, ino);
         ino
+    }
+
+    /// The kernel was given an entry for `ino`.
+    fn looked_up(&mut self, ino: u64) {
+        *self.lookups.entry(ino).or_default() += 1;
+    }
+
+    /// The kernel dropped `n` of its lookups of `ino`: once none is left, the inode goes
+    /// unless writes wait on it (they must survive until synced or dropped).
+    fn kernel_forgot(&mut self, ino: u64, n: u64) {
+        let Some(count) = self.lookups.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            self.lookups.remove(&ino);
+            self.release(ino);
+        }
+    }
+
+    /// Takes an inode nobody refers to out of the table (never the root, never one with
+    /// waiting writes or still looked up).
+    fn release(&mut self, ino: u64) {
+        if ino == 1 || self.unsynced.contains_key(&ino) || self.lookups.contains_key(&ino) {
+            return;
+        }
+        if let Some(path) = self.paths.remove(&ino)
+            && self.inodes.get(&path) == Some(&ino)
+        {
+            self.inodes.remove(&path);
+        }
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
@@ -98,6 +132,7 @@ impl State {
             self.inodes.remove(&p);
             self.paths.remove(&i);
             self.unsynced.remove(&i);
+            self.lookups.remove(&i);
         }
     }
 
@@ -205,8 +240,18 @@ impl LazyFs {
                 })
                 .sum(),
         };
-        s.unsynced.clear();
+        let waited: Vec<u64> = s.unsynced.drain().map(|(ino, _)| ino).collect();
+        // Inodes the kernel forgot were kept only for their waiting writes.
+        for ino in waited {
+            s.release(ino);
+        }
         dropped
+    }
+
+    /// How many inodes the filesystem keeps (the root included): those the kernel holds, and
+    /// those with waiting writes.
+    pub fn inodes(&self) -> usize {
+        self.state.lock().expect("lazyfs state").paths.len()
     }
 
     /// Makes the disk full (`true`: writes, new files and directories fail with ENOSPC) or
@@ -251,9 +296,17 @@ impl fuser::Filesystem for Fs {
         }
         let ino = s.inode(rel);
         match s.attr(ino) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Ok(a) => {
+                s.looked_up(ino);
+                reply.entry(&TTL, &a, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    // (fuser's batch_forget comes here once per inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.state().kernel_forgot(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -312,7 +365,10 @@ impl fuser::Filesystem for Fs {
         let _ = std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode & 0o7777));
         let ino = s.inode(rel);
         match s.attr(ino) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Ok(a) => {
+                s.looked_up(ino);
+                reply.entry(&TTL, &a, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -404,7 +460,10 @@ impl fuser::Filesystem for Fs {
             s.unsynced.entry(ino).or_default().push(Change::Truncate(0));
         }
         match s.attr(ino) {
-            Ok(a) => reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(a) => {
+                s.looked_up(ino);
+                reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -519,7 +578,15 @@ impl fuser::Filesystem for Fs {
             .collect();
         names.sort();
         for (name, dir) in names {
-            let child = s.inode(rel.join(&name));
+            // A listing gives the kernel no reference, so it adds nothing to the table: a
+            // child not looked up yet gets a number of its own for this listing only.
+            let child = match s.inodes.get(&rel.join(&name)) {
+                Some(&ino) => ino,
+                None => {
+                    s.next += 1;
+                    s.next
+                }
+            };
             let kind = if dir {
                 FileType::Directory
             } else {
@@ -646,5 +713,66 @@ mod tests {
         assert_eq!(read("d/synced"), "dur");
         fs.drop_unsynced();
         assert_eq!(read("d/synced"), "durable");
+    }
+
+    /// Inodes the kernel forgets leave the table, except those whose writes still wait; a
+    /// long run does not grow the table with every file it ever touched.
+    #[test]
+    fn forgotten_inodes_leave_the_table_unless_writes_wait() {
+        assert!(
+            root(),
+            "the lazy filesystem test needs root (FUSE mount); run the suite as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let fs = LazyFs::mount(&dir.path().join("backing"), &dir.path().join("mnt")).unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(mnt.join("d")).unwrap();
+        for i in 0..200 {
+            let mut f = File::create(mnt.join(format!("d/f{i}"))).unwrap();
+            f.write_all(b"synced").unwrap();
+            f.sync_data().unwrap();
+        }
+        let mut pending = File::create(mnt.join("d/pending")).unwrap();
+        pending.write_all(b"waiting").unwrap();
+        drop(pending);
+        // A listing adds nothing.
+        assert_eq!(std::fs::read_dir(mnt.join("d")).unwrap().count(), 201);
+        assert!(fs.inodes() >= 202, "{} inodes", fs.inodes());
+
+        // The kernel evicts what nothing uses and tells the filesystem (FUSE forget).
+        let evict = || {
+            std::fs::write("/proc/sys/vm/drop_caches", "2")
+                .expect("writing /proc/sys/vm/drop_caches (the test evicts the kernel's inodes as root)")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs.inodes() > 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} inodes left after the kernel forgot them",
+                fs.inodes()
+            );
+            evict();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // What was kept is the root and the file whose write waits (and maybe its directory,
+        // still held by the kernel for a moment); the waiting write is still there.
+        let mut text = String::new();
+        File::open(mnt.join("d/pending"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "waiting");
+        text.clear();
+        File::open(mnt.join("d/f7")).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "synced");
+        // Once its write is dropped and the kernel forgets it, it goes too.
+        assert_eq!(fs.drop_unsynced().files, 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs.inodes() > 1 {
+            assert!(std::time::Instant::now() < deadline, "{} inodes left", fs.inodes());
+            evict();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(std::fs::metadata(mnt.join("d/pending")).unwrap().len(), 0);
     }
 }
