@@ -275,6 +275,126 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
     assert_eq!(a.header().unwrap().revision(), b.header().unwrap().revision());
 }
 
+/// A snapshot file damaged on disk (a flipped bit, a torn end) is never served: the member that holds
+/// it drops it at start, and a member behind the purged log still catches up with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_is_dropped_and_never_served() {
+    let extra = vec![
+        "--snapshot-count".into(),
+        "50".into(),
+        "--experimental-snapshot-catchup-entries".into(),
+        "10".into(),
+    ];
+    let mut c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = c.leader().await;
+    let lagger = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.kill(lagger);
+    let up: Vec<String> = [leader, other].iter().map(|&i| c.members[i].endpoint()).collect();
+    let mut cl = connect(&up).await;
+    for i in 0..400 {
+        cl.put(format!("snap/{i:04}"), vec![b'x'; 100], None).await.unwrap();
+    }
+    // Both running members snapshot and purge their logs past where the lagging one stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in [leader, other] {
+        let url = format!("{}/metrics", c.members[i].metrics_url());
+        while metric(&http_get(&url).1, "lodestone_raft_purged_index") < 100.0 {
+            assert!(Instant::now() < deadline, "member {i} never purged its log");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Every snapshot file of both is damaged while they are down (the leader's by a flipped
+    // bit, the other's by a torn end); then they come back.
+    let mut damaged = Vec::new();
+    for i in [leader, other] {
+        c.kill(i);
+        let dir = c.members[i].data_dir.join("member/snap/snapshots");
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "snap") {
+                let mut bytes = std::fs::read(&path).unwrap();
+                let middle = bytes.len() / 2;
+                if i == leader {
+                    // A flipped bit.
+                    bytes[middle] ^= 0x40;
+                } else {
+                    // A torn end.
+                    bytes.truncate(middle);
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                damaged.push((path, bytes));
+            }
+        }
+    }
+    assert!(!damaged.is_empty(), "no snapshot file to damage");
+    c.restart(leader);
+    c.restart(other);
+    c.restart(lagger);
+    c.wait_healthy(Duration::from_secs(60)).await;
+    for (path, bytes) in &damaged {
+        assert!(
+            std::fs::read(path).ok().as_ref() != Some(bytes),
+            "{} is still there, damaged",
+            path.display()
+        );
+    }
+    for i in [leader, other] {
+        assert!(
+            c.members[i].log_text().contains("removing damaged snapshot file"),
+            "member {i} did not notice its damaged snapshot"
+        );
+    }
+    // The lagging member caught up (by a snapshot built anew) and agrees on every key.
+    let mut m = c.client_of(lagger).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = m
+            .get(
+                "snap/",
+                Some(GetOptions::new().with_prefix().with_count_only()).map(|o| o.with_serializable()),
+            )
+            .await;
+        if r.as_ref().is_ok_and(|r| r.count() == 400) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lagging member did not catch up: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        c.members[lagger].log_text().contains("installed snapshot"),
+        "the lagging member caught up without a snapshot"
+    );
+    let mut cl = c.client().await;
+    let rev = cl.put("after", "1", None).await.unwrap().header().unwrap().revision();
+    let mut hashes = BTreeSet::new();
+    for i in 0..3 {
+        let mut each = c.client_of(i).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match each.hash_kv(rev).await {
+                Ok(h) => {
+                    hashes.insert(h.hash());
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "member {i}: HashKV at {rev}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(hashes.len(), 1, "members disagree: {hashes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly_and_data_survives() {
     let mut c = Cluster::start(Kind::Lodestone, opts(1)).await;
