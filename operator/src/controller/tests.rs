@@ -721,10 +721,11 @@ async fn the_schedule_creates_its_snapshot_and_retention_deletes_the_oldest() {
         ..FakeProbe::default()
     });
     let (mut cluster, config_map, statefulset) = steady_cluster(&probe);
-    // Every minute, two kept; the cluster is older than every tick below.
-    cluster.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+    // Yearly (so the next tick is never seconds away, whatever the clock says), two kept; the
+    // cluster is older than every tick below.
+    cluster.metadata.creation_timestamp = Some(Time("2020-01-01T00:00:00Z".parse().expect("time")));
     cluster.spec.snapshots = Some(crate::crd::SnapshotScheduleSpec {
-        schedule: "* * * * *".into(),
+        schedule: "0 0 1 1 *".into(),
         retention: 2,
         destination: crate::crd::SnapshotDestination {
             pvc: crate::crd::PvcDestination {
@@ -749,14 +750,17 @@ async fn the_schedule_creates_its_snapshot_and_retention_deletes_the_oldest() {
     api.expect("GET", &format!("{SNAPSHOTS}?")).await.reply(
         StatusCode::OK,
         snapshot_list(json!([
-            done("example-sched-20260101000100", "2026-01-01T00:01:05Z"),
-            done("example-sched-20260101000200", "2026-01-01T00:02:05Z"),
-            done("example-sched-20260101000300", "2026-01-01T00:03:05Z"),
+            done("example-sched-20210101000000", "2021-01-01T00:01:05Z"),
+            done("example-sched-20220101000000", "2022-01-01T00:01:05Z"),
+            done("example-sched-20230101000000", "2023-01-01T00:01:05Z"),
         ])),
     );
     let created = api.expect("POST", &format!("{SNAPSHOTS}?")).await;
     let name = created.body["metadata"]["name"].as_str().expect("name").to_string();
-    assert!(name.starts_with("example-sched-2026"), "{name}");
+    assert!(
+        name.starts_with("example-sched-20") && name.ends_with("0101000000"),
+        "{name}"
+    );
     assert_eq!(created.body["metadata"]["labels"]["lodestone.dev/scheduled"], "true");
     assert_eq!(
         created.body["metadata"]["ownerReferences"][0]["kind"],
@@ -764,7 +768,7 @@ async fn the_schedule_creates_its_snapshot_and_retention_deletes_the_oldest() {
     );
     created.echo();
     let deleted = api
-        .expect("DELETE", &format!("{SNAPSHOTS}/example-sched-20260101000100"))
+        .expect("DELETE", &format!("{SNAPSHOTS}/example-sched-20210101000000"))
         .await;
     deleted.reply(
         StatusCode::OK,
@@ -773,7 +777,7 @@ async fn the_schedule_creates_its_snapshot_and_retention_deletes_the_oldest() {
     let cluster_status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
     assert_eq!(
         cluster_status.body["status"]["lastSnapshot"]["name"],
-        "example-sched-20260101000300"
+        "example-sched-20230101000000"
     );
     let reply = with_status(&cluster, &cluster_status.body);
     cluster_status.reply(StatusCode::OK, reply);
