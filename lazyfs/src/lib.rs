@@ -656,15 +656,21 @@ mod tests {
         })
     }
 
-    /// Unsynced writes, truncations and new files' contents vanish; synced ones stay.
-    #[test]
-    fn only_fsynced_data_survives_a_drop() {
+    /// A lazy filesystem mounted at `<dir>/mnt` over `<dir>/backing`.
+    fn mounted() -> (tempfile::TempDir, LazyFs) {
         assert!(
             root(),
             "the lazy filesystem test needs root (FUSE mount); run the suite as root"
         );
         let dir = tempfile::tempdir().unwrap();
         let fs = LazyFs::mount(&dir.path().join("backing"), &dir.path().join("mnt")).unwrap();
+        (dir, fs)
+    }
+
+    /// Unsynced writes, truncations and new files' contents vanish; synced ones stay.
+    #[test]
+    fn only_fsynced_data_survives_a_drop() {
+        let (dir, fs) = mounted();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(mnt.join("d")).unwrap();
 
@@ -719,12 +725,7 @@ mod tests {
     /// long run does not grow the table with every file it ever touched.
     #[test]
     fn forgotten_inodes_leave_the_table_unless_writes_wait() {
-        assert!(
-            root(),
-            "the lazy filesystem test needs root (FUSE mount); run the suite as root"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let fs = LazyFs::mount(&dir.path().join("backing"), &dir.path().join("mnt")).unwrap();
+        let (dir, fs) = mounted();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(mnt.join("d")).unwrap();
         for i in 0..200 {

@@ -212,15 +212,16 @@ async fn kill_all_members_and_restart_keeps_every_acknowledged_write() {
     assert_eq!(p.header().unwrap().revision(), *revs.iter().next().unwrap() + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_behind_the_purged_log_catches_up_by_snapshot() {
+/// Three members that snapshot every 50 entries and keep only 10 behind a snapshot, so a
+/// member that stops falls behind the purged log quickly.
+async fn snapshotting_three() -> Cluster {
     let extra = vec![
         "--snapshot-count".into(),
         "50".into(),
         "--experimental-snapshot-catchup-entries".into(),
         "10".into(),
     ];
-    let mut c = Cluster::start(
+    Cluster::start(
         Kind::Lodestone,
         Options {
             size: 3,
@@ -228,7 +229,12 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
             ..Default::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut c = snapshotting_three().await;
     let leader = c.leader().await;
     let lagger = (leader + 1) % 3;
     c.kill(lagger);
@@ -279,21 +285,7 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
 /// it drops it at start, and a member behind the purged log still catches up with the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_file_is_dropped_and_never_served() {
-    let extra = vec![
-        "--snapshot-count".into(),
-        "50".into(),
-        "--experimental-snapshot-catchup-entries".into(),
-        "10".into(),
-    ];
-    let mut c = Cluster::start(
-        Kind::Lodestone,
-        Options {
-            size: 3,
-            extra,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut c = snapshotting_three().await;
     let leader = c.leader().await;
     let lagger = (leader + 1) % 3;
     let other = (leader + 2) % 3;
