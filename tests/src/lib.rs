@@ -92,6 +92,15 @@ pub fn etcdctl_bin() -> PathBuf {
         .expect("etcdctl not found: install the Debian package etcd-client (the README's test command does)")
 }
 
+/// Taken by the few tests whose load is their subject (hundreds of megabytes written and
+/// deleted in one request), so that two of them never share the machine's cores: on two
+/// cores the Lodestone and etcd runs of one such test side by side pushed etcd's own
+/// DeleteRange past its request timeout. Tests are otherwise free to run in parallel.
+pub async fn heavy_load() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on, for a test process to bind.
 ///
 /// Ports come from below the kernel's ephemeral range, never from it: the outgoing

@@ -558,12 +558,22 @@ async fn bad_input(kind: Kind) {
 /// One DeleteRange over 180,000 keys on three members, shaped like what `etcdctl check perf
 /// --load=l` leaves (256-byte keys, 1 KiB values) and sends to clean up after itself. It is
 /// one request and one revision, so it must be applied within the request timeout on every
-/// member.
+/// member. The members run etcd's default timings (heartbeat 100 ms, election 1 s, so a
+/// request timeout of 7 s) as `check perf` clusters do.
 async fn a_delete_range_of_many_keys_succeeds(kind: Kind) {
     const KEYS: usize = 180_000;
     const WRITERS: usize = 6;
     const PER_TXN: usize = 100;
-    let c = Cluster::start(kind, Options::members(3)).await;
+    let _alone = lodestone_tests::heavy_load().await;
+    let c = Cluster::start(
+        kind,
+        Options {
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            ..Options::members(3)
+        },
+    )
+    .await;
     let cl = c.client().await;
     // "many/" and six digits, then filler up to 256 bytes.
     let filler = "k".repeat(256 - 12);
