@@ -231,9 +231,21 @@ impl Member {
     }
 
     /// SIGSTOP: the process stops dead, its sockets open (a member that stalls or is cut
-    /// off, as its peers see it), until [`Member::resume`].
+    /// off, as its peers see it), until [`Member::resume`]. Returns once every thread of the
+    /// member has stopped, because delivery is not instantaneous: a thread waiting for a CPU on a busy machine runs on until it is
+    /// scheduled, and a test that goes on at once may see it answer (a follower answered a
+    /// heartbeat a millisecond after `kill -STOP` had returned).
     pub fn pause(&self) {
         self.signal("-STOP");
+        let pid = self.child.as_ref().expect("member is running").id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "member {pid} did not stop within 5 s of SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Member::pause`].
@@ -289,6 +301,21 @@ impl Member {
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/<pid>/task/<tid>/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            // The state follows the command name in parentheses, which may contain anything.
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+            .unwrap_or(true)
+    })
 }
 
 /// A cluster of real processes in a temporary directory, killed when dropped.

@@ -27,6 +27,9 @@ use crate::proto::lodestone::{
     RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
 };
 
+/// The answers of a pipelined replication stream.
+type AnswerStream = Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send>>;
+
 pub struct PeerService {
     pub member: Arc<Member>,
 }
@@ -51,6 +54,24 @@ impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let c = self.member.consensus();
         reply(c.append_entries(&request.get_ref().payload).await.map_err(refused)?)
+    }
+
+    async fn append_stream(&self, request: Request<Streaming<RaftMessage>>) -> Result<Response<AnswerStream>, Status> {
+        // Transport trouble on the way in ends the input as its end would: what arrived
+        // before it is still answered. Both directions end when this member stops: Raft no
+        // longer answers, and the peer listener's graceful stop waits for this stream to
+        // close both ways. The leader opens a new stream (to whoever runs here next).
+        let stopping = self.member.shutdown().clone();
+        let input = request.into_inner().take_until(stopping.clone().cancelled_owned());
+        let input = Box::pin(tokio_stream::StreamExt::map_while(input, |m| m.ok().map(|m| m.payload)));
+        let answers = self.member.consensus().append_stream(input).map(|answer| {
+            answer
+                .map(|payload| RaftReply {
+                    payload: payload.into(),
+                })
+                .map_err(refused)
+        });
+        Ok(Response::new(Box::pin(answers.take_until(stopping.cancelled_owned()))))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {

@@ -360,6 +360,29 @@ impl Consensus {
         encode(&self.raft.append_entries(req).await.map_err(stopped)?)
     }
 
+    /// A leader's pipelined replication stream: every AppendEntries (bincode) goes to
+    /// consensus as it arrives, without waiting for the answers to those before it, and the
+    /// answers (openraft `StreamAppendResult`s, bincode) come back in the same order. The
+    /// answers end after the first refusal (a conflict or a higher vote); an undecodable
+    /// message ends the input, so only what came before it is answered.
+    pub fn append_stream<S>(&self, input: S) -> impl futures::Stream<Item = Result<Vec<u8>>> + Send + 'static
+    where
+        S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
+    {
+        use tokio_stream::StreamExt as _;
+        let requests = input.map_while(|payload| match decode::<AppendEntriesRequest<TypeConfig>>(&payload) {
+            Ok(req) => Some(req),
+            Err(e) => {
+                tracing::warn!(error = %e, "ending a leader's append stream");
+                None
+            }
+        });
+        futures::StreamExt::map(self.raft.stream_append(requests), |answer| match answer {
+            Ok(result) => encode(&result),
+            Err(fatal) => Err(stopped(fatal)),
+        })
+    }
+
     /// A peer's vote request (bincode), answered in bincode. A candidate missing from the
     /// membership whose log ends at or before the entry that dropped it was removed (a new
     /// member would know a later membership): it is told so, and stops.

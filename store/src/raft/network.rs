@@ -3,22 +3,31 @@
 //! Connections come from the member's one cache ([`crate::peer::client::Peers`]), so every
 //! message carries the envelope naming the cluster and the target member, and a refusal comes
 //! back in the envelope's one form. Payloads are bincode-encoded openraft messages.
+//! Replication is pipelined: each follower gets one long-lived `AppendStream` on which the
+//! leader sends AppendEntries without waiting for the answers to those before it, so the
+//! follower's fsync of one batch overlaps the sending of the next (openraft's stream
+//! replication; a follower without `AppendStream` is sent one AppendEntries at a time).
 //! Snapshots stream from their file in 1 MiB chunks with backpressure.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
 
 use super::snapshot::SnapshotFile;
-use super::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
+use super::{LogId, MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 use crate::error::StoreError;
 use crate::peer::client::{Client, Peers};
 use crate::peer::{MAX_RAFT_REPLY, SNAPSHOT_CHUNK, envelope};
@@ -34,6 +43,17 @@ pub struct Network {
     pub max_message: usize,
 }
 
+/// How long the oldest unanswered message of a replication stream may wait for its answer
+/// before the stream is given up as unreachable (openraft backs off and opens another). An
+/// answer follows the follower's fsync, which for a full batch under load can take a while,
+/// so this is far above a heartbeat interval; a dead connection is found by HTTP/2
+/// keep-alives within the same time.
+const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle replication stream looks again whether a message now waits for an
+/// answer, so a stalled follower is noticed at most this late after the bound.
+const STREAM_IDLE_CHECK: Duration = Duration::from_millis(500);
+
 /// A connection to one peer.
 pub struct PeerConnection {
     target: NodeId,
@@ -41,6 +61,9 @@ pub struct PeerConnection {
     peers: Arc<Peers>,
     removed: tokio_util::sync::CancellationToken,
     max_message: usize,
+    /// The peer answered `AppendStream` with "unimplemented" (a member of an older version,
+    /// during a rolling upgrade): replicate to it one AppendEntries at a time.
+    sequential: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -53,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peers: self.peers.clone(),
             removed: self.removed.clone(),
             max_message: self.max_message,
+            sequential: false,
         }
     }
 }
@@ -127,8 +151,116 @@ impl PeerConnection {
     }
 }
 
+/// A message of a replication stream still waiting for its answer.
+struct Waiting {
+    since: Instant,
+    /// The log ids it covers: after `prev`, up to `last` (`prev` when it carries no entries).
+    prev: Option<LogId>,
+    last: Option<LogId>,
+}
+
+impl Waiting {
+    /// Whether openraft would count an answer `matching` of an earlier message as an answer
+    /// to this one too. Openraft pairs an answer with the messages in flight by log ids
+    /// alone and credits the follower's contact to the send time of the latest one it
+    /// covers; a message with no entries (one carrying only a new commit index) covers no
+    /// more than the one before it, so an earlier message's answer, still on its way, would
+    /// date the follower's last contact to after it was paused or cut off, and a leader
+    /// without its quorum could pass a ReadIndex round. Such an answer is held back; the
+    /// follower's answer to this message, cumulative and right behind it, counts instead.
+    fn credited_by(&self, matching: &Option<LogId>) -> bool {
+        self.last <= *matching || self.prev < *matching
+    }
+}
+
+fn timed_out(target: NodeId) -> Unreachable<TypeConfig> {
+    unreachable(format!("peer {target:x} timed out"))
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFile;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if self.sequential {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let waiting: Arc<Mutex<VecDeque<Waiting>>> = Arc::default();
+            let sent = waiting.clone();
+            // Openraft ends a session by dropping the answers; the messages must end with
+            // them, or the request side would live on in the connection, holding the
+            // follower's end of the stream open and taking entries from the session
+            // openraft starts next.
+            let session = tokio_util::sync::CancellationToken::new();
+            let session_over = session.clone().drop_guard();
+            let messages = input.take_until(session.cancelled_owned()).map(move |req| {
+                sent.lock().expect("stream clock").push_back(Waiting {
+                    since: Instant::now(),
+                    prev: req.prev_log_id,
+                    last: req.entries.last().map(|e| e.log_id).or(req.prev_log_id),
+                });
+                Self::message(&req)
+            });
+            let replies = match tokio::time::timeout(STREAM_REPLY_TIMEOUT, client.append_stream(messages)).await {
+                Err(_) => return Err(RPCError::Unreachable(timed_out(self.target))),
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(peer = %format!("{:x}", self.target), "peer has no pipelined replication; sending one AppendEntries at a time");
+                    self.sequential = true;
+                    return Err(RPCError::Unreachable(unreachable(status.message())));
+                }
+                Ok(Err(status)) => return Err(self.failed(&status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let this: &'s PeerConnection = self;
+            let answers = futures::stream::unfold(Some(replies), move |state| {
+                let _ends_messages_when_dropped = &session_over;
+                let waiting = waiting.clone();
+                async move {
+                    let mut replies = state?;
+                    loop {
+                        let oldest = waiting.lock().expect("stream clock").front().map(|w| w.since);
+                        let wait = oldest.map_or(STREAM_IDLE_CHECK, |t| {
+                            STREAM_REPLY_TIMEOUT.saturating_sub(t.elapsed()).min(STREAM_IDLE_CHECK)
+                        });
+                        match tokio::time::timeout(wait, replies.next()).await {
+                            Err(_) if oldest.is_some_and(|t| t.elapsed() >= STREAM_REPLY_TIMEOUT) => {
+                                return Some((Err(RPCError::Unreachable(timed_out(this.target))), None));
+                            }
+                            Err(_) => continue,
+                            Ok(None) => return None,
+                            Ok(Some(Err(status))) => return Some((Err(this.failed(&status)), None)),
+                            Ok(Some(Ok(reply))) => {
+                                let answer: Result<StreamAppendResult<TypeConfig>, _> =
+                                    bincode::deserialize(&reply.payload)
+                                        .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())));
+                                let mut waiting = waiting.lock().expect("stream clock");
+                                waiting.pop_front();
+                                if let Ok(Ok(matching)) = &answer
+                                    && waiting.front().is_some_and(|next| next.credited_by(matching))
+                                {
+                                    continue;
+                                }
+                                let go_on = matches!(answer, Ok(Ok(_)));
+                                return Some((answer, go_on.then_some(replies)));
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -232,5 +364,107 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(index: u64) -> Option<LogId> {
+        Some(LogId::new(
+            openraft::vote::leader_id_adv::LeaderId { term: 2, node_id: 1 },
+            index,
+        ))
+    }
+
+    fn waiting(prev: u64, last: u64) -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            prev: id(prev),
+            last: id(last),
+        }
+    }
+
+    /// A member of an older version: it serves AppendEntries but has no `AppendStream`
+    /// (generated stubs answer "unimplemented").
+    struct OlderPeer;
+
+    #[tonic::async_trait]
+    impl crate::proto::lodestone::peer_server::Peer for OlderPeer {
+        async fn append_entries(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<crate::proto::lodestone::RaftReply>, tonic::Status> {
+            let answer = AppendEntriesResponse::<TypeConfig>::Success;
+            Ok(tonic::Response::new(crate::proto::lodestone::RaftReply {
+                payload: bincode::serialize(&answer).unwrap().into(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_append_stream_is_sent_one_append_entries_at_a_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(crate::proto::lodestone::peer_server::PeerServer::new(OlderPeer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peers = Arc::new(Peers::new(
+            1,
+            Arc::new(std::sync::atomic::AtomicU64::new(7)),
+            crate::peer::client::Dialer::plain(),
+        ));
+        let mut conn = PeerConnection {
+            target: 2,
+            url,
+            peers,
+            removed: tokio_util::sync::CancellationToken::new(),
+            max_message: 1 << 20,
+            sequential: false,
+        };
+        let request = || AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: id(4),
+            leader_commit: id(4),
+            entries: Vec::new(),
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+
+        // The first session finds out and ends as unreachable (openraft backs off and retries).
+        let first = conn
+            .stream_append(futures::stream::iter([request()]), option.clone())
+            .await
+            .map(drop);
+        assert!(matches!(first, Err(RPCError::Unreachable(_))), "{first:?}");
+        assert!(conn.sequential);
+
+        // The next one is served by AppendEntries calls, each answered in turn.
+        let answers: Vec<_> = conn
+            .stream_append(futures::stream::iter([request(), request()]), option)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(answers.len(), 2);
+        for a in answers {
+            assert_eq!(a.unwrap().unwrap(), id(4));
+        }
+        server.abort();
+    }
+
+    #[test]
+    fn an_answer_is_held_back_only_when_it_would_count_for_a_later_message() {
+        // The usual pipeline: the next message starts where the answered one ended.
+        assert!(!waiting(10, 15).credited_by(&id(10)));
+        // A message with only a new commit index, right behind the answered one.
+        assert!(waiting(10, 10).credited_by(&id(10)));
+        // One overlapping the answered one (sent again after a conflict).
+        assert!(waiting(8, 15).credited_by(&id(10)));
+        // An answer that matched less than the next message starts from.
+        assert!(!waiting(10, 10).credited_by(&id(9)));
+        assert!(!waiting(10, 15).credited_by(&None));
     }
 }

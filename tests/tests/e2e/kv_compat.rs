@@ -555,13 +555,17 @@ async fn bad_input(kind: Kind) {
     assert!(cl.get("big", None).await.unwrap().kvs().is_empty());
 }
 
-/// One DeleteRange over 180,000 keys on three members, shaped like what `etcdctl check perf
-/// --load=l` leaves (256-byte keys, 1 KiB values) and sends to clean up after itself. It is
-/// one request and one revision, so it must be applied within the request timeout on every
-/// member. The members run etcd's default timings (heartbeat 100 ms, election 1 s, so a
-/// request timeout of 7 s) as `check perf` clusters do.
+/// One DeleteRange over 100,000 keys on three members, shaped like what `etcdctl check perf`
+/// leaves (256-byte keys, 1 KiB values) and sends to clean up after itself. It is one request
+/// and one revision, so it must be applied within the request timeout on every member. The
+/// members run etcd's default timings (heartbeat 100 ms, election 1 s, so a request timeout
+/// of 7 s) as `check perf` clusters do.
+///
+/// `--load=l` leaves 180,000 keys; `lodestone-bench` runs that load itself. Here, beside the
+/// rest of the suite on two cores, a delete of that size took over 7 s on etcd and on
+/// Lodestone alike, so the suite checks the same shape at a size both finish in time.
 async fn a_delete_range_of_many_keys_succeeds(kind: Kind) {
-    const KEYS: usize = 180_000;
+    const KEYS: usize = 100_000;
     const WRITERS: usize = 6;
     const PER_TXN: usize = 100;
     let _alone = lodestone_tests::heavy_load().await;

@@ -643,7 +643,13 @@ async fn corruption_check_finds_a_damaged_member() {
             .is_empty(),
         "the check blamed a member before any damage"
     );
-    assert_eq!(c.members[victim].terminate(), Some(0), "graceful stop");
+    let stopped = c.members[victim].terminate();
+    assert_eq!(
+        stopped,
+        Some(0),
+        "graceful stop; log:\n{}",
+        c.members[victim].log_tail()
+    );
     flip_newest_value_byte(&c.members[victim].data_dir.join("member").join("snap"));
     // (No health wait: once the check runs, every KV request fails, reads included.)
     c.restart(victim);
