@@ -511,3 +511,85 @@ fn data_survives_reopen() {
     assert_eq!(m.meta().unwrap().revision, 2);
     assert_eq!(get(&m, "k", 0).unwrap().value, "v");
 }
+
+/// The keys under `p` as a read in a txn of the open batch `t` sees them.
+fn prefix_in(t: &mut WriteTxn, p: &str) -> Vec<String> {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let r = t
+        .txn(&TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: p.to_string().into(),
+                    range_end: end.into(),
+                    keys_only: true,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        })
+        .unwrap();
+    match &r.responses[0].response {
+        Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(rr)) => rr
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+            .collect(),
+        _ => panic!("not a range response"),
+    }
+}
+
+/// A DeleteRange of many keys drops their latest records with one range deletion: exactly
+/// its keys go (neighbours on both sides stay), a key written earlier in the same batch goes
+/// with them, one written after it in the batch stays, history stays readable, and all of
+/// it survives a reopen.
+#[test]
+fn a_large_delete_range_drops_exactly_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mvcc::open(&dir.path().join("db")).unwrap();
+    const KEYS: usize = 1_500;
+    let mut first = m.write_txn().unwrap();
+    for k in ["many.", "many0", "zzz"] {
+        first.put(&put_req(k, "neighbour")).unwrap();
+    }
+    for i in 0..KEYS {
+        first.put(&put_req(&format!("many/{i:05}"), "v")).unwrap();
+    }
+    first.commit(vec![]).unwrap();
+    drop(first);
+    let before = m.meta().unwrap().revision;
+
+    let mut t = m.write_txn().unwrap();
+    t.put(&put_req("many/99999", "earlier in the batch")).unwrap();
+    let r = t
+        .delete_range(&DeleteRangeRequest {
+            key: "many/".into(),
+            range_end: "many0".into(),
+            prev_kv: false,
+        })
+        .unwrap();
+    assert_eq!(r.deleted, KEYS as i64 + 1);
+    t.put(&put_req("many/00007", "after the delete")).unwrap();
+    assert_eq!(
+        prefix_in(&mut t, "many/"),
+        ["many/00007"],
+        "the batch sees its own delete"
+    );
+    t.commit(vec![]).unwrap();
+    drop(t);
+
+    let check = |m: &Mvcc| {
+        assert_eq!(prefix(m, "many/", 0), ["many/00007"]);
+        assert_eq!(get(m, "many/00007", 0).unwrap().value, "after the delete");
+        for k in ["many.", "many0", "zzz"] {
+            assert_eq!(get(m, k, 0).unwrap().value, "neighbour", "{k}");
+        }
+        assert_eq!(prefix(m, "many/", before).len(), KEYS, "history before the delete");
+        assert_eq!(get(m, "many/01499", before).unwrap().value, "v");
+    };
+    check(&m);
+    m.sync().unwrap();
+    drop(m);
+    check(&Mvcc::open(&dir.path().join("db")).unwrap());
+}

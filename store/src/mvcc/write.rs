@@ -76,7 +76,17 @@ type DecodeLive = dyn Fn(&[u8], &[u8]) -> Result<KeyValue>;
 pub(super) enum Staged {
     Put(&'static str, Vec<u8>, Vec<u8>),
     Delete(&'static str, Vec<u8>),
+    /// Every key from the first up to (not including) the second.
+    DeleteRange(&'static str, Vec<u8>, Vec<u8>),
 }
+
+/// From this many keys on, a DeleteRange drops the keys' latest records with one RocksDB
+/// range deletion instead of one deletion each. The history (a tombstone revision and an
+/// index entry per key) is still written key by key, as etcd's is; only the third write per
+/// key goes, which for a `check perf` cleanup of 180,000 keys is 46 MB less to log and to
+/// insert into the memtable. Below this, point deletions keep the column free of range
+/// tombstones that every later read would have to consult.
+const RANGE_DELETION_MIN_KEYS: usize = 1_000;
 
 impl WriteTxn {
     pub(crate) fn new(db: Arc<DB>, meta: Meta, commit_lock: Arc<std::sync::RwLock<()>>) -> WriteTxn {
@@ -199,6 +209,7 @@ impl WriteTxn {
         match op {
             Staged::Put(name, k, v) => self.batch.put_cf(cf(&self.db, name)?, k, v),
             Staged::Delete(name, k) => self.batch.delete_cf(cf(&self.db, name)?, k),
+            Staged::DeleteRange(name, from, to) => self.batch.delete_range_cf(cf(&self.db, name)?, from, to),
         }
         Ok(())
     }
@@ -273,6 +284,13 @@ impl WriteTxn {
 
     /// Deletes a live key; `lease` is the lease it was attached to (0 for none).
     pub(super) fn delete_key(&mut self, key: &Bytes, lease: i64) -> Result<()> {
+        self.delete_key_history(key, lease)?;
+        self.write(Staged::Delete(CF_LATEST, key.to_vec()))
+    }
+
+    /// [`WriteTxn::delete_key`] but for the key's latest record, which the caller drops
+    /// (with a range deletion covering many keys).
+    fn delete_key_history(&mut self, key: &Bytes, lease: i64) -> Result<()> {
         if lease != 0 {
             self.write(Staged::Delete(CF_LEASE, lease_attach_key(lease, key)))?;
         }
@@ -285,7 +303,6 @@ impl WriteTxn {
         };
         self.write(Staged::Put(CF_KV, revision_key(rev, true), tomb.encode_to_vec()))?;
         self.write(Staged::Put(CF_INDEX, index_key(key, rev), vec![1u8]))?;
-        self.write(Staged::Delete(CF_LATEST, key.to_vec()))?;
         self.record(rev, key.clone(), None);
         self.sub += 1;
         Ok(())
@@ -550,8 +567,23 @@ impl WriteTxn {
         } else {
             self.live_keys_in(&kr)?
         };
-        for kv in &victims {
-            self.delete_key(&kv.key, kv.lease)?;
+        match (victims.first(), victims.last()) {
+            (Some(first), Some(last)) if victims.len() >= RANGE_DELETION_MIN_KEYS => {
+                for kv in &victims {
+                    self.delete_key_history(&kv.key, kv.lease)?;
+                }
+                // Every key between the first and the last victim is in the range, and every
+                // live one among them is a victim: the deletion covers exactly the victims
+                // (and keys deleted already).
+                let mut past_last = last.key.to_vec();
+                past_last.push(0);
+                self.write(Staged::DeleteRange(CF_LATEST, first.key.to_vec(), past_last))?;
+            }
+            _ => {
+                for kv in &victims {
+                    self.delete_key(&kv.key, kv.lease)?;
+                }
+            }
         }
         Ok(DeleteRangeResponse {
             header: self.header(),
