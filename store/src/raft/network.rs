@@ -50,6 +50,12 @@ pub struct Network {
 /// keep-alives within the same time.
 const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many messages of a replication stream may wait for their answers at once. One more
+/// than sequential replication: the follower's fsync of one batch overlaps the sending of
+/// the next, while entries appended meanwhile still gather into few large messages (on a
+/// busy host, many small ones cost more CPU than the overlap saves).
+const STREAM_WINDOW: usize = 2;
+
 /// How often an idle replication stream looks again whether a message now waits for an
 /// answer, so a stalled follower is noticed at most this late after the bound.
 const STREAM_IDLE_CHECK: Duration = Duration::from_millis(500);
@@ -204,7 +210,18 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             // openraft starts next.
             let session = tokio_util::sync::CancellationToken::new();
             let session_over = session.clone().drop_guard();
-            let messages = input.take_until(session.cancelled_owned()).map(move |req| {
+            // At most STREAM_WINDOW messages wait for answers; openraft builds the next one
+            // only when it may go, from every entry appended by then.
+            let window = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW));
+            let gate = window.clone();
+            let admitted = futures::stream::unfold((input, gate), |(mut input, gate)| async move {
+                let permit = gate.clone().acquire_owned().await.ok()?;
+                let req = input.next().await?;
+                // Given back when its answer arrives.
+                permit.forget();
+                Some((req, (input, gate)))
+            });
+            let messages = admitted.take_until(session.cancelled_owned()).map(move |req| {
                 sent.lock().expect("stream clock").push_back(Waiting {
                     since: Instant::now(),
                     prev: req.prev_log_id,
@@ -226,6 +243,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let answers = futures::stream::unfold(Some(replies), move |state| {
                 let _ends_messages_when_dropped = &session_over;
                 let waiting = waiting.clone();
+                let window = window.clone();
                 async move {
                     let mut replies = state?;
                     loop {
@@ -246,6 +264,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                                         .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())));
                                 let mut waiting = waiting.lock().expect("stream clock");
                                 waiting.pop_front();
+                                window.add_permits(1);
                                 if let Ok(Ok(matching)) = &answer
                                     && waiting.front().is_some_and(|next| next.credited_by(matching))
                                 {
