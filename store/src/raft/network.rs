@@ -144,16 +144,11 @@ impl PeerConnection {
         let client = self.client()?;
         let msg = Self::message(req);
         let reply = match tokio::time::timeout(option.hard_ttl(), f(client, msg)).await {
-            Err(_) => {
-                return Err(RPCError::Unreachable(unreachable(format!(
-                    "peer {:x} timed out",
-                    self.target
-                ))));
-            }
+            Err(_) => return Err(RPCError::Unreachable(timed_out(self.target))),
             Ok(Err(status)) => return Err(self.failed(&status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        bincode::deserialize(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
+        decode_reply(&reply.payload)
     }
 }
 
@@ -177,6 +172,11 @@ impl Waiting {
     fn credited_by(&self, matching: &Option<LogId>) -> bool {
         self.last <= *matching || self.prev < *matching
     }
+}
+
+/// A peer's answer (bincode); one that does not decode is a network error.
+fn decode_reply<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
+    bincode::deserialize(payload).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
 }
 
 fn timed_out(target: NodeId) -> Unreachable<TypeConfig> {
@@ -259,9 +259,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                             Ok(None) => return None,
                             Ok(Some(Err(status))) => return Some((Err(this.failed(&status)), None)),
                             Ok(Some(Ok(reply))) => {
-                                let answer: Result<StreamAppendResult<TypeConfig>, _> =
-                                    bincode::deserialize(&reply.payload)
-                                        .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())));
+                                let answer: Result<StreamAppendResult<TypeConfig>, _> = decode_reply(&reply.payload);
                                 let mut waiting = waiting.lock().expect("stream clock");
                                 waiting.pop_front();
                                 window.add_permits(1);
