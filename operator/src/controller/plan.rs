@@ -351,7 +351,18 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
             note: text.clone(),
         });
     }
-    let unhealthy: Vec<&MemberStatus> = status.members.iter().filter(|m| !m.healthy).collect();
+    // A learner the operation under way is starting does not answer until its pod runs: that
+    // is progress (Progressing says so), not a degraded cluster.
+    let starting = status
+        .operation
+        .as_ref()
+        .filter(|op| op.kind != membership::OperationKind::RemoveMember)
+        .and_then(|op| op.member_id.as_deref());
+    let unhealthy: Vec<&MemberStatus> = status
+        .members
+        .iter()
+        .filter(|m| !m.healthy && !(m.learner && Some(m.id.as_str()) == starting))
+        .collect();
     let degraded = if let Some(why) = &blocked {
         Some((
             Reason::ScalingBlocked,

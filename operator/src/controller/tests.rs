@@ -844,3 +844,175 @@ async fn a_replaced_member_restarts_on_new_volumes_before_it_is_added_again() {
     task.await.expect("task").expect("reconcile succeeds");
     assert!(members.calls.lock().unwrap().is_empty(), "no member call in this step");
 }
+
+/// One recorded membership step, resumed by a reconcile: the member call it makes (if any),
+/// the replicas the StatefulSet is applied with, the operation recorded after it and the
+/// Events published (a step's own Event goes out when it is first recorded).
+struct Resumed {
+    step: &'static str,
+    kind: crate::crd::OperationKind,
+    recorded: crate::crd::StepKind,
+    member: &'static str,
+    member_id: &'static str,
+    desired: i32,
+    slots: i32,
+    view: crate::members::MembersView,
+    call: Option<&'static str>,
+    replicas: i32,
+    then: Value,
+    events: &'static [&'static str],
+}
+
+/// Every middle step of growing and shrinking on the stand-in API server: a step already
+/// recorded is not recorded again, its one effect (a member call or the slots the StatefulSet
+/// is applied with) is made before anything else changes, and the next step is recorded after
+/// it. (ClearVolumes and AddLearner: `growing_records_each_step_before_making_it`; DeleteVolumes:
+/// `a_removal_ends_by_deleting_the_members_volumes`.)
+#[tokio::test]
+async fn each_recorded_step_makes_its_one_change_then_records_the_next() {
+    use crate::crd::{OperationKind as Op, StepKind as S};
+    let names = crate::names::Names::of(&fixtures::sample("lodestonecluster-3-members.yaml"));
+    // Three voters and the learner 0xabc that MemberAdd gave example-3 (it has no name yet).
+    let mut with_learner = fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]);
+    with_learner.members.push(crate::members::ObservedMember {
+        id: 0xabc,
+        name: String::new(),
+        peer_urls: vec![names.peer_url("example-3")],
+        client_urls: Vec::new(),
+        learner: true,
+        status: None,
+    });
+    let example_3 =
+        |step: &str| json!({"kind": "AddMember", "step": step, "member": "example-3", "ordinal": 3, "memberId": "abc"});
+    let example_2 = |step: &str| json!({"kind": "RemoveMember", "step": step, "member": "example-2", "ordinal": 2, "memberId": "a3"});
+    let cases = [
+        Resumed {
+            step: "StartMember: the slot comes, no member call",
+            kind: Op::AddMember,
+            recorded: S::StartMember,
+            member: "example-3",
+            member_id: "abc",
+            desired: 4,
+            slots: 3,
+            view: with_learner.clone(),
+            call: None,
+            replicas: 4,
+            then: example_3("Promote"),
+            events: &[],
+        },
+        Resumed {
+            step: "Promote: MemberPromote, then the operation is done",
+            kind: Op::AddMember,
+            recorded: S::Promote,
+            member: "example-3",
+            member_id: "abc",
+            desired: 4,
+            slots: 4,
+            view: with_learner,
+            call: Some("promote abc"),
+            replicas: 4,
+            then: Value::Null,
+            events: &["MemberAdded"],
+        },
+        Resumed {
+            step: "MoveLeader: the leaving member hands leadership over",
+            kind: Op::RemoveMember,
+            recorded: S::MoveLeader,
+            member: "example-2",
+            member_id: "a3",
+            desired: 2,
+            slots: 3,
+            view: fixtures::view(&["example-0", "example-1", "example-2"], Some(2), &[]),
+            call: Some("move_leader http://example-2:2379 to a"),
+            replicas: 3,
+            then: example_2("RemoveMember"),
+            events: &[],
+        },
+        Resumed {
+            step: "RemoveMember: MemberRemove, the slot stays until it is done",
+            kind: Op::RemoveMember,
+            recorded: S::RemoveMember,
+            member: "example-2",
+            member_id: "a3",
+            desired: 2,
+            slots: 3,
+            view: fixtures::view(&["example-0", "example-1", "example-2"], Some(0), &[]),
+            call: Some("remove a3"),
+            replicas: 3,
+            then: example_2("Shrink"),
+            events: &[],
+        },
+        Resumed {
+            step: "Shrink: the removed member's slot goes, its volumes next",
+            kind: Op::RemoveMember,
+            recorded: S::Shrink,
+            member: "example-2",
+            member_id: "a3",
+            desired: 2,
+            slots: 3,
+            view: fixtures::view(&["example-0", "example-1"], Some(0), &[]),
+            call: None,
+            replicas: 2,
+            then: example_2("DeleteVolumes"),
+            events: &[],
+        },
+    ];
+    for case in cases {
+        let step = case.step;
+        let probe = Arc::new(FakeProbe {
+            view: case.view,
+            ..FakeProbe::default()
+        });
+        let members = Arc::new(fixtures::FakeMembers::default());
+        let (ctx, mut api) = fixtures::context_with(probe, members.clone());
+        let mut cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+        cluster.spec.replicas = case.desired;
+        cluster.status = Some(crate::crd::LodestoneClusterStatus {
+            cluster_id: Some("c1a5".into()),
+            operation: Some(crate::crd::MembershipOperation {
+                kind: case.kind,
+                step: case.recorded,
+                member: case.member.into(),
+                ordinal: names.ordinal(case.member).expect("a member pod"),
+                member_id: Some(case.member_id.into()),
+            }),
+            ..Default::default()
+        });
+        let mut founding = build::BootstrapConfig::founding(&names, 3, fixtures::UID);
+        founding.state = build::ClusterState::Existing;
+        let config_map = build::bootstrap_config_map(&cluster, &names, &founding);
+        let statefulset = build::statefulset(&cluster, &names, case.slots);
+        let task = spawn(cluster.clone(), ctx);
+
+        // Recorded already: no status write before the change.
+        expect_observed(&mut api, &config_map, &statefulset).await;
+        let bodies = expect_applies(&mut api).await;
+        let calls = members.calls.lock().unwrap().clone();
+        match case.call {
+            Some(call) => {
+                assert_eq!(calls.len(), 1, "{step}: {calls:?}");
+                assert!(calls[0].starts_with(call), "{step}: {calls:?}");
+            }
+            None => assert!(calls.is_empty(), "{step}: {calls:?}"),
+        }
+        assert_eq!(bodies[4]["spec"]["replicas"], case.replicas, "{step}");
+        expect_no_snapshots(&mut api).await;
+        let status = api.expect("PATCH", &format!("{LSC}/example/status")).await;
+        assert_eq!(status.body["status"]["operation"], case.then, "{step}");
+        // The learner being started does not answer yet: progress, not a degraded cluster.
+        let degraded = status.body["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+            .cloned();
+        assert_eq!(degraded.map(|c| c["status"].clone()), Some(json!("False")), "{step}");
+        let reply = with_status(&cluster, &status.body);
+        status.reply(StatusCode::OK, reply);
+        for reason in case.events {
+            let event = api.expect("POST", EVENTS).await;
+            assert_eq!(event.body["reason"], *reason, "{step}");
+            event.echo();
+        }
+        task.await.expect("task").expect("reconcile succeeds");
+        api.expect_silence().await;
+    }
+}
