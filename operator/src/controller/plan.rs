@@ -361,7 +361,7 @@ pub fn plan(cluster: &LodestoneCluster, observed: &Observed, now: &Time) -> Plan
     let unhealthy: Vec<&MemberStatus> = status
         .members
         .iter()
-        .filter(|m| !m.healthy && !(m.learner && Some(m.id.as_str()) == starting))
+        .filter(|m| !(m.healthy || (m.learner && Some(m.id.as_str()) == starting)))
         .collect();
     let degraded = if let Some(why) = &blocked {
         Some((
