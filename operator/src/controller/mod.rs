@@ -8,6 +8,7 @@ pub mod observe;
 pub mod plan;
 pub mod rollout;
 pub mod status;
+pub mod unclaimed;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -320,8 +321,9 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
-/// Runs the controller until `shutdown` is cancelled, watching through `client` (the
-/// platform's). `namespace` limits it to one namespace.
+/// Runs the cluster controller and the snapshot one ([`unclaimed`]) until `shutdown` is
+/// cancelled, watching through `client` (the platform's). `namespace` limits them to one
+/// namespace.
 pub async fn run(ctx: Arc<Context>, client: kube::Client, namespace: Option<String>, shutdown: CancellationToken) {
     fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
     where
@@ -333,7 +335,23 @@ pub async fn run(ctx: Arc<Context>, client: kube::Client, namespace: Option<Stri
         }
     }
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=lodestone-operator");
-    Controller::new(
+    // Snapshots whose cluster does not exist get a status saying so (`unclaimed`); every
+    // other snapshot is the business of its cluster's reconcile.
+    let snapshots = Controller::new(
+        api::<LodestoneSnapshot>(&client, &namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on({
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    })
+    .run(unclaimed::reconcile, unclaimed::error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "snapshot reconcile did not complete");
+        }
+    });
+    let clusters = Controller::new(
         api::<LodestoneCluster>(&client, &namespace),
         watcher::Config::default().any_semantic(),
     )
@@ -363,8 +381,8 @@ pub async fn run(ctx: Arc<Context>, client: kube::Client, namespace: Option<Stri
             Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
             Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
         }
-    })
-    .await;
+    });
+    futures::future::join(clusters, snapshots).await;
 }
 
 #[cfg(test)]

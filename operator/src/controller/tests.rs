@@ -639,6 +639,9 @@ async fn a_new_snapshot_is_saved_by_a_job_from_the_leader_first() {
     let status = api.expect("PATCH", &format!("{SNAPSHOTS}/nightly/status")).await;
     assert_eq!(status.body["status"]["phase"], "Running");
     assert!(status.body["status"]["startTime"].is_string());
+    // A merge patch: a message left from a wait is cleared by name.
+    assert_eq!(status.body["status"]["message"], Value::Null);
+    assert!(status.body["status"].as_object().unwrap().contains_key("message"));
     let reply = snapshot_object(status.body["status"].clone());
     status.reply(StatusCode::OK, reply);
 
@@ -1015,4 +1018,48 @@ async fn each_recorded_step_makes_its_one_change_then_records_the_next() {
         task.await.expect("task").expect("reconcile succeeds");
         api.expect_silence().await;
     }
+}
+
+/// A snapshot naming a cluster that does not exist is not left without a status: the
+/// snapshot controller reads the cluster, finds none, and says so in the snapshot.
+#[tokio::test]
+async fn a_snapshot_of_a_missing_cluster_says_so_in_its_status() {
+    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let snapshot: LodestoneSnapshot = serde_json::from_value(snapshot_object(Value::Null)).expect("snapshot");
+    let task = tokio::spawn(unclaimed::reconcile(Arc::new(snapshot), ctx));
+    api.expect("GET", &format!("{LSC}/example")).await.not_found();
+    let status = api.expect("PATCH", &format!("{SNAPSHOTS}/nightly/status")).await;
+    assert_eq!(status.body["status"]["phase"], "Pending");
+    assert!(
+        status.body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("LodestoneCluster \"example\" not found in namespace \"default\""),
+        "{}",
+        status.body
+    );
+    let reply = snapshot_object(status.body["status"].clone());
+    status.reply(StatusCode::OK, reply);
+    assert_eq!(
+        task.await.expect("task").expect("reconcile succeeds"),
+        Action::await_change()
+    );
+    api.expect_silence().await;
+}
+
+/// A snapshot of a cluster that exists is left to that cluster's reconcile.
+#[tokio::test]
+async fn a_snapshot_of_an_existing_cluster_is_left_to_its_cluster() {
+    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let snapshot: LodestoneSnapshot = serde_json::from_value(snapshot_object(Value::Null)).expect("snapshot");
+    let task = tokio::spawn(unclaimed::reconcile(Arc::new(snapshot), ctx));
+    let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
+    api.expect("GET", &format!("{LSC}/example"))
+        .await
+        .reply(StatusCode::OK, serde_json::to_value(&cluster).expect("json"));
+    assert_eq!(
+        task.await.expect("task").expect("reconcile succeeds"),
+        Action::await_change()
+    );
+    api.expect_silence().await;
 }

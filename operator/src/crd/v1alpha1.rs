@@ -485,4 +485,7 @@ pub struct LodestoneSnapshotStatus {
     /// Why the snapshot failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a pending snapshot waits for (its cluster to exist, or to have a leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -227,6 +227,18 @@ impl Platform for KubePlatform {
         })
     }
 
+    fn cluster_exists<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let api: Api<LodestoneCluster> = Api::namespaced(self.client.clone(), namespace);
+            let found = api.get_opt(name).await.map_err(|source| Error::Read {
+                kind: "LodestoneCluster",
+                name: name.to_string(),
+                source,
+            })?;
+            Ok(found.is_some())
+        })
+    }
+
     fn snapshots<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<LodestoneSnapshot>, Error>> {
         Box::pin(async move {
             let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
@@ -267,6 +279,16 @@ impl Platform for KubePlatform {
             let namespace = snapshot.metadata.namespace.as_deref().unwrap_or_default();
             let name = snapshot.name_any();
             let api: Api<LodestoneSnapshot> = Api::namespaced(self.client.clone(), namespace);
+            // A merge patch leaves out what it does not name: fields the new status lacks
+            // (a pending snapshot's message once its save starts) are cleared explicitly.
+            let mut status = serde_json::to_value(status).expect("a snapshot status serializes");
+            for field in ["message", "error"] {
+                status
+                    .as_object_mut()
+                    .expect("a snapshot status is an object")
+                    .entry(field)
+                    .or_insert(serde_json::Value::Null);
+            }
             let patch = serde_json::json!({ "status": status });
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -52,6 +52,8 @@ pub trait Platform: Send + Sync {
         cluster: &'a LodestoneCluster,
         planned: &'a LodestoneClusterStatus,
     ) -> BoxFuture<'a, Result<(), Error>>;
+    /// Whether a `LodestoneCluster` of this name exists in the namespace.
+    fn cluster_exists<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
     /// The `LodestoneSnapshot`s of a namespace.
     fn snapshots<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<LodestoneSnapshot>, Error>>;
     /// Creates a `LodestoneSnapshot` (a scheduled one); one that exists already is left as is.

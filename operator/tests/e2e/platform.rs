@@ -1032,6 +1032,17 @@ impl Platform for ProcessPlatform {
         Box::pin(async move { result })
     }
 
+    fn cluster_exists<'a>(&'a self, _ns: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+        let found = self
+            .api
+            .lock()
+            .unwrap()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.metadata.name.as_deref() == Some(name));
+        Box::pin(async move { Ok(found) })
+    }
+
     fn snapshots<'a>(&'a self, _ns: &'a str) -> BoxFuture<'a, Result<Vec<LodestoneSnapshot>, Error>> {
         let list = self.api.lock().unwrap().snapshots.values().cloned().collect();
         Box::pin(async move { Ok(list) })

@@ -119,16 +119,22 @@ pub fn decide(input: Input<'_>) -> Plan {
         match jobs.get(&snapshot_job_name(snapshot)) {
             None if endpoints.is_empty() => {
                 new.phase = Some(phase::PENDING.into());
+                new.message = Some(format!(
+                    "waiting for LodestoneCluster {:?} to have a leader",
+                    cluster.name_any()
+                ));
             }
             None => {
                 let retain = retention.filter(|_| scheduled(snapshot)).map(|n| (n, prefix.as_str()));
                 plan.jobs.push(snapshot_job(cluster, snapshot, endpoints, retain));
                 new.phase = Some(phase::RUNNING.into());
                 new.start_time.get_or_insert_with(|| now.clone());
+                new.message = None;
             }
             Some(JobState::Running) => {
                 new.phase = Some(phase::RUNNING.into());
                 new.start_time.get_or_insert_with(|| now.clone());
+                new.message = None;
             }
             Some(JobState::Succeeded { report }) => match parse_report(report) {
                 Ok((size, sha256, revision)) => {

@@ -119,6 +119,26 @@ fn a_new_snapshot_starts_a_job_from_the_answering_members_only_with_a_leader() {
     });
     assert!(plan.jobs.is_empty());
     assert_eq!(plan.statuses[0].1.phase.as_deref(), Some(phase::PENDING));
+    assert_eq!(
+        plan.statuses[0].1.message.as_deref(),
+        Some("waiting for LodestoneCluster \"example\" to have a leader")
+    );
+
+    // Once a leader is back, the Job starts and the message goes.
+    let waiting = [LodestoneSnapshot {
+        status: Some(plan.statuses[0].1.clone()),
+        ..snaps[0].clone()
+    }];
+    let plan = decide(Input {
+        cluster: &c,
+        snapshots: &waiting,
+        jobs: &BTreeMap::new(),
+        endpoints: &["http://example-0:2379".to_string()],
+        now: &now,
+    });
+    assert_eq!(plan.jobs.len(), 1);
+    assert_eq!(plan.statuses[0].1.phase.as_deref(), Some(phase::RUNNING));
+    assert_eq!(plan.statuses[0].1.message, None);
 }
 
 #[test]
