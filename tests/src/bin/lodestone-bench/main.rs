@@ -22,6 +22,11 @@
 //! to each watcher (its op/s is events delivered per second). Clients share connections as
 //! etcd's own benchmark does (at most 100). After the rows, `etcdctl check perf` runs at each
 //! `--check-perf` load (default `l` and `xl`) against the same cluster.
+//!
+//! One run's figures move by tens of percent on a small, busy host, so `--rounds N` repeats
+//! the whole comparison on fresh clusters, alternating which kind goes first, and reports
+//! each figure's median over the rounds. `--endpoints` runs the rows against a cluster that
+//! is already running instead (no comparison), for profiling or comparing two builds by hand.
 
 mod plot;
 
@@ -359,6 +364,7 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// What one run measures.
+#[derive(Clone)]
 struct Plan {
     members: usize,
     seconds: u64,
@@ -369,7 +375,6 @@ struct Plan {
 /// Runs every row against a fresh cluster of `kind`; returns the figures and each member's
 /// peak RSS (`None` for a member that is no longer running).
 async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Option<f64>>) {
-    let seconds = plan.seconds;
     let label = match kind {
         Kind::Lodestone => "lodestone",
         Kind::Etcd => "etcd",
@@ -386,27 +391,7 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Op
     )
     .await;
     let endpoints = cluster.endpoints();
-    let mut client = connect(&endpoints).await;
-    for n in 0..PRELOADED {
-        client.put(key(n), vec![b'v'; VALUE_SIZE], None).await.expect("preload");
-    }
-    let mut rows = Vec::new();
-    for &(op, clients) in &plan.rows {
-        eprint!("[{label}] {} with {clients} clients for {seconds} s ... ", op.name());
-        let f = run(&endpoints, op, clients, Duration::from_secs(seconds)).await;
-        eprintln!(
-            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-            f.ops_per_sec, f.p50_ms, f.p99_ms, f.errors
-        );
-        rows.push(f);
-    }
-    let mut checks = Vec::new();
-    for load in &plan.loads {
-        eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
-        let c = tokio::task::block_in_place(|| check_perf(&endpoints, load));
-        eprintln!("{} ({})", c.verdict, c.details.join("; "));
-        checks.push(c);
-    }
+    let (rows, checks) = rows_against(label, &endpoints, plan).await;
     // A member that died during the run has no figure: say so, with the end of its log.
     let rss = cluster
         .members
@@ -426,10 +411,64 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Op
     (rows, checks, rss)
 }
 
+/// Preloads the keys, runs every row of `plan` against `endpoints`, then its `check perf`
+/// loads.
+async fn rows_against(label: &str, endpoints: &[String], plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>) {
+    let seconds = plan.seconds;
+    let mut client = connect(endpoints).await;
+    for n in 0..PRELOADED {
+        client.put(key(n), vec![b'v'; VALUE_SIZE], None).await.expect("preload");
+    }
+    let mut rows = Vec::new();
+    for &(op, clients) in &plan.rows {
+        eprint!("[{label}] {} with {clients} clients for {seconds} s ... ", op.name());
+        let f = run(endpoints, op, clients, Duration::from_secs(seconds)).await;
+        eprintln!(
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            f.ops_per_sec, f.p50_ms, f.p99_ms, f.errors
+        );
+        rows.push(f);
+    }
+    let mut checks = Vec::new();
+    for load in &plan.loads {
+        eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
+        let c = tokio::task::block_in_place(|| check_perf(endpoints, load));
+        eprintln!("{} ({})", c.verdict, c.details.join("; "));
+        checks.push(c);
+    }
+    (rows, checks)
+}
+
+/// The median of each figure over rounds (`rounds[round][row]`), per row.
+fn medians(rounds: &[Vec<Figures>]) -> Vec<Figures> {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+    (0..rounds[0].len())
+        .map(|row| {
+            let of = |f: fn(&Figures) -> f64| median(rounds.iter().map(|r| f(&r[row])).collect());
+            Figures {
+                ops_per_sec: of(|f| f.ops_per_sec),
+                p50_ms: of(|f| f.p50_ms),
+                p99_ms: of(|f| f.p99_ms),
+                errors: rounds.iter().map(|r| r[row].errors).sum(),
+            }
+        })
+        .collect()
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: lodestone-bench [--seconds N] [--check-perf LOADS] [--plot FILE] [--members N] [--only ROW]\n  \
+        "usage: lodestone-bench [--seconds N] [--rounds N] [--check-perf LOADS] [--plot FILE] [--members N] [--only ROW] [--endpoints URLS]\n  \
          --seconds N         seconds per workload, 1 to 600 (default 5)\n  \
+         --rounds N          rounds, 1 to 10 (default 1): each starts fresh clusters of both, in alternating\n                      order (etcd first in odd rounds); the table shows each figure's median over rounds;\n                      check perf and peak RSS come from the first round\n  \
+         --endpoints URLS    only run the rows (and check perf) against this running cluster, comma-separated\n                      client URLs, and print its figures; nothing is started or compared\n  \
          --members N         members per cluster, 1 to 5 (default 3)\n  \
          --only ROW          only the rows whose name contains ROW (e.g. put, read, watch)\n  \
          --check-perf LOADS  etcdctl check perf loads, comma-separated, a minute each (default l,xl; none to skip)\n  \
@@ -443,6 +482,8 @@ async fn main() {
     let mut seconds = 5u64;
     let mut members = 3usize;
     let mut only: Option<String> = None;
+    let mut endpoints: Option<Vec<String>> = None;
+    let mut rounds = 1usize;
     let mut loads: Vec<String> = vec!["l".into(), "xl".into()];
     let mut plot_path = PathBuf::from("lodestone-bench.png");
     let mut args = std::env::args().skip(1);
@@ -468,6 +509,17 @@ async fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
+            "--endpoints" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                endpoints = Some(v.split(',').map(str::to_string).collect());
+            }
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=10).contains(n))
+                    .unwrap_or_else(|| usage())
+            }
             "--seconds" => {
                 seconds = args
                     .next()
@@ -495,8 +547,68 @@ async fn main() {
     if plan.rows.is_empty() {
         usage()
     }
-    let (etcd, etcd_checks, etcd_rss) = bench(Kind::Etcd, &plan).await;
-    let (lode, lode_checks, lode_rss) = bench(Kind::Lodestone, &plan).await;
+    if let Some(endpoints) = endpoints {
+        let (rows, checks) = rows_against("cluster", &endpoints, &plan).await;
+        println!();
+        println!(
+            "{:<24} {:>8} | {:>10} {:>8} {:>8}",
+            "workload", "clients", "op/s", "p50 ms", "p99 ms"
+        );
+        for ((op, clients), f) in plan.rows.iter().zip(&rows) {
+            println!(
+                "{:<24} {:>8} | {:>10.0} {:>8.2} {:>8.2}",
+                op.name(),
+                clients,
+                f.ops_per_sec,
+                f.p50_ms,
+                f.p99_ms
+            );
+        }
+        for c in checks {
+            println!(
+                "etcdctl check perf --load={}: {} ({})",
+                c.load,
+                c.verdict,
+                c.details.join("; ")
+            );
+        }
+        return;
+    }
+    // Round 1 measures check perf and peak RSS; later rounds only the rows.
+    let rows_only = Plan {
+        loads: Vec::new(),
+        ..plan.clone()
+    };
+    let (mut etcd_rounds, mut lode_rounds) = (Vec::new(), Vec::new());
+    let (mut etcd_checks, mut lode_checks, mut etcd_rss, mut lode_rss) = Default::default();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("round {round} of {rounds}");
+        }
+        let this = if round == 1 { &plan } else { &rows_only };
+        let order = if round % 2 == 1 {
+            [Kind::Etcd, Kind::Lodestone]
+        } else {
+            [Kind::Lodestone, Kind::Etcd]
+        };
+        for kind in order {
+            let (rows, checks, rss) = bench(kind, this).await;
+            let (all, first_checks, first_rss) = match kind {
+                Kind::Etcd => (&mut etcd_rounds, &mut etcd_checks, &mut etcd_rss),
+                Kind::Lodestone => (&mut lode_rounds, &mut lode_checks, &mut lode_rss),
+            };
+            all.push(rows);
+            if round == 1 {
+                *first_checks = checks;
+                *first_rss = rss;
+            }
+        }
+    }
+    let (etcd, lode) = (medians(&etcd_rounds), medians(&lode_rounds));
+    if rounds > 1 {
+        println!();
+        println!("medians over {rounds} rounds:");
+    }
 
     println!();
     println!(
