@@ -477,6 +477,14 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A flag's number, which must lie in `range`.
+fn in_range<T: std::str::FromStr + PartialOrd>(value: Option<String>, range: std::ops::RangeInclusive<T>) -> T {
+    value
+        .and_then(|v| v.parse().ok())
+        .filter(|n| range.contains(n))
+        .unwrap_or_else(|| usage())
+}
+
 #[tokio::main]
 async fn main() {
     let mut seconds = 5u64;
@@ -501,32 +509,14 @@ async fn main() {
                 }
             }
             "--plot" => plot_path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
-            "--members" => {
-                members = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|n| (1..=5).contains(n))
-                    .unwrap_or_else(|| usage())
-            }
+            "--members" => members = in_range(args.next(), 1..=5),
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             "--endpoints" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 endpoints = Some(v.split(',').map(str::to_string).collect());
             }
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|n| (1..=10).contains(n))
-                    .unwrap_or_else(|| usage())
-            }
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|s| (1..=600).contains(s))
-                    .unwrap_or_else(|| usage())
-            }
+            "--rounds" => rounds = in_range(args.next(), 1..=10),
+            "--seconds" => seconds = in_range(args.next(), 1..=600),
             _ => usage(),
         }
     }
