@@ -99,15 +99,15 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
     // Deletes of a key that no acknowledged delete explains, allowed by unknown ones.
     let mut unknown_deletes: HashMap<&str, usize> = HashMap::new();
     let mut acked_deletes: HashMap<&str, HashSet<i64>> = HashMap::new();
-    // (call, ret, revision, created a revision) for the real-time check.
-    let mut timed: Vec<(u64, u64, i64, bool)> = Vec::new();
+    // (call, ret, revision, created a revision, index in `history`) for the real-time check.
+    let mut timed: Vec<Timed> = Vec::new();
 
-    for op in history {
+    for (index, op) in history.iter().enumerate() {
         let key = op.request.key();
         if let Some(v) = op.request.written_value() {
             written_values.insert(v);
         }
-        let describe = || format!("client {} {:?} → {:?}", op.client, op.request, op.response);
+        let describe = || describe_op(op);
         if let Some(rev) = op.response.revision()
             && rev > record.last_revision
         {
@@ -125,7 +125,7 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
                     out.push(format!("{}: the record has {expected:?} at that revision", describe()));
                 }
                 if !serializable {
-                    timed.push((op.call, op.ret, *revision, false));
+                    timed.push((op.call, op.ret, *revision, false, index));
                 }
             }
             (Request::Put { value, .. }, Response::Put { revision })
@@ -144,7 +144,7 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
                         e.revision,
                         e.key
                     )),
-                    Some(_) => timed.push((op.call, op.ret, *revision, true)),
+                    Some(_) => timed.push((op.call, op.ret, *revision, true, index)),
                 }
                 if let Request::Cas { expect, .. } = &op.request {
                     let before = record.value_at(key, revision - 1);
@@ -174,7 +174,7 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
                         describe()
                     ));
                 }
-                timed.push((op.call, op.ret, *revision, false));
+                timed.push((op.call, op.ret, *revision, false, index));
             }
             (Request::Delete { .. }, Response::Delete { deleted, revision }) => {
                 if *deleted {
@@ -194,13 +194,13 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
                 } else if record.value_at(key, *revision).is_some() {
                     out.push(format!("{}: deleted nothing, but the key existed", describe()));
                 }
-                timed.push((op.call, op.ret, *revision, *deleted));
+                timed.push((op.call, op.ret, *revision, *deleted, index));
             }
             (Request::Delete { .. }, Response::Unknown) => *unknown_deletes.entry(key).or_default() += 1,
             (Request::Put { value, .. } | Request::Cas { value, .. }, Response::Unknown) => {
                 // Took effect at the recorded revision, or never.
                 if let Some(e) = record.written(value) {
-                    timed.push((op.call, NEVER, e.revision, true));
+                    timed.push((op.call, NEVER, e.revision, true, index));
                 }
             }
             (request, response) => out.push(format!(
@@ -239,22 +239,34 @@ pub fn check_history(history: &[Operation], record: &Record<'_>, traffic_prefix:
         }
     }
 
-    out.extend(check_real_time(&mut timed));
+    out.extend(check_real_time(&mut timed, |i| describe_op(&history[i])));
     out
 }
 
+/// An operation in a violation's message: its client, request and response.
+fn describe_op(op: &Operation) -> String {
+    format!("client {} {:?} → {:?}", op.client, op.request, op.response)
+}
+
+/// An operation as the real-time check sees it: call and return times, the revision it saw
+/// or made, whether it made it, and where it is in the history.
+type Timed = (u64, u64, i64, bool, usize);
+
 /// If A returned before B was sent, B's revision is at least A's, and greater when B wrote.
-fn check_real_time(ops: &mut [(u64, u64, i64, bool)]) -> Vec<String> {
+/// A violation names both operations (`describe` gives one by its history index: the client,
+/// so the member a pinned client talks to, the request and the response).
+fn check_real_time(ops: &mut [Timed], describe: impl Fn(usize) -> String) -> Vec<String> {
     let mut out = Vec::new();
-    let mut by_ret: Vec<(u64, i64)> = ops.iter().filter(|o| o.1 != NEVER).map(|o| (o.1, o.2)).collect();
+    let mut by_ret: Vec<(u64, i64, usize)> = ops.iter().filter(|o| o.1 != NEVER).map(|o| (o.1, o.2, o.4)).collect();
     by_ret.sort_unstable();
     ops.sort_unstable_by_key(|o| o.0);
     let mut done = 0;
-    let mut highest = (0i64, 0u64);
-    for &(call, _, revision, wrote) in ops.iter() {
+    // (revision, return time, index) of the highest revision returned so far.
+    let mut highest = (0i64, 0u64, usize::MAX);
+    for &(call, _, revision, wrote, index) in ops.iter() {
         while done < by_ret.len() && by_ret[done].0 < call {
             if by_ret[done].1 > highest.0 {
-                highest = (by_ret[done].1, by_ret[done].0);
+                highest = (by_ret[done].1, by_ret[done].0, by_ret[done].2);
             }
             done += 1;
         }
@@ -265,8 +277,11 @@ fn check_real_time(ops: &mut [(u64, u64, i64, bool)]) -> Vec<String> {
         };
         if behind {
             out.push(format!(
-                "an operation sent at {call} ns has revision {revision}, but one that finished at {} ns before it had {}",
-                highest.1, highest.0
+                "an operation sent at {call} ns has revision {revision}, but one that finished at {} ns before it had {} ({} after {})",
+                highest.1,
+                highest.0,
+                describe(index),
+                describe(highest.2)
             ));
         }
     }
@@ -421,13 +436,16 @@ mod tests {
 
     #[test]
     fn going_back_in_revision_after_a_completed_operation_is_reported() {
-        let mut ops = vec![(0, 10, 5, false), (11, 12, 4, false)];
-        assert_eq!(check_real_time(&mut ops).len(), 1);
+        let name = |i: usize| format!("op {i}");
+        let mut ops = vec![(0, 10, 5, false, 0), (11, 12, 4, false, 1)];
+        let v = check_real_time(&mut ops, name);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].ends_with("(op 1 after op 0)"), "{v:?}");
         // Same revision is fine for a read, not for a write.
-        let mut ops = vec![(0, 10, 5, false), (11, 12, 5, false)];
-        assert!(check_real_time(&mut ops).is_empty());
-        let mut ops = vec![(0, 10, 5, false), (11, 12, 5, true)];
-        assert_eq!(check_real_time(&mut ops).len(), 1);
+        let mut ops = vec![(0, 10, 5, false, 0), (11, 12, 5, false, 1)];
+        assert!(check_real_time(&mut ops, name).is_empty());
+        let mut ops = vec![(0, 10, 5, false, 0), (11, 12, 5, true, 1)];
+        assert_eq!(check_real_time(&mut ops, name).len(), 1);
     }
 
     #[test]
