@@ -229,8 +229,7 @@ async fn take_snapshots(
     let snapshots = ctx.platform.snapshots(&names.namespace).await?;
     let mut jobs = std::collections::BTreeMap::new();
     for s in snapshots.iter().filter(|s| s.spec.cluster == names.cluster) {
-        let phase = s.status.as_ref().and_then(|st| st.phase.as_deref());
-        if !matches!(phase, Some(backup::phase::SUCCEEDED | backup::phase::FAILED)) {
+        if !backup::finished(s) {
             let job = build::snapshot_job_name(s);
             if let Some(state) = ctx.platform.job(&names.namespace, &job).await? {
                 jobs.insert(job, state);

@@ -1020,13 +1020,18 @@ async fn each_recorded_step_makes_its_one_change_then_records_the_next() {
     }
 }
 
+/// Starts the snapshot controller's reconcile of a new snapshot (no status yet) of `example`.
+fn reconcile_new_snapshot() -> (tokio::task::JoinHandle<Result<Action, Error>>, ApiServerVerifier) {
+    let (ctx, api) = fixtures::context(Arc::new(FakeProbe::default()));
+    let snapshot: LodestoneSnapshot = serde_json::from_value(snapshot_object(Value::Null)).expect("snapshot");
+    (tokio::spawn(unclaimed::reconcile(Arc::new(snapshot), ctx)), api)
+}
+
 /// A snapshot naming a cluster that does not exist is not left without a status: the
 /// snapshot controller reads the cluster, finds none, and says so in the snapshot.
 #[tokio::test]
 async fn a_snapshot_of_a_missing_cluster_says_so_in_its_status() {
-    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
-    let snapshot: LodestoneSnapshot = serde_json::from_value(snapshot_object(Value::Null)).expect("snapshot");
-    let task = tokio::spawn(unclaimed::reconcile(Arc::new(snapshot), ctx));
+    let (task, mut api) = reconcile_new_snapshot();
     api.expect("GET", &format!("{LSC}/example")).await.not_found();
     let status = api.expect("PATCH", &format!("{SNAPSHOTS}/nightly/status")).await;
     assert_eq!(status.body["status"]["phase"], "Pending");
@@ -1050,9 +1055,7 @@ async fn a_snapshot_of_a_missing_cluster_says_so_in_its_status() {
 /// A snapshot of a cluster that exists is left to that cluster's reconcile.
 #[tokio::test]
 async fn a_snapshot_of_an_existing_cluster_is_left_to_its_cluster() {
-    let (ctx, mut api) = fixtures::context(Arc::new(FakeProbe::default()));
-    let snapshot: LodestoneSnapshot = serde_json::from_value(snapshot_object(Value::Null)).expect("snapshot");
-    let task = tokio::spawn(unclaimed::reconcile(Arc::new(snapshot), ctx));
+    let (task, mut api) = reconcile_new_snapshot();
     let cluster = fixtures::sample("lodestonecluster-3-members.yaml");
     api.expect("GET", &format!("{LSC}/example"))
         .await

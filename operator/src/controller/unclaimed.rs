@@ -15,18 +15,17 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::Context;
-use super::backup::phase;
+use super::backup::{finished, phase};
 use crate::Error;
 use crate::crd::{LodestoneSnapshot, LodestoneSnapshotStatus};
 
 /// The status an unfinished snapshot of a missing cluster should have; `None` when nothing
 /// is to be written (finished, its cluster exists, or the status says so already).
 pub fn decide(snapshot: &LodestoneSnapshot, cluster_exists: bool) -> Option<LodestoneSnapshotStatus> {
-    let old = snapshot.status.clone().unwrap_or_default();
-    let finished = matches!(old.phase.as_deref(), Some(phase::SUCCEEDED | phase::FAILED));
-    if finished || cluster_exists {
+    if finished(snapshot) || cluster_exists {
         return None;
     }
+    let old = snapshot.status.clone().unwrap_or_default();
     let new = LodestoneSnapshotStatus {
         phase: Some(phase::PENDING.into()),
         message: Some(format!(

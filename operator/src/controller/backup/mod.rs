@@ -76,7 +76,8 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, croner::errors::CronError>
     CronParser::builder().seconds(Seconds::Optional).build().parse(schedule)
 }
 
-fn finished(s: &LodestoneSnapshot) -> bool {
+/// Whether a snapshot reached its end (succeeded or failed).
+pub fn finished(s: &LodestoneSnapshot) -> bool {
     matches!(
         s.status.as_ref().and_then(|st| st.phase.as_deref()),
         Some(phase::SUCCEEDED | phase::FAILED)
