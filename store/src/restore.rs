@@ -215,10 +215,9 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, RestoreError> {
             let mut batch = rocksdb::WriteBatch::default();
             batch.put_cf(&meta_cf, b"meta", crate::mvcc::encode_meta(&meta));
             batch.delete_cf(&meta_cf, b"alarms");
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(true);
-            db.write_opt(batch, &wo).map_err(std::io::Error::other)?;
-            db.flush().map_err(std::io::Error::other)?;
+            db.write_opt(batch, &crate::mvcc::unlogged())
+                .map_err(std::io::Error::other)?;
+            crate::mvcc::flush_all(&db).map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         // Opening it writes the CURRENT_DB pointer and checks the result reads back.
         let sm = StateMachine::open(&sm_dir)?;

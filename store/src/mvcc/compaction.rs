@@ -16,7 +16,7 @@
 //! compaction drops it), and HashKV counts only what the compaction keeps, so members agree
 //! on the hash however far each has got.
 
-use rocksdb::{DB, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Revision, index_key, revision_key, split_index_key};
@@ -154,11 +154,9 @@ impl Mvcc {
             PROGRESS_KEY,
             bincode::serialize(&p).expect("progress serializes"),
         );
-        // Not synced, like every state-machine write: a crash loses the step and its
-        // progress together, and the pass redoes it.
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        db.write_opt(batch, &wo)?;
+        // Unlogged, like every state-machine write: a crash loses the step and its
+        // progress together (one flush holds both or neither), and the pass redoes it.
+        db.write_opt(batch, &super::unlogged())?;
         Ok(step)
     }
 }

@@ -7,7 +7,8 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode};
 
 use super::compaction::kept_by_compaction;
 use super::keys::{Revision, index_key, parse_revision_key, revision_key, split_index_key};
-use super::{CF_INDEX, CF_KV, CF_META, Meta, Mvcc, cf, decode_kv};
+use super::read::read_meta_at;
+use super::{CF_INDEX, CF_KV, CF_META, Mvcc, cf, decode_kv};
 use crate::error::{Result, StoreError};
 use crate::proto::mvccpb::KeyValue;
 
@@ -51,12 +52,7 @@ impl Mvcc {
     pub fn history(&self, from: i64, to: i64, with_prev: bool) -> Result<History> {
         let db = self.db();
         let snap = db.snapshot();
-        let meta: Meta = match snap.get_cf(cf(&db, CF_META)?, b"meta")? {
-            None => Meta::default(),
-            Some(b) => {
-                bincode::deserialize(&b).map_err(|e| StoreError::Storage(format!("corrupt meta record: {e}")))?
-            }
-        };
+        let meta = read_meta_at(&db, &snap)?;
         let to = to.min(meta.revision);
         let mut out = History {
             changes: Vec::new(),
@@ -141,12 +137,7 @@ impl Mvcc {
     pub fn hash_kv(&self, rev: i64) -> Result<KvHash> {
         let db = self.db();
         let snap = db.snapshot();
-        let meta: Meta = match snap.get_cf(cf(&db, CF_META)?, b"meta")? {
-            None => Meta::default(),
-            Some(b) => {
-                bincode::deserialize(&b).map_err(|e| StoreError::Storage(format!("corrupt meta record: {e}")))?
-            }
-        };
+        let meta = read_meta_at(&db, &snap)?;
         if rev > meta.revision {
             return Err(StoreError::FutureRev);
         }
@@ -182,6 +173,7 @@ impl Mvcc {
     pub fn hash_all(&self) -> Result<(u32, i64)> {
         let db = self.db();
         let snap = db.snapshot();
+        let meta = read_meta_at(&db, &snap)?;
         let mut crc = 0u32;
         for name in super::FAMILIES {
             if name == CF_META {
@@ -190,16 +182,13 @@ impl Mvcc {
             crc = crc32c::crc32c_append(crc, name.as_bytes());
             for item in db.iterator_cf_opt(cf(&db, name)?, opts(&snap, None), IteratorMode::Start) {
                 let (k, v) = item?;
+                if super::pending(name, &k, meta.revision) {
+                    continue;
+                }
                 crc = crc32c::crc32c_append(crc, &k);
                 crc = crc32c::crc32c_append(crc, &v);
             }
         }
-        let meta: Meta = match snap.get_cf(cf(&db, CF_META)?, b"meta")? {
-            None => Meta::default(),
-            Some(b) => {
-                bincode::deserialize(&b).map_err(|e| StoreError::Storage(format!("corrupt meta record: {e}")))?
-            }
-        };
         Ok((crc, meta.revision))
     }
 
@@ -208,10 +197,11 @@ impl Mvcc {
     /// atomically, and nothing logical changes.
     pub fn defragment(&self) -> Result<()> {
         let db = self.db();
+        // All families in one flush: one family flushed on its own would put on disk a
+        // state that no whole batch ever had (the writes are unlogged; see the module docs).
+        super::flush_all(&db)?;
         for name in super::FAMILIES {
-            let h = cf(&db, name)?;
-            db.flush_cf(h)?;
-            db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
+            db.compact_range_cf(cf(&db, name)?, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }

@@ -153,14 +153,13 @@ impl ReadView {
     }
 }
 
-fn read_meta_at(db: &DB, snap: &SnapshotWithThreadMode<'_, DB>) -> Result<Meta> {
-    let cf = db
-        .cf_handle(super::CF_META)
-        .ok_or_else(|| StoreError::Storage("missing meta column family".into()))?;
-    match snap.get_cf(&cf, b"meta")? {
-        None => Ok(Meta::default()),
-        Some(b) => bincode::deserialize(&b).map_err(|e| StoreError::Storage(format!("corrupt meta record: {e}"))),
-    }
+/// The meta record as of `snap`.
+pub(super) fn read_meta_at(db: &DB, snap: &SnapshotWithThreadMode<'_, DB>) -> Result<Meta> {
+    super::decode_meta(
+        &snap
+            .get_cf(super::cf(db, super::CF_META)?, b"meta")?
+            .unwrap_or_default(),
+    )
 }
 
 /// A snapshot of the database plus the meta record as of that snapshot.

@@ -593,3 +593,78 @@ fn a_large_delete_range_drops_exactly_its_keys() {
     drop(m);
     check(&Mvcc::open(&dir.path().join("db")).unwrap());
 }
+
+/// A large DeleteRange alone in its batch writes its history ahead, in pieces. Until the
+/// batch commits nothing of it shows (reads, watch history, the whole-state hash); a batch
+/// lost after pieces reached RocksDB (a crash) leaves a state that the replay of the same
+/// request turns into exactly what an uninterrupted apply gives.
+#[test]
+fn history_written_ahead_shows_only_with_its_batch() {
+    // 1,500 keys of 2 kB: 6 MB of history, more than one piece.
+    const KEYS: usize = 1_500;
+    let key = |i: usize| format!("big/{i:05}/{}", "k".repeat(2_000));
+    let load = |m: &Mvcc| {
+        let mut t = m.write_txn().unwrap();
+        for i in 0..KEYS {
+            t.put(&put_req(&key(i), "v")).unwrap();
+        }
+        t.put(&put_req("big0", "neighbour")).unwrap();
+        t.commit(vec![]).unwrap();
+    };
+    let delete = DeleteRangeRequest {
+        key: "big/".into(),
+        range_end: "big0".into(),
+        prev_kv: false,
+    };
+
+    let (_d1, crashed) = store();
+    load(&crashed);
+    let before = crashed.meta().unwrap().revision;
+    let (hash_before, _) = crashed.hash_all().unwrap();
+    {
+        let mut t = crashed.write_txn().unwrap();
+        assert_eq!(t.delete_range(&delete).unwrap().deleted, KEYS as i64);
+        // Dropped uncommitted: the pieces are in RocksDB, the batch is lost.
+    }
+    let pieces = crashed
+        .db()
+        .iterator_cf(cf(&crashed.db(), CF_KV).unwrap(), rocksdb::IteratorMode::End)
+        .next()
+        .unwrap()
+        .unwrap();
+    let (rev, _) = keys::parse_revision_key(&pieces.0).unwrap();
+    assert_eq!(rev.main, before + 1, "some history was written ahead");
+    assert_eq!(crashed.meta().unwrap().revision, before);
+    assert_eq!(prefix(&crashed, "big/", 0).len(), KEYS, "no key is gone yet");
+    assert_eq!(
+        crashed.hash_all().unwrap().0,
+        hash_before,
+        "pending history is not state"
+    );
+    assert!(crashed.history(before + 1, i64::MAX, false).unwrap().changes.is_empty());
+
+    // The replay of the same request.
+    let mut t = crashed.write_txn().unwrap();
+    assert_eq!(t.delete_range(&delete).unwrap().deleted, KEYS as i64);
+    t.commit(vec![]).unwrap();
+    drop(t);
+
+    let (_d2, straight) = store();
+    load(&straight);
+    assert_eq!(del(&straight, "big/", "big0"), KEYS as i64);
+
+    for m in [&crashed, &straight] {
+        assert_eq!(m.meta().unwrap().revision, before + 1);
+        assert!(prefix(m, "big/", 0).is_empty());
+        assert_eq!(get(m, "big0", 0).unwrap().value, "neighbour");
+        let h = m.history(before + 1, before + 1, false).unwrap();
+        assert_eq!(h.changes.len(), KEYS);
+        assert!(
+            h.changes
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.deleted && c.rev.sub == i as i64)
+        );
+    }
+    assert_eq!(crashed.hash_all().unwrap(), straight.hash_all().unwrap());
+}

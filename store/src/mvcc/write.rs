@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
-use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{DB, ReadOptions, WriteBatch};
 
 use super::keys::{KeyRange, Revision, index_key, lease_attach_key, lease_record_key, revision_key};
 use super::read::{self, KvSource, RangeOutcome, scan_at_db, scan_latest_db, scan_latest_raw};
@@ -61,6 +61,9 @@ pub struct WriteTxn {
     /// of many keys, say) is not held in memory twice.
     direct: bool,
     staged: Vec<Staged>,
+    /// Whether the request in progress (a large DeleteRange alone in its batch) writes its
+    /// history records to RocksDB ahead of the batch, in pieces: see [`WriteTxn::write_ahead`].
+    ahead: bool,
     /// Where the request in progress's changes start in `history`.
     history_mark: usize,
     commit_lock: Arc<std::sync::RwLock<()>>,
@@ -88,6 +91,24 @@ pub(super) enum Staged {
 /// tombstones that every later read would have to consult.
 const RANGE_DELETION_MIN_KEYS: usize = 1_000;
 
+/// Size of the pieces a large DeleteRange writes its history in ([`WriteTxn::write_ahead`]),
+/// and the room one more key's records may take past it.
+const AHEAD_PIECE_BYTES: usize = 4 << 20;
+const AHEAD_PIECE_SLACK: usize = 64 << 10;
+
+/// Whether a stored record is history written ahead of its batch by a large DeleteRange
+/// (see [`WriteTxn::write_ahead`]): a `kv` or `index` record above the store `revision`
+/// as the same view's meta record gives it. Such records are not part of the state yet;
+/// whatever copies or hashes all records leaves them out.
+pub fn pending(family: &str, key: &[u8], revision: i64) -> bool {
+    let rev = match family {
+        CF_KV => super::keys::parse_revision_key(key).map(|(r, _)| r),
+        CF_INDEX => super::keys::split_index_key(key).map(|(_, r)| r),
+        _ => None,
+    };
+    rev.is_some_and(|r| r.main > revision)
+}
+
 impl WriteTxn {
     pub(crate) fn new(db: Arc<DB>, meta: Meta, commit_lock: Arc<std::sync::RwLock<()>>) -> WriteTxn {
         let base_rev = meta.revision;
@@ -101,6 +122,7 @@ impl WriteTxn {
             sub: 0,
             direct: false,
             staged: Vec::new(),
+            ahead: false,
             history_mark: 0,
             commit_lock,
         }
@@ -133,15 +155,14 @@ impl WriteTxn {
     }
 
     /// Writes the batch and the meta record (with `applied`, the caller's bookkeeping) to
-    /// RocksDB in one atomic write. Not fsynced: see the module docs of `mvcc`.
+    /// RocksDB in one atomic write, to the memtables only: see the module docs of `mvcc`.
     pub fn commit(&mut self, applied: Vec<u8>) -> Result<()> {
         debug_assert!(self.staged.is_empty(), "commit inside a request");
         self.meta.applied = applied;
         let meta_cf = cf(&self.db, CF_META)?;
         self.batch.put_cf(meta_cf, b"meta", encode_meta(&self.meta));
         let batch = std::mem::take(&mut self.batch);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
+        let wo = super::unlogged();
         {
             let _exclusive = self.commit_lock.write().expect("commit lock");
             self.db.write_opt(batch, &wo)?;
@@ -173,6 +194,7 @@ impl WriteTxn {
                 }
                 self.sub = 0;
                 self.direct = false;
+                self.ahead = false;
                 Ok(v)
             }
             Err(e) => {
@@ -183,6 +205,15 @@ impl WriteTxn {
                 self.undo_overlay();
                 self.sub = 0;
                 self.direct = false;
+                // Pieces written ahead stay, unseen (above the revision) until the next
+                // request at this revision overwrites them: only if that request writes as
+                // many records. It would not, so a failure after writing ahead (storage
+                // errors only: the request's victims were known) must fail the apply.
+                if std::mem::take(&mut self.ahead) {
+                    return Err(StoreError::Storage(format!(
+                        "a DeleteRange failed after writing its history ahead: {e}"
+                    )));
+                }
                 Err(e)
             }
         }
@@ -194,7 +225,43 @@ impl WriteTxn {
             self.staged.push(op);
             return Ok(());
         }
+        if self.ahead {
+            return self.write_ahead(op);
+        }
         self.add_to_batch(op)
+    }
+
+    /// A write of a large DeleteRange alone in its batch. Its history records (a tombstone
+    /// and an index entry per key, each carrying the key: 600 bytes a key for 256-byte keys)
+    /// go to RocksDB in pieces of [`AHEAD_PIECE_BYTES`] while the keys are visited, and
+    /// everything else (the `latest` deletion, lease detachments) waits for the batch, which
+    /// commits with the meta record as always. One batch of it all grew to 100 MB for the
+    /// `check perf` cleanup, and filling that much fresh memory was most of the apply's time.
+    ///
+    /// The records written ahead are at the revision the batch will commit (meta's plus
+    /// one), which nothing reads until the meta record says the store reached it: reads and
+    /// watch history stop at the meta revision, and snapshots and hashes leave records above
+    /// it out ([`pending`]). A crash that keeps some pieces but not the batch leaves them
+    /// for the replay of the same entry, which visits the same keys (`latest` did not
+    /// change) and writes the same records at the same revisions over them.
+    fn write_ahead(&mut self, op: Staged) -> Result<()> {
+        match op {
+            Staged::Put(name, ..) if name == CF_KV || name == CF_INDEX => {
+                self.add_to_batch(op)?;
+                if self.batch.size_in_bytes() >= AHEAD_PIECE_BYTES {
+                    let piece = std::mem::replace(
+                        &mut self.batch,
+                        WriteBatch::with_capacity_bytes(AHEAD_PIECE_BYTES + AHEAD_PIECE_SLACK),
+                    );
+                    self.db.write_opt(piece, &super::unlogged())?;
+                }
+                Ok(())
+            }
+            other => {
+                self.staged.push(other);
+                Ok(())
+            }
+        }
     }
 
     /// Moves a succeeded request's staged writes into the batch, in order.
@@ -569,6 +636,8 @@ impl WriteTxn {
         };
         match (victims.first(), victims.last()) {
             (Some(first), Some(last)) if victims.len() >= RANGE_DELETION_MIN_KEYS => {
+                // Alone in its batch: its history goes to RocksDB ahead, in pieces.
+                self.ahead = self.direct;
                 for kv in &victims {
                     self.delete_key_history(&kv.key, kv.lease)?;
                 }

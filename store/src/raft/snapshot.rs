@@ -75,6 +75,10 @@ pub fn write(
         .map_err(std::io::Error::other)?
         .unwrap_or_default();
     let meta = meta_of(&raw_meta)?;
+    // History a large DeleteRange wrote ahead of its batch is not state yet.
+    let revision = crate::mvcc::decode_meta(&raw_meta)
+        .map_err(|e| bad(e.to_string()))?
+        .revision;
 
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp)?;
@@ -93,6 +97,9 @@ pub fn write(
             .ok_or_else(|| bad(format!("missing {name} column family")))?;
         for item in snap.iterator_cf(&cf, IteratorMode::Start) {
             let (k, v) = item.map_err(std::io::Error::other)?;
+            if crate::mvcc::pending(name, &k, revision) {
+                continue;
+            }
             w.write_all(&[i as u8])?;
             w.write_all(&(k.len() as u32).to_be_bytes())?;
             w.write_all(&k)?;
@@ -193,16 +200,19 @@ pub fn load(path: &Path, db: &DB) -> std::io::Result<SnapshotMeta> {
                 .ok_or_else(|| bad(format!("missing {name} column family")))?,
         );
     }
+    let wo = crate::mvcc::unlogged();
     let mut batch = WriteBatch::default();
     let meta = read_records(path, |family, k, v| {
         batch.put_cf(handles[family], k, v);
         if batch.size_in_bytes() > 8 << 20 {
-            db.write(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
+            db.write_opt(std::mem::take(&mut batch), &wo)
+                .map_err(std::io::Error::other)?;
         }
         Ok(())
     })?;
-    db.write(batch).map_err(std::io::Error::other)?;
-    db.flush().map_err(std::io::Error::other)?;
+    db.write_opt(batch, &wo).map_err(std::io::Error::other)?;
+    // On disk before the caller switches to this instance (its writes are unlogged).
+    crate::mvcc::flush_all(db).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(meta)
 }
 
