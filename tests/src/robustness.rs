@@ -911,8 +911,15 @@ pub async fn run(config: &Config) -> Result<Report, String> {
                 tokio::time::sleep(hold).await;
                 cluster.set_full(anyone, false)?;
                 // A member may stop on a write it cannot make (as etcd does); it is started
-                // again once there is room.
-                let stopped = !cluster.running(anyone);
+                // again once there is room, as its pod's kubelet would. Stopping (draining
+                // clients, closing storage) takes a moment after the failed write, which may
+                // have come at the end of the hold: give it that moment.
+                let mut stopped = !cluster.running(anyone);
+                let grace = Instant::now() + Duration::from_secs(3);
+                while !stopped && Instant::now() < grace {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    stopped = !cluster.running(anyone);
+                }
                 if stopped {
                     cluster.kill(anyone);
                     cluster.spawn(anyone, "new")?;
