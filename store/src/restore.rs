@@ -199,18 +199,10 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, RestoreError> {
             let db = crate::mvcc::open_db(&sm_dir.join("db-0")).map_err(|e| std::io::Error::other(e.to_string()))?;
             crate::raft::snapshot::load(&args.file, &db)?;
             // Forget the old cluster: Raft position, membership, attributes, alarms.
+            let mut meta = crate::mvcc::read_meta(&db).map_err(|e| std::io::Error::other(e.to_string()))?;
             let meta_cf = db
                 .cf_handle(crate::mvcc::CF_META)
                 .ok_or_else(|| std::io::Error::other("missing meta column family"))?;
-            let raw = db
-                .get_cf(&meta_cf, b"meta")
-                .map_err(std::io::Error::other)?
-                .unwrap_or_default();
-            let mut meta: crate::mvcc::Meta = if raw.is_empty() {
-                crate::mvcc::Meta::default()
-            } else {
-                bincode::deserialize(&raw).map_err(std::io::Error::other)?
-            };
             meta.applied = AppliedState::default().encode();
             let mut batch = rocksdb::WriteBatch::default();
             batch.put_cf(&meta_cf, b"meta", crate::mvcc::encode_meta(&meta));

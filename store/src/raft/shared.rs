@@ -107,12 +107,7 @@ impl Shared {
     /// and returns the Raft position it reflects.
     pub(super) fn export(&self, path: &Path) -> std::io::Result<SnapshotMeta> {
         let db = self.mvcc.db();
-        snapshot::write(&db, path, |raw| {
-            let m: crate::mvcc::Meta = if raw.is_empty() {
-                crate::mvcc::Meta::default()
-            } else {
-                bincode::deserialize(raw).map_err(|e| io_err(format!("corrupt meta record: {e}")))?
-            };
+        snapshot::write(&db, path, |m| {
             let s = AppliedState::decode(&m.applied)?;
             Ok(SnapshotMeta {
                 last_log_id: s.last_applied,

@@ -62,11 +62,12 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Writes every column family of `db`, as seen by one RocksDB snapshot, to `path`
-/// (fsynced), and returns the meta record found in that same view.
+/// (fsynced), and returns the snapshot meta that `meta_of` makes of the store's meta record
+/// in that same view.
 pub fn write(
     db: &DB,
     path: &Path,
-    meta_of: impl FnOnce(&[u8]) -> std::io::Result<SnapshotMeta>,
+    meta_of: impl FnOnce(&crate::mvcc::Meta) -> std::io::Result<SnapshotMeta>,
 ) -> std::io::Result<SnapshotMeta> {
     let snap = db.snapshot();
     let meta_cf = db.cf_handle(CF_META).ok_or_else(|| bad("missing meta column family"))?;
@@ -74,11 +75,10 @@ pub fn write(
         .get_cf(&meta_cf, b"meta")
         .map_err(std::io::Error::other)?
         .unwrap_or_default();
-    let meta = meta_of(&raw_meta)?;
+    let store_meta = crate::mvcc::decode_meta(&raw_meta).map_err(|e| bad(e.to_string()))?;
+    let meta = meta_of(&store_meta)?;
     // History a large DeleteRange wrote ahead of its batch is not state yet.
-    let revision = crate::mvcc::decode_meta(&raw_meta)
-        .map_err(|e| bad(e.to_string()))?
-        .revision;
+    let revision = store_meta.revision;
 
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp)?;
