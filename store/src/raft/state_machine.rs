@@ -402,6 +402,15 @@ mod tests {
             assert_eq!(*member.shared.auth(), *applied);
             member.sync().unwrap();
         }
+        // A restart is a new process, after the old one removed the instance it replaced (or
+        // died, leaving it to `open`). In one process, reopening while the retiring thread
+        // still closes and removes `db-0` would race it for the directory.
+        let replaced = root.join("db-0");
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while replaced.exists() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!replaced.exists(), "the replaced instance was never removed");
         let reopened = StateMachine::open(&root).unwrap();
         assert_eq!(*reopened.shared.auth(), *applied, "read back from storage");
         assert_eq!(reopened.shared.auth().password_hash("root").unwrap(), "hash");
