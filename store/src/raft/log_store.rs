@@ -4,18 +4,36 @@
 //! Durability contract with openraft: an append is reported flushed (`IOFlushed`) only after
 //! the RocksDB WAL holding it has been fsynced, and a vote is saved only once synced.
 //!
-//! Group commit: a **writer thread** applies every write in submission order without sync
-//! (so entries are readable as soon as `append` returns) and hands the completion to a
-//! **flusher thread**. The flusher takes every completion queued so far, issues one
-//! `flush_wal(sync)` and completes them all. While one fsync runs, further appends are
-//! written and queue up for the next one: one fsync covers every entry appended meanwhile.
+//! Group commit: every write is applied in submission order without sync (so entries are
+//! readable as soon as `append` returns) and its completion goes to a **flusher thread**.
+//! The flusher takes every completion queued so far, issues one `flush_wal(sync)` and
+//! completes them all. While one fsync runs, further appends are written and queue up for
+//! the next one: one fsync covers every entry appended meanwhile.
+//!
+//! A small append is written on the caller's task when nothing is queued ahead of it and
+//! RocksDB can take it without waiting (`no_slowdown`: a memtable insert and a buffered WAL
+//! write); everything else, and an append RocksDB would make wait (a write stall), goes
+//! through a **writer thread** that keeps submission order. The inline path spares a small
+//! append (the common case below heavy load) two thread hops on its way to the followers and
+//! to its fsync; a large one is worth the hops, as the caller keeps working while it is
+//! written.
 //!
 //! Truncation and purge are written unsynced; the next synced write to the same WAL makes
 //! them durable before anything that depends on them is acknowledged.
+//!
+//! The **tail**: the newest entries also stay in memory (bounded by count and size), because
+//! almost every read of the log wants them: the leader sends each entry to every follower
+//! just after appending it, and every member applies it just after it commits. Served from
+//! the tail, those reads cost a clone of reference-counted buffers instead of a hop to a
+//! blocking thread, a RocksDB seek and a decode. The tail only ever holds entries RocksDB
+//! holds too: appends enter it after their write, truncation and purge leave it before
+//! theirs.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,7 +42,9 @@ use std::time::Instant;
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{LogIdOf, VoteOf};
-use rocksdb::{ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use tokio::sync::oneshot;
 
 use super::TypeConfig;
@@ -40,6 +60,15 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_IDENTITY: &[u8] = b"identity";
+
+/// Appends up to this many encoded bytes may be written on the caller's task.
+const INLINE_BYTES: usize = 32 << 10;
+
+/// At most this many of the newest entries stay in memory...
+const TAIL_ENTRIES: usize = 8192;
+/// ...and at most this many bytes of them (their encoded size). Values are reference-counted
+/// buffers that may share a larger receive buffer, so the count bound matters as much.
+const TAIL_BYTES: usize = 32 << 20;
 
 /// Makes the state machine durable before log entries it was built from are purged.
 pub type DurabilityBarrier = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
@@ -68,13 +97,117 @@ enum Waiter {
     Done(oneshot::Sender<std::io::Result<()>>),
 }
 
+/// The newest entries of the log, consecutive, each with its encoded size; empty or ending at
+/// the last entry RocksDB holds.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Adds entries just written after the last one, dropping the oldest beyond the bounds.
+    fn extend(&mut self, appended: Vec<(Entry, usize)>) {
+        let Some((first, _)) = appended.first() else {
+            return;
+        };
+        // Entries that do not continue the tail start a new one (openraft truncates or purges
+        // before it appends out of sequence, so this is a guard, not a path).
+        if self.last_index().is_some_and(|l| l + 1 != first.log_id.index) {
+            self.clear();
+        }
+        for (e, size) in appended {
+            self.bytes += size;
+            self.entries.push_back((e, size));
+        }
+        while self.entries.len() > TAIL_ENTRIES || self.bytes > TAIL_BYTES {
+            let Some((_, size)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets entries from `index` on.
+    fn truncate_from(&mut self, index: u64) {
+        while self.last_index().is_some_and(|l| l >= index) {
+            let (_, size) = self.entries.pop_back().expect("non-empty");
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets entries up to and including `index`.
+    fn purge_to(&mut self, index: u64) {
+        while self.first_index().is_some_and(|f| f <= index) {
+            let (_, size) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries `start..end` (`end` `None`: to the last), if the tail holds all of them.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.last_index()?;
+        let end = end.unwrap_or(last + 1);
+        if end <= start {
+            // Nothing lies there (past the end when `end` was open): as RocksDB would answer.
+            return Some(Vec::new());
+        }
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
+}
+
+/// The ways into the writer and flusher threads (`None` once closed).
+struct Queues {
+    jobs: std_mpsc::Sender<Job>,
+    flusher: std_mpsc::Sender<Waiter>,
+}
+
 struct Inner {
     db: Arc<DB>,
-    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
+    tail: Mutex<Tail>,
+    queues: Mutex<Option<Queues>>,
+    /// Jobs sent to the writer thread that it has not finished: an append may be written
+    /// inline only when this is zero, so it never overtakes one.
+    queued: Arc<AtomicUsize>,
     /// `(last_purged, last_log_id)` as openraft must see them.
     state: Mutex<(Option<LogId>, Option<LogId>)>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     barrier: Mutex<Option<DurabilityBarrier>>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: stop the threads, whose handles on the database are the
+    /// last ones, so RocksDB closes here and not while the process exits (its static state
+    /// torn down under a database still open aborts the process).
+    fn drop(&mut self) {
+        if let Ok(queues) = self.queues.get_mut() {
+            queues.take();
+        }
+        if let Ok(threads) = self.threads.get_mut() {
+            for t in std::mem::take(threads) {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// The RocksDB-backed Raft log store. Clones share one instance.
@@ -144,9 +277,11 @@ impl LogStore {
         let (tx, rx) = std_mpsc::channel::<Job>();
         let (ftx, frx) = std_mpsc::channel::<Waiter>();
         let wdb = db.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (wq, wftx) = (queued.clone(), ftx.clone());
         let writer = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer_loop(wdb, rx, ftx))?;
+            .spawn(move || writer_loop(wdb, rx, wftx, wq))?;
         let fdb = db.clone();
         let flusher = std::thread::Builder::new()
             .name("wal-fsync".into())
@@ -155,7 +290,9 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 db,
-                jobs: Mutex::new(Some(tx)),
+                tail: Mutex::new(Tail::default()),
+                queues: Mutex::new(Some(Queues { jobs: tx, flusher: ftx })),
+                queued,
                 state: Mutex::new((last_purged, last_log)),
                 threads: Mutex::new(vec![writer, flusher]),
                 barrier: Mutex::new(None),
@@ -197,7 +334,7 @@ impl LogStore {
 
     /// Stops the writer and flusher threads after they finish queued work.
     pub fn close(&self) {
-        self.inner.jobs.lock().expect("jobs lock").take();
+        self.inner.queues.lock().expect("queues lock").take();
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
         for t in threads {
             let _ = t.join();
@@ -205,9 +342,59 @@ impl LogStore {
     }
 
     fn send(&self, job: Job) -> std::io::Result<()> {
-        let guard = self.inner.jobs.lock().expect("jobs lock");
-        let tx = guard.as_ref().ok_or_else(|| io_err("write-ahead log is closed"))?;
-        tx.send(job).map_err(|_| io_err("write-ahead log writer stopped"))
+        let guard = self.inner.queues.lock().expect("queues lock");
+        let queues = guard.as_ref().ok_or_else(|| io_err("write-ahead log is closed"))?;
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        queues.jobs.send(job).map_err(|_| {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            io_err("write-ahead log writer stopped")
+        })
+    }
+
+    /// Writes `records` on the calling task if nothing is queued ahead and RocksDB takes them
+    /// without waiting; `false` when they must go through the writer thread instead.
+    fn write_inline(&self, records: &[(u64, Vec<u8>)]) -> std::io::Result<bool> {
+        let bytes: usize = records.iter().map(|(_, b)| b.len()).sum();
+        if bytes > INLINE_BYTES || self.inner.queued.load(Ordering::Acquire) != 0 {
+            return Ok(false);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        wo.set_no_slowdown(true);
+        match self.inner.db.write_opt(self.log_batch(records), &wo) {
+            Ok(()) => Ok(true),
+            // A write stall: RocksDB would have made the caller wait; the writer thread will.
+            Err(e) if e.kind() == ErrorKind::Incomplete => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// Hands an append written inline to the flusher for its fsync.
+    fn await_fsync(&self, flushed: IOFlushed<TypeConfig>) -> std::io::Result<()> {
+        let guard = self.inner.queues.lock().expect("queues lock");
+        let sent = match guard.as_ref() {
+            Some(queues) => queues.flusher.send(Waiter::Flushed(flushed)).map_err(|e| e.0),
+            None => Err(Waiter::Flushed(flushed)),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(waiter) => {
+                let e = io_err("write-ahead log flusher stopped");
+                if let Waiter::Flushed(cb) = waiter {
+                    cb.io_completed(Err(io_err(&e)));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn log_batch(&self, records: &[(u64, Vec<u8>)]) -> WriteBatch {
+        let cf = self.inner.db.cf_handle(CF_LOG).expect("log cf");
+        let mut batch = WriteBatch::default();
+        for (index, bytes) in records {
+            batch.put_cf(&cf, idx_key(*index), bytes);
+        }
+        batch
     }
 
     async fn submit_synced(&self, batch: WriteBatch) -> std::io::Result<()> {
@@ -247,10 +434,12 @@ impl LogStore {
     }
 }
 
-fn writer_loop(db: Arc<DB>, rx: std_mpsc::Receiver<Job>, flusher: std_mpsc::Sender<Waiter>) {
+fn writer_loop(db: Arc<DB>, rx: std_mpsc::Receiver<Job>, flusher: std_mpsc::Sender<Waiter>, queued: Arc<AtomicUsize>) {
     let mut wo = WriteOptions::default();
     wo.set_sync(false);
     while let Ok(job) = rx.recv() {
+        // Counted down on every way out of this iteration, after the completion is handed on.
+        let _done = CountDown(&queued);
         match job {
             Job::Append {
                 batch,
@@ -278,6 +467,14 @@ fn writer_loop(db: Arc<DB>, rx: std_mpsc::Receiver<Job>, flusher: std_mpsc::Send
                 let _ = done.send(db.write_opt(batch, &wo).map_err(io_err));
             }
         }
+    }
+}
+
+struct CountDown<'a>(&'a AtomicUsize);
+
+impl Drop for CountDown<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -324,6 +521,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (start, end) = range_to_bounds(&range);
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.inner.tail.lock().expect("tail lock").get(start, end) {
+            return Ok(entries);
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_range(start, end))
@@ -383,24 +583,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.inner.db.cf_handle(CF_LOG).expect("log cf");
-        let mut batch = WriteBatch::default();
-        let mut last = None;
+        let mut records = Vec::new();
+        let mut appended = Vec::new();
         for e in entries {
-            batch.put_cf(&cf, idx_key(e.log_id.index), encode(&e));
-            last = Some(e.log_id);
+            let bytes = encode(&e);
+            records.push((e.log_id.index, bytes));
+            appended.push((e, records.last().map_or(0, |(_, b)| b.len())));
         }
-        let Some(last) = last else {
+        let Some(last) = appended.last().map(|(e, _)| e.log_id) else {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let (written, rx) = oneshot::channel();
-        self.send(Job::Append {
-            batch,
-            written,
-            flushed: callback,
-        })?;
-        rx.await.map_err(|_| io_err("write-ahead log writer stopped"))??;
+        match self.write_inline(&records) {
+            Ok(true) => self.await_fsync(callback)?,
+            Ok(false) => {
+                let (written, rx) = oneshot::channel();
+                self.send(Job::Append {
+                    batch: self.log_batch(&records),
+                    written,
+                    flushed: callback,
+                })?;
+                rx.await.map_err(|_| io_err("write-ahead log writer stopped"))??;
+            }
+            Err(e) => {
+                callback.io_completed(Err(io_err(&e)));
+                return Err(e);
+            }
+        }
+        self.inner.tail.lock().expect("tail lock").extend(appended);
         self.inner.state.lock().expect("state lock").1 = Some(last);
         Ok(())
     }
@@ -411,6 +621,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::default();
         // delete_range excludes its end; u64::MAX is never a real index.
         b.delete_range_cf(&cf, idx_key(from), idx_key(u64::MAX));
+        self.inner.tail.lock().expect("tail lock").truncate_from(from);
         self.submit_plain(b).await?;
         let mut st = self.inner.state.lock().expect("state lock");
         st.1 = match (last_log_id, st.1.take()) {
@@ -435,6 +646,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::default();
         b.put_cf(&meta, KEY_PURGED, encode(&log_id));
         b.delete_range_cf(&log, idx_key(0), idx_key(log_id.index + 1));
+        self.inner.tail.lock().expect("tail lock").purge_to(log_id.index);
         self.submit_plain(b).await?;
         let mut st = self.inner.state.lock().expect("state lock");
         if st.1.as_ref().is_none_or(|l| l.index < log_id.index) {
@@ -442,5 +654,90 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         st.0 = Some(log_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::entry::RaftEntry;
+
+    fn entry(index: u64) -> (Entry, usize) {
+        (
+            Entry::new_blank(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+            100,
+        )
+    }
+
+    fn tail_of(range: std::ops::RangeInclusive<u64>) -> Tail {
+        let mut t = Tail::default();
+        t.extend(range.map(entry).collect());
+        t
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn the_tail_answers_only_ranges_it_holds_whole() {
+        let t = tail_of(5..=9);
+        assert_eq!(indexes(t.get(5, Some(10))), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(t.get(7, None)), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(t.get(6, Some(8))), Some(vec![6, 7]));
+        assert_eq!(indexes(t.get(10, None)), Some(vec![]), "just past the end: nothing");
+        assert_eq!(indexes(t.get(20, None)), Some(vec![]), "far past the end: nothing");
+        assert_eq!(indexes(t.get(4, Some(8))), None, "starts before the tail: RocksDB");
+        assert_eq!(indexes(t.get(8, Some(11))), None, "ends past the tail: RocksDB");
+        assert_eq!(
+            indexes(Tail::default().get(1, None)),
+            None,
+            "an empty tail knows nothing"
+        );
+    }
+
+    #[test]
+    fn truncation_and_purge_leave_the_tail_before_they_reach_rocksdb() {
+        let mut t = tail_of(1..=10);
+        t.truncate_from(8);
+        assert_eq!(indexes(t.get(1, None)), Some((1..=7).collect()));
+        assert_eq!(t.bytes, 700);
+        t.purge_to(3);
+        assert_eq!(indexes(t.get(4, None)), Some(vec![4, 5, 6, 7]));
+        assert_eq!(indexes(t.get(3, None)), None);
+        t.purge_to(100);
+        assert_eq!((t.entries.len(), t.bytes), (0, 0));
+        // After a purge past the end (a snapshot installed), appends start a new tail.
+        t.extend(vec![entry(101)]);
+        assert_eq!(indexes(t.get(101, None)), Some(vec![101]));
+    }
+
+    #[test]
+    fn entries_out_of_sequence_start_a_new_tail() {
+        let mut t = tail_of(1..=3);
+        t.extend(vec![entry(7), entry(8)]);
+        assert_eq!(indexes(t.get(7, None)), Some(vec![7, 8]));
+        assert_eq!(indexes(t.get(3, None)), None);
+        assert_eq!(t.bytes, 200);
+    }
+
+    #[test]
+    fn the_tail_keeps_only_the_newest_within_its_bounds() {
+        let mut t = Tail::default();
+        t.extend((1..=(TAIL_ENTRIES as u64 + 10)).map(entry).collect());
+        assert_eq!(t.entries.len(), TAIL_ENTRIES);
+        assert_eq!(t.first_index(), Some(11));
+        let mut t = Tail::default();
+        let big = |i| (entry(i).0, TAIL_BYTES / 2);
+        t.extend(vec![big(1), big(2), big(3)]);
+        assert_eq!(
+            (t.first_index(), t.last_index(), t.bytes),
+            (Some(2), Some(3), TAIL_BYTES)
+        );
+        // One entry larger than the whole bound leaves the tail empty rather than over it.
+        t.extend(vec![(entry(4).0, TAIL_BYTES + 1)]);
+        assert_eq!((t.entries.len(), t.bytes), (0, 0));
+        t.extend(vec![entry(5)]);
+        assert_eq!(indexes(t.get(5, None)), Some(vec![5]));
     }
 }
