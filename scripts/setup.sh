@@ -12,6 +12,8 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# jemalloc (the store's allocator) builds with its own configure and make.
+command -v make >/dev/null 2>&1 || need+=(make)
 # The fault suite puts members in network namespaces (`ip netns`).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # lodestone-bench draws its plot's labels with DejaVu Sans.
