@@ -35,7 +35,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -194,19 +194,24 @@ struct Inner {
     barrier: Mutex<Option<DurabilityBarrier>>,
 }
 
+impl Inner {
+    /// Stops the writer and flusher threads after they finish queued work.
+    fn stop(&self) {
+        // Also from `drop`, where a panic would abort: a poisoned lock still holds what to stop.
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Inner {
     /// The last handle is gone: stop the threads, whose handles on the database are the
     /// last ones, so RocksDB closes here and not while the process exits (its static state
     /// torn down under a database still open aborts the process).
     fn drop(&mut self) {
-        if let Ok(queues) = self.queues.get_mut() {
-            queues.take();
-        }
-        if let Ok(threads) = self.threads.get_mut() {
-            for t in std::mem::take(threads) {
-                let _ = t.join();
-            }
-        }
+        self.stop();
     }
 }
 
@@ -334,11 +339,7 @@ impl LogStore {
 
     /// Stops the writer and flusher threads after they finish queued work.
     pub fn close(&self) {
-        self.inner.queues.lock().expect("queues lock").take();
-        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
-        for t in threads {
-            let _ = t.join();
-        }
+        self.inner.stop();
     }
 
     fn send(&self, job: Job) -> std::io::Result<()> {
@@ -372,20 +373,17 @@ impl LogStore {
     /// Hands an append written inline to the flusher for its fsync.
     fn await_fsync(&self, flushed: IOFlushed<TypeConfig>) -> std::io::Result<()> {
         let guard = self.inner.queues.lock().expect("queues lock");
-        let sent = match guard.as_ref() {
-            Some(queues) => queues.flusher.send(Waiter::Flushed(flushed)).map_err(|e| e.0),
-            None => Err(Waiter::Flushed(flushed)),
+        let unsent = match guard.as_ref() {
+            Some(queues) => match queues.flusher.send(Waiter::Flushed(flushed)) {
+                Ok(()) => return Ok(()),
+                Err(std_mpsc::SendError(waiter)) => waiter,
+            },
+            None => Waiter::Flushed(flushed),
         };
-        match sent {
-            Ok(()) => Ok(()),
-            Err(waiter) => {
-                let e = io_err("write-ahead log flusher stopped");
-                if let Waiter::Flushed(cb) = waiter {
-                    cb.io_completed(Err(io_err(&e)));
-                }
-                Err(e)
-            }
+        if let Waiter::Flushed(cb) = unsent {
+            cb.io_completed(Err(io_err("write-ahead log flusher stopped")));
         }
+        Err(io_err("write-ahead log flusher stopped"))
     }
 
     fn log_batch(&self, records: &[(u64, Vec<u8>)]) -> WriteBatch {
@@ -587,8 +585,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut appended = Vec::new();
         for e in entries {
             let bytes = encode(&e);
+            let size = bytes.len();
             records.push((e.log_id.index, bytes));
-            appended.push((e, records.last().map_or(0, |(_, b)| b.len())));
+            appended.push((e, size));
         }
         let Some(last) = appended.last().map(|(e, _)| e.log_id) else {
             callback.io_completed(Ok(()));
@@ -710,6 +709,22 @@ mod tests {
         // After a purge past the end (a snapshot installed), appends start a new tail.
         t.extend(vec![entry(101)]);
         assert_eq!(indexes(t.get(101, None)), Some(vec![101]));
+    }
+
+    /// RocksDB locks its directory while open: a log whose last handle is gone reopens at
+    /// once only if dropping the handle closed the database (not some time later, when the
+    /// threads holding it notice, or never before the process exits).
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..5 {
+            let log = LogStore::open(dir.path()).unwrap();
+            let reader = log.clone();
+            log.save_identity(1, 2).await.unwrap();
+            drop(reader);
+            drop(log);
+            LogStore::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: reopening: {e}"));
+        }
     }
 
     #[test]
