@@ -27,6 +27,8 @@ struct Metrics {
     leadership_rounds: IntCounter,
     leadership_checks: IntCounter,
     watch_storage_reads: IntCounter,
+    forward_calls: IntCounter,
+    forwarded_writes: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -126,6 +128,14 @@ static M: LazyLock<Metrics> = LazyLock::new(|| {
             "lodestone_watch_storage_reads_total",
             "Watch catch-up rounds that read history from storage; caught-up streams share the watch cache instead.",
         ),
+        forward_calls: counter(
+            "lodestone_forward_calls_total",
+            "Calls in which this follower forwarded writes to its leader; writes that arrive together share one call.",
+        ),
+        forwarded_writes: counter(
+            "lodestone_forwarded_writes_total",
+            "Writes this follower forwarded to its leader.",
+        ),
         registry,
     }
 });
@@ -164,6 +174,12 @@ pub fn read_index_round(reads: usize) {
 pub fn leadership_round(waiting: usize) {
     M.leadership_rounds.inc();
     M.leadership_checks.inc_by(waiting as u64);
+}
+
+/// One call that forwarded `writes` writes to the leader.
+pub fn forward_call(writes: usize) {
+    M.forward_calls.inc();
+    M.forwarded_writes.inc_by(writes as u64);
 }
 
 pub fn watch_storage_read() {

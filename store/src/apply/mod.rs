@@ -43,12 +43,22 @@ pub struct Applying<'a> {
     pub tokens: &'a SimpleTokens,
 }
 
-fn refused(e: StoreError) -> pb::CommandResult {
+/// A command's failure as its result: how apply errors, and a forwarded batch's refusals,
+/// travel (see [`outcome`]).
+pub fn refused(e: StoreError) -> pb::CommandResult {
     pb::CommandResult {
         kind: Some(ResKind::Error(pb::ApplyError {
             code: e.code(),
             message: e.to_string(),
         })),
+    }
+}
+
+/// A command's result as its caller sees it: the error it carries, or the result itself.
+pub fn outcome(r: pb::CommandResult) -> Result<pb::CommandResult, StoreError> {
+    match r.kind {
+        Some(ResKind::Error(e)) => Err(StoreError::from_code(e.code, &e.message)),
+        _ => Ok(r),
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Member, compactor, corruption, events, leases, reads, watch_cache};
+use super::{Member, compactor, corruption, events, forward, leases, reads, watch_cache};
 use crate::config::{ClusterState, Config, ConfigError, InitialMember};
 use crate::peer::client::{self, Dialer, Peers};
 use crate::proto::lodestone as pb;
@@ -145,8 +145,16 @@ impl Member {
         if let Some(founders) = who.founders {
             consensus.initialize(founders).await;
         }
+        let tasks = TaskTracker::new();
+        let forwarder = forward::Forwarder::new(
+            cfg.max_request_bytes,
+            cfg.request_timeout(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let member = Arc::new(Member {
             id: who.id,
+            forwarder,
             reads: reads::ReadBarrier::new(reads::Scope::ThroughLeader),
             leadership: reads::ReadBarrier::new(reads::Scope::HereOnly),
             cfg,
@@ -164,7 +172,7 @@ impl Member {
             joined_as_learner: who.joined_as_learner,
             shutdown,
             failure: std::sync::Mutex::new(None),
-            tasks: TaskTracker::new(),
+            tasks,
             token_kind,
         });
         let m = &member;

@@ -108,7 +108,7 @@ impl Member {
         let routed = self.to_leader(Reroute::NotLeaderOrLost, |leader| async move {
             match leader {
                 Leader::Here => self.lease_query_here(&q).await,
-                Leader::Peer(mut c) => answer(c.lease(q).await),
+                Leader::Peer(_, mut c) => answer(c.lease(q).await),
             }
         });
         tokio::time::timeout(self.cfg.request_timeout(), routed)

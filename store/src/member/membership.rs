@@ -205,7 +205,7 @@ impl Member {
             async move {
                 match leader {
                     Leader::Here => self.change_membership_here(change).await,
-                    Leader::Peer(mut c) => answer(c.change_membership(MemberChange { change: Some(change) }).await),
+                    Leader::Peer(_, mut c) => answer(c.change_membership(MemberChange { change: Some(change) }).await),
                 }
             }
         });

@@ -8,6 +8,7 @@
 //!   background loops ([`StartError`] when it cannot).
 //! - [`route`]: the one way a request reaches the leader (here, or forwarded to a peer).
 //! - [`propose`]: replicated writes, with etcd's space quota and apply-lag limit.
+//! - [`forward`]: the writes a follower forwards to its leader, batched.
 //! - [`reads`]: the linearizable read barrier (ReadIndex batching) and serializable reads.
 //! - [`membership`]: membership changes on the leader: a pure decision, then its execution.
 //! - [`leases`]: lease ids, renewals and TTL queries on the leader's clock, and expiry.
@@ -22,6 +23,7 @@ pub mod bootstrap;
 pub mod compactor;
 pub mod corruption;
 mod events;
+mod forward;
 pub mod leases;
 pub mod membership;
 mod propose;
@@ -59,6 +61,8 @@ pub struct Member {
     sm: Arc<Shared>,
     log: LogStore,
     peers: Arc<Peers>,
+    /// Writes forwarded to the leader, batched per leader.
+    forwarder: Arc<forward::Forwarder>,
     /// Linearizable reads waiting for a ReadIndex round through the leader.
     reads: reads::ReadBarrier,
     /// Lease requests waiting for this leader's leadership to be confirmed.

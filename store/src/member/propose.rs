@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::Member;
-use super::route::{Leader, Reroute, answer};
+use super::route::{Leader, Reroute};
 use crate::error::{Result, StoreError};
 use crate::metrics;
 use crate::proto::etcdserverpb::AlarmType;
@@ -89,7 +89,7 @@ impl Member {
             async move {
                 match leader {
                     Leader::Here => self.propose_here(cmd).await,
-                    Leader::Peer(mut c) => answer(c.propose(cmd).await),
+                    Leader::Peer(id, c) => self.forwarder.propose(id, c, cmd).await,
                 }
             }
         });
@@ -108,6 +108,12 @@ impl Member {
     /// errors come back as [`StoreError`]s.
     pub async fn propose_here(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
         self.consensus.propose(cmd).await
+    }
+
+    /// Proposes the writes a follower forwarded together (see [`super::forward`]) on this
+    /// member, which must lead: one answer each, in order.
+    pub async fn propose_many_here(&self, cmds: Vec<pb::Command>) -> Result<Vec<pb::CommandResult>> {
+        self.consensus.propose_many(cmds).await
     }
 }
 

@@ -64,7 +64,7 @@ async fn round(member: &Member, scope: Scope) -> Result<u64> {
             let routed = member.to_leader(Reroute::NotLeaderAtMost(3), |leader| async {
                 match leader {
                     Leader::Here => member.local_read_index().await,
-                    Leader::Peer(mut c) => answer(c.read_index(ReadIndexRequest {}).await).map(|r| r.read_index),
+                    Leader::Peer(_, mut c) => answer(c.read_index(ReadIndexRequest {}).await).map(|r| r.read_index),
                 }
             });
             tokio::time::timeout(member.cfg.request_timeout(), routed)

@@ -15,8 +15,8 @@ use crate::raft::NodeId;
 pub enum Leader {
     /// This member leads.
     Here,
-    /// Another member leads; the client reaches it.
-    Peer(Client),
+    /// Another member leads (this id); the client reaches it.
+    Peer(NodeId, Client),
 }
 
 /// When a routed request may be tried again, with whoever leads by then.
@@ -76,7 +76,7 @@ impl Member {
                 call(Leader::Here).await
             } else {
                 match self.peer_client(leader) {
-                    Ok(c) => call(Leader::Peer(c)).await,
+                    Ok(c) => call(Leader::Peer(leader, c)).await,
                     Err(e) => Err(e),
                 }
             };

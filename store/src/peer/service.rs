@@ -23,8 +23,8 @@ use crate::member::Member;
 use crate::proto::etcdserverpb::{HashKvRequest, HashKvResponse};
 use crate::proto::lodestone::peer_server::Peer;
 use crate::proto::lodestone::{
-    ClusterInfoRequest, ClusterView, Command, CommandResult, LeaseAnswer, LeaseQuery, MemberChange, MemberChangeReply,
-    RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
+    ClusterInfoRequest, ClusterView, Command, CommandBatch, CommandResult, CommandResults, LeaseAnswer, LeaseQuery,
+    MemberChange, MemberChangeReply, RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
 };
 
 /// The answers of a pipelined replication stream.
@@ -133,6 +133,15 @@ impl Peer for PeerService {
     async fn propose(&self, request: Request<Command>) -> Result<Response<CommandResult>, Status> {
         let r = self.member.propose_here(request.into_inner()).await;
         Ok(Response::new(r.map_err(refused)?))
+    }
+
+    async fn propose_many(&self, request: Request<CommandBatch>) -> Result<Response<CommandResults>, Status> {
+        let results = self
+            .member
+            .propose_many_here(request.into_inner().commands)
+            .await
+            .map_err(refused)?;
+        Ok(Response::new(CommandResults { results }))
     }
 
     async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {

@@ -25,7 +25,7 @@ use super::{Command, MemberNode, NodeId, Raft, RaftMetrics, Snapshot, SnapshotMe
 use crate::config::Config;
 use crate::error::{Result, StoreError};
 use crate::peer::client::Peers;
-use crate::proto::lodestone::{self as pb, command_result::Kind as ResKind};
+use crate::proto::lodestone as pb;
 
 /// The cluster's membership as the Raft log has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -320,10 +320,28 @@ impl Consensus {
     /// state machine's answer; an error raised at apply comes back as that error.
     pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
         let resp = self.raft.client_write(Command(cmd)).await.map_err(write_error)?;
-        match resp.data.0.kind {
-            Some(ResKind::Error(e)) => Err(StoreError::from_code(e.code, &e.message)),
-            _ => Ok(resp.data.0),
+        crate::apply::outcome(resp.data.0)
+    }
+
+    /// Proposes `cmds` on this member, which must lead, in one hand-off to consensus, and
+    /// returns each its answer in order: the state machine's result, or the error it met as
+    /// an `ApplyError` result (`NotLeader` for each when this member does not lead).
+    pub async fn propose_many(&self, cmds: Vec<pb::Command>) -> Result<Vec<pb::CommandResult>> {
+        use futures::StreamExt;
+        let n = cmds.len();
+        let mut answers = self
+            .raft
+            .client_write_many(cmds.into_iter().map(Command))
+            .await
+            .map_err(stopped)?;
+        let mut results = Vec::with_capacity(n);
+        while let Some(r) = answers.next().await {
+            results.push(match r.map_err(stopped)? {
+                Ok(w) => w.response.0,
+                Err(e) => crate::apply::refused(write_error(RaftError::APIError(e))),
+            });
         }
+        Ok(results)
     }
 
     /// ReadIndex on the leader: confirms leadership with a quorum and returns the index a

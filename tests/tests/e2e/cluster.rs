@@ -522,6 +522,73 @@ async fn concurrent_writes_share_fsyncs() {
     );
 }
 
+/// Writes sent to a follower together reach the leader in shared calls, and each still gets
+/// its own answer: its revision, a txn's outcome, an error raised at apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_share_forwarding_calls() {
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+    let c = Cluster::start(Kind::Lodestone, opts(3)).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let cl = c.client_of(follower).await;
+    cl.clone().put("fw/cas", "0", None).await.unwrap();
+    let url = format!("{}/metrics", c.members[follower].metrics_url());
+    let text = http_get(&url).1;
+    let (calls0, writes0) = (
+        metric(&text, "lodestone_forward_calls_total"),
+        metric(&text, "lodestone_forwarded_writes_total"),
+    );
+    let puts = 300;
+    let put_all = (0..puts).map(|i| {
+        let mut cl = cl.clone();
+        async move {
+            cl.put(format!("fw/{i}"), format!("{i}"), None)
+                .await
+                .map(|r| r.header().unwrap().revision())
+        }
+    });
+    // Mixed into the same burst: a txn whose compare holds, one whose compare fails, and a
+    // put refused at apply (ignore_value on a missing key).
+    let txn = |expect: &'static str| {
+        let mut cl = cl.clone();
+        async move {
+            let t = Txn::new()
+                .when([Compare::value("fw/cas", CompareOp::Equal, expect)])
+                .and_then([TxnOp::put("fw/cas-result", expect, None)]);
+            cl.txn(t).await.map(|r| r.succeeded())
+        }
+    };
+    let mut refused = cl.clone();
+    let (revisions, held, failed, refusal) = tokio::join!(
+        futures::future::join_all(put_all),
+        txn("0"),
+        txn("not-the-value"),
+        refused.put("fw/missing", "", Some(PutOptions::new().with_ignore_value())),
+    );
+    let revisions: BTreeSet<i64> = revisions.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(revisions.len(), puts, "every forwarded put has a revision of its own");
+    assert!(held.unwrap(), "the txn whose compare holds succeeded");
+    assert!(!failed.unwrap(), "the txn whose compare fails did not");
+    let e = refusal.unwrap_err().to_string();
+    assert!(
+        e.contains("etcdserver: key not found"),
+        "apply's refusal comes back: {e}"
+    );
+    let mut check = c.client_of(leader).await;
+    for i in [0, puts / 2, puts - 1] {
+        let r = check.get(format!("fw/{i}"), None).await.unwrap();
+        assert_eq!(r.kvs()[0].value_str().unwrap(), i.to_string());
+    }
+    let text = http_get(&url).1;
+    let calls = metric(&text, "lodestone_forward_calls_total") - calls0;
+    let writes = metric(&text, "lodestone_forwarded_writes_total") - writes0;
+    assert_eq!(writes, (puts + 3) as f64, "every write went through the leader once");
+    assert!(
+        calls < writes / 2.0,
+        "{calls} forwarding calls for {writes} concurrent writes: not batched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_linearizable_reads_share_read_index_rounds() {
     let c = Cluster::start(Kind::Lodestone, opts(3)).await;
