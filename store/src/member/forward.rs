@@ -234,6 +234,161 @@ mod tests {
         (p, rx)
     }
 
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+    use crate::peer::client::{Dialer, Peers};
+    use crate::proto::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
+    use crate::proto::lodestone::peer_server::{Peer, PeerServer};
+    use crate::proto::lodestone::{CommandResults, command, command_result};
+
+    /// A leader that answers `Propose`, and `ProposeMany` only while `batching` is set (as a
+    /// member of an older version, its generated stub answers "unimplemented"). Every write
+    /// gets the next revision; a put of key "refuse" is refused at apply.
+    #[derive(Clone, Default)]
+    struct Leader {
+        batching: Arc<AtomicBool>,
+        revision: Arc<AtomicI64>,
+        single_calls: Arc<AtomicUsize>,
+        batch_calls: Arc<AtomicUsize>,
+    }
+
+    impl Leader {
+        fn apply(&self, cmd: pb::Command) -> pb::CommandResult {
+            match cmd.kind {
+                Some(command::Kind::Put(p)) if p.key.as_ref() == b"refuse" => {
+                    crate::apply::refused(StoreError::KeyNotFound)
+                }
+                _ => pb::CommandResult {
+                    kind: Some(command_result::Kind::Put(PutResponse {
+                        header: Some(ResponseHeader {
+                            revision: self.revision.fetch_add(1, Ordering::SeqCst) + 1,
+                            ..Default::default()
+                        }),
+                        prev_kv: None,
+                    })),
+                },
+            }
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Peer for Leader {
+        async fn propose(
+            &self,
+            request: tonic::Request<pb::Command>,
+        ) -> std::result::Result<tonic::Response<pb::CommandResult>, tonic::Status> {
+            self.single_calls.fetch_add(1, Ordering::SeqCst);
+            // As the peer service answers Propose: a refusal is a status.
+            let r = crate::apply::outcome(self.apply(request.into_inner()));
+            r.map(tonic::Response::new).map_err(|e| envelope::refuse(&e))
+        }
+
+        async fn propose_many(
+            &self,
+            request: tonic::Request<CommandBatch>,
+        ) -> std::result::Result<tonic::Response<CommandResults>, tonic::Status> {
+            if !self.batching.load(Ordering::SeqCst) {
+                return Err(tonic::Status::unimplemented("no ProposeMany here"));
+            }
+            self.batch_calls.fetch_add(1, Ordering::SeqCst);
+            let results = request
+                .into_inner()
+                .commands
+                .into_iter()
+                .map(|c| self.apply(c))
+                .collect();
+            Ok(tonic::Response::new(CommandResults { results }))
+        }
+    }
+
+    fn put(key: &str) -> pb::Command {
+        pb::Command {
+            kind: Some(command::Kind::Put(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+            auth: None,
+        }
+    }
+
+    fn revision(r: &Result<pb::CommandResult>) -> i64 {
+        match r {
+            Ok(pb::CommandResult {
+                kind: Some(command_result::Kind::Put(p)),
+            }) => p.header.as_ref().unwrap().revision,
+            other => panic!("not a put's answer: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_write_gets_its_answer_from_a_leader_with_or_without_batches() {
+        let leader = Leader::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(leader.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peers = Peers::new(1, Arc::new(std::sync::atomic::AtomicU64::new(7)), Dialer::plain());
+        let client = peers.client(2, &url).unwrap();
+        let stop = CancellationToken::new();
+        let f = Forwarder::new(1 << 20, Duration::from_secs(5), stop.clone(), TaskTracker::new());
+        let burst = |n: usize| {
+            let f = f.clone();
+            let client = client.clone();
+            async move {
+                let writes = (0..n).map(|i| {
+                    let (f, client) = (f.clone(), client.clone());
+                    async move { f.propose(2, client, put(if i == 3 { "refuse" } else { "k" })).await }
+                });
+                futures::future::join_all(writes).await
+            }
+        };
+        let distinct = |answers: &[Result<pb::CommandResult>]| {
+            let revs: HashSet<i64> = answers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .map(|(_, r)| revision(r))
+                .collect();
+            assert_eq!(revs.len(), answers.len() - 1, "each write has its own answer");
+            assert_eq!(
+                answers[3],
+                Err(StoreError::KeyNotFound),
+                "a refusal comes back as itself"
+            );
+        };
+
+        // A leader of an older version: one Propose each.
+        let answers = burst(50).await;
+        distinct(&answers);
+        assert_eq!(leader.single_calls.load(Ordering::SeqCst), 50);
+        assert_eq!(leader.batch_calls.load(Ordering::SeqCst), 0);
+
+        // Upgraded: the same burst goes in a few shared calls.
+        leader.batching.store(true, Ordering::SeqCst);
+        let answers = burst(50).await;
+        distinct(&answers);
+        assert_eq!(
+            leader.single_calls.load(Ordering::SeqCst),
+            50,
+            "no single calls once it batches"
+        );
+        let calls = leader.batch_calls.load(Ordering::SeqCst);
+        assert!((1..25).contains(&calls), "{calls} calls for 50 writes");
+
+        // Rolled back: nothing was done, so the write is handed back to be routed again...
+        leader.batching.store(false, Ordering::SeqCst);
+        let again = f.propose(2, client.clone(), put("k")).await;
+        assert_eq!(again, Err(StoreError::NotLeader));
+        // ... and then goes one call each.
+        let answers = burst(5).await;
+        distinct(&answers);
+        assert_eq!(leader.single_calls.load(Ordering::SeqCst), 55);
+        server.abort();
+    }
+
     #[test]
     fn a_batch_is_bounded_in_bytes_and_count_and_skips_abandoned_writes() {
         let mut lane = Lane::default();
