@@ -24,7 +24,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,15 +114,16 @@ impl Forwarder {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forwards `cmd` to `leader` (reached through `client`) and returns its answer.
+    /// Forwards `cmd` (`size` bytes encoded, as the caller measured it against
+    /// `--max-request-bytes`) to `leader`, reached through `client`, and returns its answer.
     pub async fn propose(
         self: &Arc<Self>,
         leader: NodeId,
         client: Client,
         cmd: pb::Command,
+        size: usize,
     ) -> Result<pb::CommandResult> {
         let (tx, rx) = oneshot::channel();
-        let size = cmd.encoded_len();
         let batch = {
             let mut state = self.state();
             let lane = state.lanes.entry(leader).or_default();
@@ -236,6 +236,8 @@ mod tests {
 
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
+    use prost::Message;
+
     use crate::peer::client::{Dialer, Peers};
     use crate::proto::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
     use crate::proto::lodestone::peer_server::{Peer, PeerServer};
@@ -340,7 +342,9 @@ mod tests {
             async move {
                 let writes = (0..n).map(|i| {
                     let (f, client) = (f.clone(), client.clone());
-                    async move { f.propose(2, client, put(if i == 3 { "refuse" } else { "k" })).await }
+                    let cmd = put(if i == 3 { "refuse" } else { "k" });
+                    let size = cmd.encoded_len();
+                    async move { f.propose(2, client, cmd, size).await }
                 });
                 futures::future::join_all(writes).await
             }
@@ -380,7 +384,7 @@ mod tests {
 
         // Rolled back: nothing was done, so the write is handed back to be routed again...
         leader.batching.store(false, Ordering::SeqCst);
-        let again = f.propose(2, client.clone(), put("k")).await;
+        let again = f.propose(2, client.clone(), put("k"), 1).await;
         assert_eq!(again, Err(StoreError::NotLeader));
         // ... and then goes one call each.
         let answers = burst(5).await;

@@ -76,7 +76,8 @@ impl Member {
     /// returns the state machine's answer.
     pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResult> {
         use prost::Message;
-        if cmd.encoded_len() > self.cfg.max_request_bytes {
+        let size = cmd.encoded_len();
+        if size > self.cfg.max_request_bytes {
             return Err(StoreError::RequestTooLarge);
         }
         let (committed, applied) = self.consensus.progress();
@@ -89,7 +90,7 @@ impl Member {
             async move {
                 match leader {
                     Leader::Here => self.propose_here(cmd).await,
-                    Leader::Peer(id, c) => self.forwarder.propose(id, c, cmd).await,
+                    Leader::Peer(id, c) => self.forwarder.propose(id, c, cmd, size).await,
                 }
             }
         });
