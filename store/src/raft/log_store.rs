@@ -380,10 +380,11 @@ impl LogStore {
             },
             None => Waiter::Flushed(flushed),
         };
+        const STOPPED: &str = "write-ahead log flusher stopped";
         if let Waiter::Flushed(cb) = unsent {
-            cb.io_completed(Err(io_err("write-ahead log flusher stopped")));
+            cb.io_completed(Err(io_err(STOPPED)));
         }
-        Err(io_err("write-ahead log flusher stopped"))
+        Err(io_err(STOPPED))
     }
 
     fn log_batch(&self, records: &[(u64, Vec<u8>)]) -> WriteBatch {
