@@ -532,6 +532,9 @@ async fn concurrent_writes_through_a_follower_share_forwarding_calls() {
     let follower = (leader + 1) % 3;
     let cl = c.client_of(follower).await;
     cl.clone().put("fw/cas", "0", None).await.unwrap();
+    // A member publishes its attributes with a write of its own, forwarded too when it
+    // follows: let that be done before counting.
+    c.wait_published().await;
     let url = format!("{}/metrics", c.members[follower].metrics_url());
     let text = http_get(&url).1;
     let (calls0, writes0) = (
