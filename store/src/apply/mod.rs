@@ -274,6 +274,40 @@ pub fn applies_alone(cmd: &pb::Command, auth_enabled: bool) -> bool {
     }
 }
 
+/// Most operations (txn compares and ops, nested txns included) a light command may hold.
+const LIGHT_TXN_OPS: usize = 16;
+
+/// True when applying `cmd` costs a few point lookups and writes, whatever the state holds:
+/// a put, a single-key delete, or a small txn of those, single-key reads and single-key
+/// compares. The state machine applies a small batch of such commands on its own task
+/// instead of handing it to a blocking thread (see `raft::state_machine`); anything that
+/// may touch a range of keys, or applies alone, takes the blocking thread.
+pub fn is_light(cmd: &pb::Command, auth_enabled: bool) -> bool {
+    fn txn_ops(t: &TxnRequest, budget: &mut usize) -> bool {
+        let n = t.compare.len() + t.success.len() + t.failure.len();
+        if n > *budget || t.compare.iter().any(|c| !c.range_end.is_empty()) {
+            return false;
+        }
+        *budget -= n;
+        t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+            Some(Request::RequestDeleteRange(d)) => d.range_end.is_empty(),
+            Some(Request::RequestTxn(n)) => txn_ops(n, budget),
+            None => true,
+        })
+    }
+    if applies_alone(cmd, auth_enabled) {
+        return false;
+    }
+    match &cmd.kind {
+        Some(Kind::Put(_)) => true,
+        Some(Kind::DeleteRange(d)) => d.range_end.is_empty(),
+        Some(Kind::Txn(t)) => txn_ops(t, &mut LIGHT_TXN_OPS.clone()),
+        _ => false,
+    }
+}
+
 /// True when a txn (with everything nested, in either branch) may write a key: what etcd's
 /// space quota counts.
 pub fn txn_has_put(t: &TxnRequest) -> bool {
@@ -369,5 +403,74 @@ mod tests {
         assert_eq!(alarm_gate(&nospace, &put), Some(StoreError::NoSpace));
         assert_eq!(alarm_gate(&nospace, &delete), None, "deletes free space");
         assert_eq!(alarm_gate(&nospace, &read_only_txn), None);
+    }
+
+    #[test]
+    fn light_commands_touch_single_keys_only() {
+        use crate::proto::etcdserverpb::{Compare, DeleteRangeRequest, RangeRequest};
+        let cmd = |kind| pb::Command {
+            kind: Some(kind),
+            auth: None,
+        };
+        let op = |r| RequestOp { request: Some(r) };
+        let get = |end: &str| {
+            op(Request::RequestRange(RangeRequest {
+                key: "a".into(),
+                range_end: end.as_bytes().to_vec().into(),
+                ..Default::default()
+            }))
+        };
+        let del = |end: &str| DeleteRangeRequest {
+            key: "a".into(),
+            range_end: end.as_bytes().to_vec().into(),
+            prev_kv: false,
+        };
+        let compare = |end: &str| Compare {
+            key: "a".into(),
+            range_end: end.as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        let put = || op(Request::RequestPut(PutRequest::default()));
+        let txn = |compare: Vec<Compare>, success: Vec<RequestOp>| TxnRequest {
+            compare,
+            success,
+            failure: vec![get("")],
+        };
+
+        assert!(is_light(&cmd(Kind::Put(PutRequest::default())), false));
+        assert!(is_light(&cmd(Kind::DeleteRange(del(""))), false));
+        assert!(!is_light(&cmd(Kind::DeleteRange(del("b"))), false), "a range delete");
+        let cas = txn(
+            vec![compare("")],
+            vec![put(), get(""), op(Request::RequestDeleteRange(del("")))],
+        );
+        assert!(is_light(&cmd(Kind::Txn(cas.clone())), false));
+        let nested = txn(vec![], vec![op(Request::RequestTxn(cas.clone()))]);
+        assert!(is_light(&cmd(Kind::Txn(nested)), false));
+        assert!(
+            !is_light(&cmd(Kind::Txn(txn(vec![compare("b")], vec![]))), false),
+            "a range compare"
+        );
+        assert!(
+            !is_light(&cmd(Kind::Txn(txn(vec![], vec![get("b")]))), false),
+            "a range read"
+        );
+        let deep = txn(vec![], vec![op(Request::RequestTxn(txn(vec![], vec![get("\0")])))]);
+        assert!(!is_light(&cmd(Kind::Txn(deep)), false), "a range read, nested");
+        let many = txn(vec![], (0..LIGHT_TXN_OPS).map(|_| put()).collect());
+        assert!(!is_light(&cmd(Kind::Txn(many)), false), "more ops than the budget");
+        // Commands that apply alone, and everything else, are never light.
+        assert!(!is_light(&cmd(Kind::LeaseGrant(Default::default())), false));
+        assert!(!is_light(&cmd(Kind::Compaction(Default::default())), false));
+        assert!(!is_light(&cmd(Kind::AuthEnable(Default::default())), false));
+        let leased = pb::Command {
+            kind: Some(Kind::Put(PutRequest {
+                lease: 7,
+                ..Default::default()
+            })),
+            auth: Some(Default::default()),
+        };
+        assert!(is_light(&leased, false));
+        assert!(!is_light(&leased, true), "a leased put with auth enabled applies alone");
     }
 }

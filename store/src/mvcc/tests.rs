@@ -668,3 +668,21 @@ fn history_written_ahead_shows_only_with_its_batch() {
     }
     assert_eq!(crashed.hash_all().unwrap(), straight.hash_all().unwrap());
 }
+
+#[test]
+fn try_commit_never_waits_for_a_read_only_txn() {
+    let (_d, m) = store();
+    put(&m, "a", "1");
+    let mut t = m.write_txn().unwrap();
+    t.put(&put_req("a", "2")).unwrap();
+    {
+        // What a read-only txn holds while it evaluates.
+        let _evaluating = m.commit_lock.read().unwrap();
+        assert!(!t.try_commit(b"x").unwrap(), "the write would have waited");
+        assert!(t.is_dirty(), "nothing was written");
+    }
+    assert_eq!(get(&m, "a", 0).unwrap().value, b"1".to_vec());
+    assert!(t.try_commit(b"x").unwrap());
+    assert_eq!(get(&m, "a", 0).unwrap().value, b"2".to_vec());
+    assert_eq!(m.meta().unwrap().applied, b"x".to_vec());
+}

@@ -156,17 +156,34 @@ impl WriteTxn {
 
     /// Writes the batch and the meta record (with `applied`, the caller's bookkeeping) to
     /// RocksDB in one atomic write, to the memtables only: see the module docs of `mvcc`.
+    /// Waits while a read-only txn evaluates (see [`super::Mvcc::read_only_txn`]).
     pub fn commit(&mut self, applied: Vec<u8>) -> Result<()> {
+        let lock = self.commit_lock.clone();
+        let _exclusive = lock.write().expect("commit lock");
+        self.write_batch(applied)
+    }
+
+    /// [`WriteTxn::commit`] if no read-only txn is evaluating; otherwise `false`, and
+    /// nothing was done (for a caller that must not wait, such as an async task).
+    pub fn try_commit(&mut self, applied: &[u8]) -> Result<bool> {
+        let lock = self.commit_lock.clone();
+        let _exclusive = match lock.try_write() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::sync::TryLockError::Poisoned(e)) => panic!("commit lock: {e}"),
+        };
+        self.write_batch(applied.to_vec())?;
+        Ok(true)
+    }
+
+    /// The write of [`WriteTxn::commit`], under the exclusive commit lock.
+    fn write_batch(&mut self, applied: Vec<u8>) -> Result<()> {
         debug_assert!(self.staged.is_empty(), "commit inside a request");
         self.meta.applied = applied;
         let meta_cf = cf(&self.db, CF_META)?;
         self.batch.put_cf(meta_cf, b"meta", encode_meta(&self.meta));
         let batch = std::mem::take(&mut self.batch);
-        let wo = super::unlogged();
-        {
-            let _exclusive = self.commit_lock.write().expect("commit lock");
-            self.db.write_opt(batch, &wo)?;
-        }
+        self.db.write_opt(batch, &super::unlogged())?;
         self.overlay.clear();
         self.history.clear();
         self.base_rev = self.meta.revision;

@@ -93,9 +93,38 @@ enum LeaseChange {
     Revoked(i64),
 }
 
-/// Applies a batch of committed entries in one RocksDB write (more around commands that
-/// apply alone).
-fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<CommandResult>, u64, i64)> {
+/// A batch applied to a [`WriteTxn`](crate::mvcc::WriteTxn) but not yet written: everything
+/// it changes besides the MVCC data is published only once it is ([`Prepared::published`]).
+struct Prepared {
+    txn: crate::mvcc::WriteTxn,
+    state: AppliedState,
+    results: Vec<CommandResult>,
+    lease_changes: Vec<LeaseChange>,
+    alarms: Vec<crate::proto::etcdserverpb::AlarmMember>,
+    auth: Arc<AuthState>,
+}
+
+/// What a written batch tells the caller: each entry's result, the last applied index and
+/// the store revision.
+type Outcome = (Vec<CommandResult>, u64, i64);
+
+/// At most this many entries are applied on the state machine's own task (see
+/// [`StateMachine::apply`]) when every one is light.
+const INLINE_ENTRIES: usize = 8;
+
+/// Applies a batch of committed entries, in one RocksDB write (more around commands that
+/// apply alone), on a blocking thread.
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<Outcome> {
+    let mut p = prepare(shared, entries)?;
+    let start = Instant::now();
+    p.txn.commit(p.state.encode()).map_err(io_err)?;
+    metrics::observe_backend_commit(start.elapsed());
+    Ok(p.published(shared))
+}
+
+/// Evaluates every entry of a batch into one write, committing only around commands that
+/// apply alone.
+fn prepare(shared: &Shared, entries: &[Entry]) -> std::io::Result<Prepared> {
     let mut txn = shared.mvcc.write_txn().map_err(io_err)?;
     let mut state = AppliedState::decode(txn.applied())?;
     let mut results = Vec::with_capacity(entries.len());
@@ -146,22 +175,45 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<(Vec<Comma
         state.last_applied = Some(entry.log_id);
         results.push(r);
     }
-    let start = Instant::now();
-    txn.commit(state.encode()).map_err(io_err)?;
-    metrics::observe_backend_commit(start.elapsed());
-    *shared.members.lock().expect("members lock") = state.members;
-    *shared.alarms.lock().expect("alarms lock") = alarms;
-    *shared.auth.lock().expect("auth lock") = auth;
-    let now = Instant::now();
-    for c in lease_changes {
-        match c {
-            LeaseChange::Granted(id, ttl) => shared.lessor.granted(id, ttl, now),
-            LeaseChange::Revoked(id) => shared.lessor.revoked(id),
+    Ok(Prepared {
+        txn,
+        state,
+        results,
+        lease_changes,
+        alarms,
+        auth,
+    })
+}
+
+impl Prepared {
+    /// Publishes what the written batch changed besides the MVCC data.
+    fn published(self, shared: &Shared) -> Outcome {
+        *shared.members.lock().expect("members lock") = self.state.members;
+        *shared.alarms.lock().expect("alarms lock") = self.alarms;
+        *shared.auth.lock().expect("auth lock") = self.auth;
+        let now = Instant::now();
+        for c in self.lease_changes {
+            match c {
+                LeaseChange::Granted(id, ttl) => shared.lessor.granted(id, ttl, now),
+                LeaseChange::Revoked(id) => shared.lessor.revoked(id),
+            }
         }
+        shared.compacted.store(self.txn.compacted(), Ordering::Release);
+        let last = self.state.last_applied.as_ref().map_or(0, |l| l.index);
+        (self.results, last, self.txn.revision())
     }
-    shared.compacted.store(txn.compacted(), Ordering::Release);
-    let last = state.last_applied.as_ref().map_or(0, |l| l.index);
-    Ok((results, last, txn.revision()))
+}
+
+/// A small batch of light commands (see [`apply::is_light`]) costs less to apply than the
+/// two thread hand-offs of a blocking thread; it is applied on the state machine's task.
+fn applies_inline(shared: &Shared, entries: &[Entry]) -> bool {
+    entries.len() <= INLINE_ENTRIES && {
+        let auth_enabled = shared.auth().enabled();
+        entries.iter().all(|e| match &e.payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => true,
+            EntryPayload::Normal(cmd) => apply::is_light(&cmd.0, auth_enabled),
+        })
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -190,9 +242,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let n = entries.len();
         let start = Instant::now();
-        let (results, last, revision) = tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
-            .await
-            .map_err(io_err)??;
+        let (results, last, revision) = if applies_inline(&shared, &entries) {
+            // The batch's write must not wait for a read-only txn on this task: if one is
+            // evaluating, the prepared batch is written on a blocking thread instead.
+            let mut p = prepare(&shared, &entries)?;
+            let start = Instant::now();
+            if p.txn.try_commit(&p.state.encode()).map_err(io_err)? {
+                metrics::observe_backend_commit(start.elapsed());
+                p.published(&shared)
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    p.txn.commit(p.state.encode()).map_err(io_err)?;
+                    metrics::observe_backend_commit(start.elapsed());
+                    Ok::<_, std::io::Error>(p.published(&shared))
+                })
+                .await
+                .map_err(io_err)??
+            }
+        } else {
+            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
+                .await
+                .map_err(io_err)??
+        };
         let took = start.elapsed();
         if took > SLOW_APPLY {
             // etcd's warning for the same thing: every request behind this batch waited.

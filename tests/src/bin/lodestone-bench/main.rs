@@ -465,12 +465,13 @@ fn medians(rounds: &[Vec<Figures>]) -> Vec<Figures> {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: lodestone-bench [--seconds N] [--rounds N] [--check-perf LOADS] [--plot FILE] [--members N] [--only ROW] [--endpoints URLS]\n  \
+        "usage: lodestone-bench [--seconds N] [--rounds N] [--check-perf LOADS] [--plot FILE] [--members N] [--only ROW] [--clients N] [--endpoints URLS]\n  \
          --seconds N         seconds per workload, 1 to 600 (default 5)\n  \
          --rounds N          rounds, 1 to 10 (default 1): each starts fresh clusters of both, in alternating\n                      order (etcd first in odd rounds); the table shows each figure's median over rounds;\n                      check perf and peak RSS come from the first round\n  \
          --endpoints URLS    only run the rows (and check perf) against this running cluster, comma-separated\n                      client URLs, and print its figures; nothing is started or compared\n  \
          --members N         members per cluster, 1 to 5 (default 3)\n  \
          --only ROW          only the rows whose name contains ROW (e.g. put, read, watch)\n  \
+         --clients N         only the rows with N clients (e.g. 1, 64, 1000)\n  \
          --check-perf LOADS  etcdctl check perf loads, comma-separated, a minute each (default l,xl; none to skip)\n  \
          --plot FILE         where to write the PNG plot (default lodestone-bench.png)"
     );
@@ -490,6 +491,7 @@ async fn main() {
     let mut seconds = 5u64;
     let mut members = 3usize;
     let mut only: Option<String> = None;
+    let mut clients: Option<usize> = None;
     let mut endpoints: Option<Vec<String>> = None;
     let mut rounds = 1usize;
     let mut loads: Vec<String> = vec!["l".into(), "xl".into()];
@@ -511,6 +513,7 @@ async fn main() {
             "--plot" => plot_path = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--members" => members = in_range(args.next(), 1..=5),
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
+            "--clients" => clients = Some(in_range(args.next(), 1..=1000)),
             "--endpoints" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 endpoints = Some(v.split(',').map(str::to_string).collect());
@@ -531,6 +534,7 @@ async fn main() {
             .iter()
             .copied()
             .filter(|(op, _)| only.as_ref().is_none_or(|o| op.name().contains(o.as_str())))
+            .filter(|(_, n)| clients.is_none_or(|c| c == *n))
             .collect(),
         loads,
     };
