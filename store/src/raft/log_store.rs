@@ -16,7 +16,8 @@
 //! through a **writer thread** that keeps submission order. The inline path spares a small
 //! append (the common case below heavy load) two thread hops on its way to the followers and
 //! to its fsync; a large one is worth the hops, as the caller keeps working while it is
-//! written.
+//! written. The commit record takes the same path: openraft applies committed entries only
+//! once it is saved.
 //!
 //! Truncation and purge are written unsynced; the next synced write to the same WAL makes
 //! them durable before anything that depends on them is acknowledged.
@@ -352,17 +353,16 @@ impl LogStore {
         })
     }
 
-    /// Writes `records` on the calling task if nothing is queued ahead and RocksDB takes them
-    /// without waiting; `false` when they must go through the writer thread instead.
-    fn write_inline(&self, records: &[(u64, Vec<u8>)]) -> std::io::Result<bool> {
-        let bytes: usize = records.iter().map(|(_, b)| b.len()).sum();
+    /// Writes a batch of `bytes` on the calling task if nothing is queued ahead and RocksDB
+    /// takes it without waiting; `false` when it must go through the writer thread instead.
+    fn write_inline(&self, bytes: usize, batch: impl FnOnce() -> WriteBatch) -> std::io::Result<bool> {
         if bytes > INLINE_BYTES || self.inner.queued.load(Ordering::Acquire) != 0 {
             return Ok(false);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         wo.set_no_slowdown(true);
-        match self.inner.db.write_opt(self.log_batch(records), &wo) {
+        match self.inner.db.write_opt(batch(), &wo) {
             Ok(()) => Ok(true),
             // A write stall: RocksDB would have made the caller wait; the writer thread will.
             Err(e) if e.kind() == ErrorKind::Incomplete => Ok(false),
@@ -561,13 +561,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
-        let cf = self.inner.db.cf_handle(CF_META).expect("meta cf");
-        let mut b = WriteBatch::default();
-        match committed {
-            Some(c) => b.put_cf(&cf, KEY_COMMITTED, encode(&c)),
-            None => b.delete_cf(&cf, KEY_COMMITTED),
+        // openraft applies what it committed only after this returns: the record is small,
+        // so it is written on this task when it can be, sparing the hop to the writer.
+        let record = || {
+            let cf = self.inner.db.cf_handle(CF_META).expect("meta cf");
+            let mut b = WriteBatch::default();
+            match committed {
+                Some(c) => b.put_cf(&cf, KEY_COMMITTED, encode(&c)),
+                None => b.delete_cf(&cf, KEY_COMMITTED),
+            }
+            b
+        };
+        if self.write_inline(0, record)? {
+            return Ok(());
         }
-        self.submit_plain(b).await
+        self.submit_plain(record()).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
@@ -594,7 +602,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        match self.write_inline(&records) {
+        let bytes = records.iter().map(|(_, b)| b.len()).sum();
+        match self.write_inline(bytes, || self.log_batch(&records)) {
             Ok(true) => self.await_fsync(callback)?,
             Ok(false) => {
                 let (written, rx) = oneshot::channel();
