@@ -15,15 +15,13 @@
 //! `compact_revision` set. Progress notifications are only sent when every watcher on the
 //! stream has caught up, so a bookmark never runs ahead of undelivered events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Access;
@@ -42,8 +40,6 @@ use crate::proto::mvccpb::{Event, event::EventType};
 
 /// etcd's `watchBatchMaxRevs`: revisions read and sent per round.
 const REVS_PER_ROUND: i64 = 1000;
-/// Responses buffered per stream before the task waits for the client.
-const OUTBOUND: usize = 16;
 /// gRPC framing allowance over `--max-request-bytes` (fragmenting threshold, as etcd's).
 const FRAGMENT_OVERHEAD: usize = 512 * 1024;
 
@@ -89,7 +85,8 @@ struct StreamState {
     /// when it arrived: the answer's revision is at least that (every write acknowledged
     /// before the request), so it can serve as the bookmark of a consistent read.
     progress_requested: Option<i64>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// Responses made and not yet taken by the stream's sender (see [`outbound`]).
+    out: VecDeque<Result<WatchResponse, Status>>,
     /// What the stream was opened with: each create request is checked as its user.
     credentials: Credentials,
 }
@@ -101,8 +98,10 @@ impl StreamState {
         self.member.header(self.member.revision())
     }
 
-    async fn send(&self, r: WatchResponse) -> bool {
-        self.tx.send(Ok(r)).await.is_ok()
+    /// Queues a response for the client; true (the stream goes on).
+    fn send(&mut self, r: WatchResponse) -> bool {
+        self.out.push_back(Ok(r));
+        true
     }
 
     /// Handles one client request; false when the client is gone.
@@ -117,7 +116,7 @@ impl StreamState {
                         canceled: true,
                         ..Default::default()
                     };
-                    return self.send(r).await;
+                    return self.send(r);
                 }
                 true
             }
@@ -158,20 +157,20 @@ impl StreamState {
         };
         if !self.permitted(&c).await {
             let r = refuse(ERR_PERMISSION_DENIED);
-            return self.send(r).await;
+            return self.send(r);
         }
         if range.is_empty() {
             let r = refuse(ERR_EMPTY_RANGE);
-            return self.send(r).await;
+            return self.send(r);
         }
         if c.start_revision < 0 {
             let r = refuse(&StoreError::Compacted.to_string());
-            return self.send(r).await;
+            return self.send(r);
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let r = refuse(ERR_DUPLICATE_ID);
-                return self.send(r).await;
+                return self.send(r);
             }
             c.watch_id
         } else {
@@ -205,7 +204,7 @@ impl StreamState {
             created: true,
             ..Default::default()
         };
-        self.send(r).await
+        self.send(r)
     }
 
     fn behind(&self, current: i64) -> bool {
@@ -245,11 +244,11 @@ impl StreamState {
                 match tokio::task::spawn_blocking(move || sm.mvcc.history(from, to, with_prev)).await {
                     Ok(Ok(h)) => h,
                     Ok(Err(e)) => {
-                        let _ = self.tx.send(Err(e.into())).await;
+                        self.out.push_back(Err(e.into()));
                         return false;
                     }
                     Err(e) => {
-                        let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
+                        self.out.push_back(Err(Status::internal(e.to_string())));
                         return false;
                     }
                 }
@@ -278,7 +277,7 @@ impl StreamState {
             }
             let header = self.member.header(to);
             for r in responses(id, header, events, fragment, self.fragment_limit()) {
-                if !self.send(r).await {
+                if !self.send(r) {
                     return false;
                 }
             }
@@ -304,7 +303,7 @@ impl StreamState {
                 compact_revision: compacted,
                 ..Default::default()
             };
-            if !self.send(r).await {
+            if !self.send(r) {
                 return false;
             }
         }
@@ -328,7 +327,7 @@ impl StreamState {
             watch_id: NO_WATCH_ID,
             ..Default::default()
         };
-        self.send(r).await
+        self.send(r)
     }
 
     /// Periodic progress for watchers that asked for it and are caught up.
@@ -345,7 +344,7 @@ impl StreamState {
                 watch_id: id,
                 ..Default::default()
             };
-            if !self.send(r).await {
+            if !self.send(r) {
                 return false;
             }
         }
@@ -404,53 +403,94 @@ fn responses(
     out
 }
 
-/// Runs one watch stream until the client leaves, the member shuts down, or (with
-/// `hasleader`) the member has had no leader for three election timeouts.
-async fn run_stream(
+/// What drives one watch stream: its state, the client's requests, and what wakes it.
+struct Run {
     member: Arc<Member>,
-    mut inbound: Streaming<WatchRequest>,
-    mut st: StreamState,
-    require_leader: bool,
-) {
-    // The shared cache's revision: woken by it, a caught-up stream finds the new revisions
-    // already read.
-    let mut revision = member.watch_cache().revision();
-    let interval = member.config().experimental_watch_progress_notify_interval;
-    let mut progress = tokio::time::interval_at(
-        tokio::time::Instant::now() + interval.max(Duration::from_millis(10)),
-        interval.max(Duration::from_millis(10)),
-    );
-    let mut leader_check = tokio::time::interval(member.config().election());
-    let mut leaderless_since: Option<Instant> = None;
-    loop {
-        let current = *revision.borrow_and_update();
-        if !st.maybe_progress(current).await {
-            return;
+    inbound: Streaming<WatchRequest>,
+    st: StreamState,
+    /// The shared cache's revision: woken by it, a caught-up stream finds the new revisions
+    /// already read.
+    revision: tokio::sync::watch::Receiver<i64>,
+    progress: tokio::time::Interval,
+    /// Set with `hasleader`: how often the member's leader is checked.
+    leader_check: Option<tokio::time::Interval>,
+    leaderless_since: Option<Instant>,
+    ended: bool,
+}
+
+impl Run {
+    /// One round: waits for what comes first (a client request, new revisions, a timer) and
+    /// handles it, queuing responses. False when the stream ends: the client left, the
+    /// member shuts down, or (with `hasleader`) it has had no leader for three election
+    /// timeouts.
+    async fn step(&mut self) -> bool {
+        let current = *self.revision.borrow_and_update();
+        if !self.st.maybe_progress(current).await {
+            return false;
         }
-        let behind = st.behind(current);
+        if !self.st.out.is_empty() {
+            // A progress answer is due now, not after the next wake-up.
+            return true;
+        }
+        let behind = self.st.behind(current);
+        let checks_leader = self.leader_check.is_some();
         tokio::select! {
             biased;
-            _ = member.shutdown().cancelled() => return,
-            req = inbound.next() => match req {
-                Some(Ok(req)) => if !st.handle(req).await { return },
-                _ => return,
+            _ = self.member.shutdown().cancelled() => false,
+            req = self.inbound.next() => match req {
+                Some(Ok(req)) => self.st.handle(req).await,
+                _ => false,
             },
-            _ = std::future::ready(()), if behind => if !st.sync(current).await { return },
-            r = revision.changed(), if !behind => if r.is_err() { return },
-            _ = progress.tick() => if !st.periodic_progress(current).await { return },
-            _ = leader_check.tick(), if require_leader => {
-                if member.leader().is_some() {
-                    leaderless_since = None;
+            _ = std::future::ready(()), if behind => self.st.sync(current).await,
+            r = self.revision.changed(), if !behind => r.is_ok(),
+            _ = self.progress.tick() => self.st.periodic_progress(current).await,
+            _ = async { self.leader_check.as_mut().expect("checked").tick().await }, if checks_leader => {
+                if self.member.leader().is_some() {
+                    self.leaderless_since = None;
                 } else {
-                    let since = *leaderless_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= member.config().election() * 3 {
-                        let _ = st.tx.send(Err(StoreError::NoLeader.into())).await;
-                        return;
+                    let since = *self.leaderless_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.member.config().election() * 3 {
+                        self.st.out.push_back(Err(StoreError::NoLeader.into()));
+                        return false;
                     }
                 }
+                true
             }
         }
     }
+}
+
+/// The stream of responses, made as the connection asks for them: each poll hands out what
+/// is queued, or runs rounds until something is. No task or channel stands between a new
+/// revision and the connection (one wake-up per watcher and event instead of two), the
+/// client's pace bounds the work (a round is made only when the last response was taken),
+/// and a client that leaves drops the stream and everything with it.
+fn outbound(member: Arc<Member>, inbound: Streaming<WatchRequest>, st: StreamState, require_leader: bool) -> Outbound {
+    let interval = member
+        .config()
+        .experimental_watch_progress_notify_interval
+        .max(Duration::from_millis(10));
+    let run = Run {
+        revision: member.watch_cache().revision(),
+        progress: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+        leader_check: require_leader.then(|| tokio::time::interval(member.config().election())),
+        leaderless_since: None,
+        ended: false,
+        member,
+        inbound,
+        st,
+    };
+    Box::pin(futures::stream::unfold(run, |mut run| async move {
+        loop {
+            if let Some(r) = run.st.out.pop_front() {
+                return Some((r, run));
+            }
+            if run.ended {
+                return None;
+            }
+            run.ended = !run.step().await;
+        }
+    }))
 }
 
 #[tonic::async_trait]
@@ -462,17 +502,20 @@ impl Watch for WatchService {
             .is_some_and(|v| v.as_bytes() == b"true");
         let credentials = super::auth::credentials(&request);
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(OUTBOUND);
         let st = StreamState {
             member: self.member.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_requested: None,
-            tx,
+            out: VecDeque::new(),
             credentials,
         };
-        tokio::spawn(run_stream(self.member.clone(), inbound, st, require_leader));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(outbound(
+            self.member.clone(),
+            inbound,
+            st,
+            require_leader,
+        )))
     }
 }
 
