@@ -98,34 +98,31 @@ impl StreamState {
         self.member.header(self.member.revision())
     }
 
-    /// Queues a response for the client; true (the stream goes on).
-    fn send(&mut self, r: WatchResponse) -> bool {
+    /// Queues a response for the client.
+    fn send(&mut self, r: WatchResponse) {
         self.out.push_back(Ok(r));
-        true
     }
 
-    /// Handles one client request; false when the client is gone.
-    async fn handle(&mut self, req: WatchRequest) -> bool {
+    /// Handles one client request.
+    async fn handle(&mut self, req: WatchRequest) {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
-            Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
-                    let r = WatchResponse {
-                        header: self.header(),
-                        watch_id: c.watch_id,
-                        canceled: true,
-                        ..Default::default()
-                    };
-                    return self.send(r);
-                }
-                true
+            Some(RequestUnion::CancelRequest(c)) if self.watchers.remove(&c.watch_id).is_some() => {
+                let r = WatchResponse {
+                    header: self.header(),
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                };
+                self.send(r);
             }
+            // Canceling a watcher the stream does not have answers nothing, as etcd does.
+            Some(RequestUnion::CancelRequest(_)) => {}
             Some(RequestUnion::ProgressRequest(_)) => {
                 let now = self.member.revision();
                 self.progress_requested = Some(self.progress_requested.map_or(now, |r| r.max(now)));
-                true
             }
-            None => true,
+            None => {}
         }
     }
 
@@ -142,7 +139,7 @@ impl StreamState {
         }
     }
 
-    async fn create(&mut self, mut c: WatchCreateRequest) -> bool {
+    async fn create(&mut self, mut c: WatchCreateRequest) {
         if c.key.is_empty() {
             c.key = vec![0u8].into();
         }
@@ -157,20 +154,24 @@ impl StreamState {
         };
         if !self.permitted(&c).await {
             let r = refuse(ERR_PERMISSION_DENIED);
-            return self.send(r);
+            self.send(r);
+            return;
         }
         if range.is_empty() {
             let r = refuse(ERR_EMPTY_RANGE);
-            return self.send(r);
+            self.send(r);
+            return;
         }
         if c.start_revision < 0 {
             let r = refuse(&StoreError::Compacted.to_string());
-            return self.send(r);
+            self.send(r);
+            return;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let r = refuse(ERR_DUPLICATE_ID);
-                return self.send(r);
+                self.send(r);
+                return;
             }
             c.watch_id
         } else {
@@ -204,7 +205,7 @@ impl StreamState {
             created: true,
             ..Default::default()
         };
-        self.send(r)
+        self.send(r);
     }
 
     fn behind(&self, current: i64) -> bool {
@@ -212,15 +213,14 @@ impl StreamState {
     }
 
     /// One catch-up round: reads the revisions the furthest-behind watcher needs (bounded)
-    /// and sends every watcher its part. False when the client is gone.
+    /// and sends every watcher its part. False when the history could not be read (the
+    /// stream then ends with the error).
     async fn sync(&mut self, current: i64) -> bool {
         // Watchers whose cursor fell below the compaction go first: the history they need is
         // gone, and a round starting at their cursor would find nothing to send the others,
         // whose cursors would then skip revisions they never received (etcd cancels them
         // before choosing the round's start, too).
-        if !self.cancel_compacted(self.member.state().compacted()).await {
-            return false;
-        }
+        self.cancel_compacted(self.member.state().compacted());
         let Some(from) = self
             .watchers
             .values()
@@ -258,7 +258,8 @@ impl StreamState {
             // A compaction landed between the check above and the read: the view holds
             // nothing for this round. Cancel who needs the lost history; the rest are read
             // again in the next round.
-            return self.cancel_compacted(history.compacted).await;
+            self.cancel_compacted(history.compacted);
+            return true;
         }
         let to = to.min(history.revision);
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
@@ -277,17 +278,15 @@ impl StreamState {
             }
             let header = self.member.header(to);
             for r in responses(id, header, events, fragment, self.fragment_limit()) {
-                if !self.send(r) {
-                    return false;
-                }
+                self.send(r);
             }
         }
         true
     }
 
     /// Cancels, with `compact_revision` set, every watcher whose cursor is below the
-    /// compacted revision. False when the client is gone.
-    async fn cancel_compacted(&mut self, compacted: i64) -> bool {
+    /// compacted revision.
+    fn cancel_compacted(&mut self, compacted: i64) {
         let doomed: Vec<i64> = self
             .watchers
             .iter()
@@ -303,11 +302,8 @@ impl StreamState {
                 compact_revision: compacted,
                 ..Default::default()
             };
-            if !self.send(r) {
-                return false;
-            }
+            self.send(r);
         }
-        true
     }
 
     fn fragment_limit(&self) -> usize {
@@ -316,10 +312,10 @@ impl StreamState {
 
     /// Answers a pending WatchProgressRequest once the stream has followed the store to the
     /// revision the request saw and nothing older is still owed.
-    async fn maybe_progress(&mut self, current: i64) -> bool {
+    fn maybe_progress(&mut self, current: i64) {
         match self.progress_requested {
             Some(seen) if current >= seen && !self.behind(current) => {}
-            _ => return true,
+            _ => return,
         }
         self.progress_requested = None;
         let r = WatchResponse {
@@ -327,11 +323,11 @@ impl StreamState {
             watch_id: NO_WATCH_ID,
             ..Default::default()
         };
-        self.send(r)
+        self.send(r);
     }
 
     /// Periodic progress for watchers that asked for it and are caught up.
-    async fn periodic_progress(&mut self, current: i64) -> bool {
+    fn periodic_progress(&mut self, current: i64) {
         let ids: Vec<i64> = self
             .watchers
             .iter()
@@ -344,11 +340,8 @@ impl StreamState {
                 watch_id: id,
                 ..Default::default()
             };
-            if !self.send(r) {
-                return false;
-            }
+            self.send(r);
         }
-        true
     }
 }
 
@@ -425,9 +418,7 @@ impl Run {
     /// timeouts.
     async fn step(&mut self) -> bool {
         let current = *self.revision.borrow_and_update();
-        if !self.st.maybe_progress(current).await {
-            return false;
-        }
+        self.st.maybe_progress(current);
         if !self.st.out.is_empty() {
             // A progress answer is due now, not after the next wake-up.
             return true;
@@ -438,12 +429,18 @@ impl Run {
             biased;
             _ = self.member.shutdown().cancelled() => false,
             req = self.inbound.next() => match req {
-                Some(Ok(req)) => self.st.handle(req).await,
+                Some(Ok(req)) => {
+                    self.st.handle(req).await;
+                    true
+                }
                 _ => false,
             },
             _ = std::future::ready(()), if behind => self.st.sync(current).await,
             r = self.revision.changed(), if !behind => r.is_ok(),
-            _ = self.progress.tick() => self.st.periodic_progress(current).await,
+            _ = self.progress.tick() => {
+                self.st.periodic_progress(current);
+                true
+            }
             _ = async { self.leader_check.as_mut().expect("checked").tick().await }, if checks_leader => {
                 if self.member.leader().is_some() {
                     self.leaderless_since = None;

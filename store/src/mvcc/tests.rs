@@ -678,11 +678,11 @@ fn try_commit_never_waits_for_a_read_only_txn() {
     {
         // What a read-only txn holds while it evaluates.
         let _evaluating = m.commit_lock.read().unwrap();
-        assert!(!t.try_commit(b"x").unwrap(), "the write would have waited");
+        assert!(!t.try_commit(b"x".to_vec()).unwrap(), "the write would have waited");
         assert!(t.is_dirty(), "nothing was written");
     }
     assert_eq!(get(&m, "a", 0).unwrap().value, b"1".to_vec());
-    assert!(t.try_commit(b"x").unwrap());
+    assert!(t.try_commit(b"x".to_vec()).unwrap());
     assert_eq!(get(&m, "a", 0).unwrap().value, b"2".to_vec());
     assert_eq!(m.meta().unwrap().applied, b"x".to_vec());
 }

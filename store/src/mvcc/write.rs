@@ -165,14 +165,14 @@ impl WriteTxn {
 
     /// [`WriteTxn::commit`] if no read-only txn is evaluating; otherwise `false`, and
     /// nothing was done (for a caller that must not wait, such as an async task).
-    pub fn try_commit(&mut self, applied: &[u8]) -> Result<bool> {
+    pub fn try_commit(&mut self, applied: Vec<u8>) -> Result<bool> {
         let lock = self.commit_lock.clone();
         let _exclusive = match lock.try_write() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
             Err(std::sync::TryLockError::Poisoned(e)) => panic!("commit lock: {e}"),
         };
-        self.write_batch(applied.to_vec())?;
+        self.write_batch(applied)?;
         Ok(true)
     }
 

@@ -112,16 +112,6 @@ type Outcome = (Vec<CommandResult>, u64, i64);
 /// [`StateMachine::apply`]) when every one is light.
 const INLINE_ENTRIES: usize = 8;
 
-/// Applies a batch of committed entries, in one RocksDB write (more around commands that
-/// apply alone), on a blocking thread.
-fn apply_batch(shared: &Shared, entries: &[Entry]) -> std::io::Result<Outcome> {
-    let mut p = prepare(shared, entries)?;
-    let start = Instant::now();
-    p.txn.commit(p.state.encode()).map_err(io_err)?;
-    metrics::observe_backend_commit(start.elapsed());
-    Ok(p.published(shared))
-}
-
 /// Evaluates every entry of a batch into one write, committing only around commands that
 /// apply alone.
 fn prepare(shared: &Shared, entries: &[Entry]) -> std::io::Result<Prepared> {
@@ -186,6 +176,25 @@ fn prepare(shared: &Shared, entries: &[Entry]) -> std::io::Result<Prepared> {
 }
 
 impl Prepared {
+    /// Writes the batch (waiting for a read-only txn that evaluates) and publishes it.
+    fn commit(mut self, shared: &Shared) -> std::io::Result<Outcome> {
+        let start = Instant::now();
+        self.txn.commit(self.state.encode()).map_err(io_err)?;
+        metrics::observe_backend_commit(start.elapsed());
+        Ok(self.published(shared))
+    }
+
+    /// [`Prepared::commit`] unless a read-only txn evaluates: then the batch comes back
+    /// unwritten, for a caller that must not wait.
+    fn try_commit(mut self, shared: &Shared) -> std::io::Result<Result<Outcome, Prepared>> {
+        let start = Instant::now();
+        if !self.txn.try_commit(self.state.encode()).map_err(io_err)? {
+            return Ok(Err(self));
+        }
+        metrics::observe_backend_commit(start.elapsed());
+        Ok(Ok(self.published(shared)))
+    }
+
     /// Publishes what the written batch changed besides the MVCC data.
     fn published(self, shared: &Shared) -> Outcome {
         *shared.members.lock().expect("members lock") = self.state.members;
@@ -245,22 +254,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (results, last, revision) = if applies_inline(&shared, &entries) {
             // The batch's write must not wait for a read-only txn on this task: if one is
             // evaluating, the prepared batch is written on a blocking thread instead.
-            let mut p = prepare(&shared, &entries)?;
-            let start = Instant::now();
-            if p.txn.try_commit(&p.state.encode()).map_err(io_err)? {
-                metrics::observe_backend_commit(start.elapsed());
-                p.published(&shared)
-            } else {
-                tokio::task::spawn_blocking(move || {
-                    p.txn.commit(p.state.encode()).map_err(io_err)?;
-                    metrics::observe_backend_commit(start.elapsed());
-                    Ok::<_, std::io::Error>(p.published(&shared))
-                })
-                .await
-                .map_err(io_err)??
+            match prepare(&shared, &entries)?.try_commit(&shared)? {
+                Ok(outcome) => outcome,
+                Err(unwritten) => tokio::task::spawn_blocking(move || unwritten.commit(&shared))
+                    .await
+                    .map_err(io_err)??,
             }
         } else {
-            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
+            tokio::task::spawn_blocking(move || prepare(&shared, &entries)?.commit(&shared))
                 .await
                 .map_err(io_err)??
         };
