@@ -1,13 +1,14 @@
 //! The etcd Watch service: one bidirectional stream carries many watchers.
 //!
-//! Every stream runs one task that owns its watchers. A watcher is a key range and a cursor
-//! (the next revision it has not seen). Whenever the member's revision, as the watch cache
-//! publishes it, moves past a cursor, the task takes the missing revisions (at most
-//! [`REVS_PER_ROUND`] per round, whole revisions only) from the member's shared cache of
-//! recent changes (`watch_cache`), or reads them from MVCC history when the cache no longer
-//! holds them, and sends each watcher its events. Watchers that fall behind therefore catch
-//! up from storage, and memory never grows with a backlog; gRPC flow control pushes back on
-//! the task when the client reads slowly.
+//! A stream's watchers live in its response body ([`outbound`]): no task of its own, the
+//! connection's task runs a round whenever the client has taken the last response. A watcher
+//! is a key range and a cursor (the next revision it has not seen). Whenever the member's
+//! revision, as the watch cache publishes it, moves past a cursor, a round takes the missing
+//! revisions (at most [`REVS_PER_ROUND`] per round, whole revisions only) from the member's
+//! shared cache of recent changes (`watch_cache`), or reads them from MVCC history when the
+//! cache no longer holds them, and queues each watcher its events. Watchers that fall behind
+//! therefore catch up from storage, and memory never grows with a backlog; gRPC flow control
+//! pushes back on the stream when the client reads slowly.
 //!
 //! Guarantees, as etcd gives them: events in revision order, no duplicates, a revision
 //! never split across responses (unless the watcher asked for fragments), resumable from
