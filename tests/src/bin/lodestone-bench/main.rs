@@ -523,10 +523,6 @@ async fn main() {
             _ => usage(),
         }
     }
-    eprintln!(
-        "lodestone binary: {} (build it with --release for meaningful figures)",
-        lodestone_tests::lodestone_bin().display()
-    );
     let plan = Plan {
         members,
         seconds,
@@ -568,6 +564,11 @@ async fn main() {
         }
         return;
     }
+    // Only the clusters the bench starts itself need the binary (--endpoints needs none).
+    eprintln!(
+        "lodestone binary: {} (build it with --release for meaningful figures)",
+        lodestone_tests::lodestone_bin().display()
+    );
     // Round 1 measures check perf and peak RSS; later rounds only the rows.
     let rows_only = Plan {
         loads: Vec::new(),
