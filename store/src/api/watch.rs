@@ -1,7 +1,8 @@
 //! The etcd Watch service: one bidirectional stream carries many watchers.
 //!
-//! A stream's watchers live in its response body ([`outbound`]): no task of its own, the
-//! connection's task runs a round whenever the client has taken the last response. A watcher
+//! A stream's watchers live in its response body ([`outbound`]), with no task or channel of
+//! ours: the HTTP/2 server's task for the stream polls it, and a round runs whenever the
+//! client has taken the last response. A watcher
 //! is a key range and a cursor (the next revision it has not seen). Whenever the member's
 //! revision, as the watch cache publishes it, moves past a cursor, a round takes the missing
 //! revisions (at most [`REVS_PER_ROUND`] per round, whole revisions only) from the member's
