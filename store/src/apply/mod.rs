@@ -277,12 +277,14 @@ pub fn applies_alone(cmd: &pb::Command, auth_enabled: bool) -> bool {
 /// Most operations (txn compares and ops, nested txns included) a light command may hold.
 const LIGHT_TXN_OPS: usize = 16;
 
-/// True when applying `cmd` costs a few point lookups and writes, whatever the state holds:
-/// a put, a single-key delete, or a small txn of those, single-key reads and single-key
-/// compares. The state machine applies a small batch of such commands on its own task
-/// instead of handing it to a blocking thread (see `raft::state_machine`); anything that
-/// may touch a range of keys, or applies alone, takes the blocking thread.
-pub fn is_light(cmd: &pb::Command, auth_enabled: bool) -> bool {
+/// What applying `cmd` costs when it is light, in point operations (a put or a single-key
+/// delete is one; a txn counts its compares and ops, nested txns included): `None` unless it
+/// only costs a few point lookups and writes, whatever the state holds (a put, a single-key
+/// delete, or a txn of at most [`LIGHT_TXN_OPS`] of those, single-key reads and single-key
+/// compares). The state machine applies a batch of such commands, up to a budget, on its own
+/// task instead of handing it to a blocking thread (see `raft::state_machine`); anything
+/// that may touch a range of keys, or applies alone, takes the blocking thread.
+pub fn light_cost(cmd: &pb::Command, auth_enabled: bool) -> Option<usize> {
     fn txn_ops(t: &TxnRequest, budget: &mut usize) -> bool {
         let n = t.compare.len() + t.success.len() + t.failure.len();
         if n > *budget || t.compare.iter().any(|c| !c.range_end.is_empty()) {
@@ -298,13 +300,17 @@ pub fn is_light(cmd: &pb::Command, auth_enabled: bool) -> bool {
         })
     }
     if applies_alone(cmd, auth_enabled) {
-        return false;
+        return None;
     }
     match &cmd.kind {
-        Some(Kind::Put(_)) => true,
-        Some(Kind::DeleteRange(d)) => d.range_end.is_empty(),
-        Some(Kind::Txn(t)) => txn_ops(t, &mut LIGHT_TXN_OPS.clone()),
-        _ => false,
+        Some(Kind::Put(_)) => Some(1),
+        Some(Kind::DeleteRange(d)) if d.range_end.is_empty() => Some(1),
+        Some(Kind::Txn(t)) => {
+            let mut budget = LIGHT_TXN_OPS;
+            // An empty txn still reads and writes its batch's bookkeeping.
+            txn_ops(t, &mut budget).then(|| (LIGHT_TXN_OPS - budget).max(1))
+        }
+        _ => None,
     }
 }
 
@@ -437,32 +443,54 @@ mod tests {
             failure: vec![get("")],
         };
 
-        assert!(is_light(&cmd(Kind::Put(PutRequest::default())), false));
-        assert!(is_light(&cmd(Kind::DeleteRange(del(""))), false));
-        assert!(!is_light(&cmd(Kind::DeleteRange(del("b"))), false), "a range delete");
+        assert_eq!(light_cost(&cmd(Kind::Put(PutRequest::default())), false), Some(1));
+        assert_eq!(light_cost(&cmd(Kind::DeleteRange(del(""))), false), Some(1));
+        assert!(
+            light_cost(&cmd(Kind::DeleteRange(del("b"))), false).is_none(),
+            "a range delete"
+        );
         let cas = txn(
             vec![compare("")],
             vec![put(), get(""), op(Request::RequestDeleteRange(del("")))],
         );
-        assert!(is_light(&cmd(Kind::Txn(cas.clone())), false));
+        assert_eq!(
+            light_cost(&cmd(Kind::Txn(cas.clone())), false),
+            Some(5),
+            "1 compare, 3 ops, 1 failure op"
+        );
         let nested = txn(vec![], vec![op(Request::RequestTxn(cas.clone()))]);
-        assert!(is_light(&cmd(Kind::Txn(nested)), false));
+        assert_eq!(
+            light_cost(&cmd(Kind::Txn(nested)), false),
+            Some(7),
+            "the nested txn's 5 and its own 2"
+        );
+        assert_eq!(
+            light_cost(&cmd(Kind::Txn(TxnRequest::default())), false),
+            Some(1),
+            "an empty txn"
+        );
         assert!(
-            !is_light(&cmd(Kind::Txn(txn(vec![compare("b")], vec![]))), false),
+            light_cost(&cmd(Kind::Txn(txn(vec![compare("b")], vec![]))), false).is_none(),
             "a range compare"
         );
         assert!(
-            !is_light(&cmd(Kind::Txn(txn(vec![], vec![get("b")]))), false),
+            light_cost(&cmd(Kind::Txn(txn(vec![], vec![get("b")]))), false).is_none(),
             "a range read"
         );
         let deep = txn(vec![], vec![op(Request::RequestTxn(txn(vec![], vec![get("\0")])))]);
-        assert!(!is_light(&cmd(Kind::Txn(deep)), false), "a range read, nested");
+        assert!(
+            light_cost(&cmd(Kind::Txn(deep)), false).is_none(),
+            "a range read, nested"
+        );
         let many = txn(vec![], (0..LIGHT_TXN_OPS).map(|_| put()).collect());
-        assert!(!is_light(&cmd(Kind::Txn(many)), false), "more ops than the budget");
+        assert!(
+            light_cost(&cmd(Kind::Txn(many)), false).is_none(),
+            "more ops than the budget"
+        );
         // Commands that apply alone, and everything else, are never light.
-        assert!(!is_light(&cmd(Kind::LeaseGrant(Default::default())), false));
-        assert!(!is_light(&cmd(Kind::Compaction(Default::default())), false));
-        assert!(!is_light(&cmd(Kind::AuthEnable(Default::default())), false));
+        assert!(light_cost(&cmd(Kind::LeaseGrant(Default::default())), false).is_none());
+        assert!(light_cost(&cmd(Kind::Compaction(Default::default())), false).is_none());
+        assert!(light_cost(&cmd(Kind::AuthEnable(Default::default())), false).is_none());
         let leased = pb::Command {
             kind: Some(Kind::Put(PutRequest {
                 lease: 7,
@@ -470,7 +498,10 @@ mod tests {
             })),
             auth: Some(Default::default()),
         };
-        assert!(is_light(&leased, false));
-        assert!(!is_light(&leased, true), "a leased put with auth enabled applies alone");
+        assert_eq!(light_cost(&leased, false), Some(1));
+        assert!(
+            light_cost(&leased, true).is_none(),
+            "a leased put with auth enabled applies alone"
+        );
     }
 }

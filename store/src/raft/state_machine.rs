@@ -108,9 +108,13 @@ struct Prepared {
 /// the store revision.
 type Outcome = (Vec<CommandResult>, u64, i64);
 
-/// At most this many entries are applied on the state machine's own task (see
-/// [`StateMachine::apply`]) when every one is light.
-const INLINE_ENTRIES: usize = 8;
+/// A batch of light commands is applied on the state machine's own task (see
+/// [`StateMachine::apply`]) when it costs at most this many point operations
+/// ([`apply::light_cost`]; at most this many entries, then)...
+const INLINE_OPS: usize = 64;
+/// ...and its commands at most this many bytes, which the batch copies into RocksDB's
+/// memtables (a few large values take longer than many small ones).
+const INLINE_BYTES: usize = 256 << 10;
 
 /// Evaluates every entry of a batch into one write, committing only around commands that
 /// apply alone.
@@ -213,16 +217,29 @@ impl Prepared {
     }
 }
 
-/// A small batch of light commands (see [`apply::is_light`]) costs less to apply than the
+/// A small batch of light commands (see [`apply::light_cost`]) costs less to apply than the
 /// two thread hand-offs of a blocking thread; it is applied on the state machine's task.
+/// The budget bounds how long the task holds its worker thread. Measured under put with 64
+/// clients (three members and the clients sharing 2 cores): a batch of 40 to 64 small puts
+/// applied inline in 0.75 ms at the median, and moving such batches here from the blocking
+/// thread raised throughput by about 15% (CPU per write -15%).
 fn applies_inline(shared: &Shared, entries: &[Entry]) -> bool {
-    entries.len() <= INLINE_ENTRIES && {
-        let auth_enabled = shared.auth().enabled();
-        entries.iter().all(|e| match &e.payload {
-            EntryPayload::Blank | EntryPayload::Membership(_) => true,
-            EntryPayload::Normal(cmd) => apply::is_light(&cmd.0, auth_enabled),
-        })
+    use prost::Message;
+    if entries.len() > INLINE_OPS {
+        return false;
     }
+    let auth_enabled = shared.auth().enabled();
+    let (mut ops, mut bytes) = (0, 0);
+    for e in entries {
+        if let EntryPayload::Normal(cmd) = &e.payload {
+            match apply::light_cost(&cmd.0, auth_enabled) {
+                Some(n) => ops += n,
+                None => return false,
+            }
+            bytes += cmd.0.encoded_len();
+        }
+    }
+    ops <= INLINE_OPS && bytes <= INLINE_BYTES
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
