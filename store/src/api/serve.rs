@@ -20,6 +20,7 @@ use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
 use crate::config::{self, Config, ConfigError};
 use crate::member::{Member, StartError};
+use crate::net::coalesce::Coalesced;
 use crate::net::h2_authority::ClientStream;
 use crate::net::tls::{self, Conn, Dialer, TlsError};
 use crate::peer::service::{EnvelopeLayer, PeerService};
@@ -262,8 +263,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let watch = WatchServer::new(WatchService { member: s.clone() })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
-        // Client connections go through the :authority repair (see `authority`).
-        let conns = incoming(&url, l, &security.client, shutdown.clone()).map(|conn| conn.map(ClientStream::new));
+        // Client connections go through the :authority repair (see `h2_authority`) and write
+        // in batches (see `coalesce`).
+        let conns = incoming(&url, l, &security.client, shutdown.clone())
+            .map(|conn| conn.map(|c| ClientStream::new(Coalesced::new(c))));
         // The HTTP endpoints share the client port, as etcd serves them (HTTP/1.1 and gRPC
         // over HTTP/2 on one listener); anything else is a gRPC method nobody serves.
         let http = tonic::service::Routes::from(super::http::router(s.clone()).fallback(unknown_method));
