@@ -237,9 +237,12 @@ fn applies_inline(shared: &Shared, entries: &[Entry]) -> bool {
                 None => return false,
             }
             bytes += cmd.0.encoded_len();
+            if ops > INLINE_OPS || bytes > INLINE_BYTES {
+                return false;
+            }
         }
     }
-    ops <= INLINE_OPS && bytes <= INLINE_BYTES
+    true
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -407,10 +410,14 @@ mod tests {
     use crate::raft::snapshot_files::snapshot_name;
 
     fn put(index: u64) -> Entry {
+        put_sized(index, 1)
+    }
+
+    fn put_sized(index: u64, value: usize) -> Entry {
         let cmd = pb::Command {
             kind: Some(Kind::Put(PutRequest {
                 key: format!("k{index}").into_bytes().into(),
-                value: b"v".to_vec().into(),
+                value: vec![b'v'; value].into(),
                 ..Default::default()
             })),
             auth: None,
@@ -435,6 +442,43 @@ mod tests {
 
     fn index_of(meta: &SnapshotMeta) -> u64 {
         meta.last_log_id.as_ref().map_or(0, |l| l.index)
+    }
+
+    /// A batch is applied inline up to its budget of point operations and command bytes;
+    /// past either, or with one command that is not light, it takes the blocking thread.
+    #[test]
+    fn inline_batches_are_bounded_by_operations_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(&dir.path().join("member")).unwrap();
+        let puts = |n: u64, value: usize| (1..=n).map(|i| put_sized(i, value)).collect::<Vec<_>>();
+        assert!(applies_inline(&sm.shared, &puts(INLINE_OPS as u64, 1)));
+        assert!(
+            !applies_inline(&sm.shared, &puts(INLINE_OPS as u64 + 1, 1)),
+            "one put too many"
+        );
+        assert!(applies_inline(&sm.shared, &puts(2, INLINE_BYTES / 4)));
+        assert!(
+            !applies_inline(&sm.shared, &puts(2, INLINE_BYTES / 2)),
+            "two large values"
+        );
+        let blank = Entry::new_blank(openraft::testing::log_id::<TypeConfig>(1, 1, 100));
+        let mut batch = puts(INLINE_OPS as u64 - 1, 1);
+        batch.push(blank);
+        assert!(applies_inline(&sm.shared, &batch), "a blank entry costs nothing");
+        let range_delete = pb::Command {
+            kind: Some(Kind::DeleteRange(crate::proto::etcdserverpb::DeleteRangeRequest {
+                key: b"a".to_vec().into(),
+                range_end: b"b".to_vec().into(),
+                ..Default::default()
+            })),
+            auth: None,
+        };
+        let mut batch = puts(1, 1);
+        batch.push(Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, 2),
+            Command(range_delete),
+        ));
+        assert!(!applies_inline(&sm.shared, &batch), "a range delete is not light");
     }
 
     /// The auth store is state-machine state: a member that catches up by snapshot gets the
