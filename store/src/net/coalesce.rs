@@ -28,6 +28,8 @@ use tonic::transport::server::Connected;
 const DIRECT: usize = 4096;
 /// Most bytes kept before they are given to the socket without waiting for a flush.
 const LIMIT: usize = 64 * 1024;
+/// Most buffer capacity an idle connection keeps (a member may hold many connections).
+const RETAIN: usize = 8 * 1024;
 
 /// A connection whose small writes are buffered until a flush, and whose flushes wait for
 /// one pass of the runtime's run queue (see the module documentation).
@@ -67,9 +69,9 @@ impl<S: AsyncWrite + Unpin> Coalesced<S> {
         }
         self.buf.clear();
         self.at = 0;
-        // A burst (a large watch catch-up) leaves no large buffer behind on an idle connection.
-        if self.buf.capacity() > LIMIT {
-            self.buf.shrink_to(LIMIT);
+        // A burst leaves no large buffer behind on an idle connection.
+        if self.buf.capacity() > RETAIN {
+            self.buf.shrink_to(RETAIN);
         }
         Poll::Ready(Ok(()))
     }
@@ -245,5 +247,6 @@ mod tests {
         assert!(socket.calls() > 0, "past the limit, bytes go out before a flush");
         c.shutdown().await.unwrap();
         assert_eq!(socket.bytes(), want, "shutdown writes what was buffered");
+        assert!(c.buf.capacity() <= RETAIN, "the drained buffer keeps little");
     }
 }
