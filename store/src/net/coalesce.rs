@@ -19,8 +19,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::AsyncWrite;
-use tokio::io::{AsyncRead, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// Writes at least this large are not copied: they are given to the socket directly (after
@@ -35,9 +35,8 @@ const RETAIN: usize = 8 * 1024;
 /// one pass of the runtime's run queue (see the module documentation).
 pub struct Coalesced<S> {
     io: S,
-    /// Written by the caller, not yet given to the socket: `buf[at..]`.
-    buf: Vec<u8>,
-    at: usize,
+    /// Written by the caller, not yet given to the socket.
+    buf: BytesMut,
     /// The pending flush has already yielded once.
     yielded: bool,
 }
@@ -46,32 +45,28 @@ impl<S> Coalesced<S> {
     pub fn new(io: S) -> Self {
         Coalesced {
             io,
-            buf: Vec::new(),
-            at: 0,
+            buf: BytesMut::new(),
             yielded: false,
         }
-    }
-
-    fn buffered(&self) -> usize {
-        self.buf.len() - self.at
     }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesced<S> {
     /// Gives every buffered byte to the socket.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.at < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[self.at..]))?;
+        while !self.buf.is_empty() {
+            let n = ready!(tokio_util::io::poll_write_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.buf
+            ))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.at += n;
         }
-        self.buf.clear();
-        self.at = 0;
         // A burst leaves no large buffer behind on an idle connection.
         if self.buf.capacity() > RETAIN {
-            self.buf.shrink_to(RETAIN);
+            self.buf = BytesMut::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -89,7 +84,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if len >= DIRECT || this.buffered() + len > LIMIT {
+        if len >= DIRECT || this.buf.len() + len > LIMIT {
             // The socket gets the bytes in the order they were written: what is buffered first.
             ready!(this.poll_drain(cx))?;
             if len >= DIRECT {
@@ -108,7 +103,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buffered() > 0 && !this.yielded {
+        if !this.buf.is_empty() && !this.yielded {
             // Woken while running, a task goes to the back of the run queue: the tasks
             // already waiting there (other streams of this connection) run first.
             this.yielded = true;
