@@ -30,7 +30,7 @@ use crate::auth::Access;
 use crate::error::StoreError;
 use crate::member::Member;
 use crate::member::auth::Credentials;
-use crate::member::watch_cache::PrevInterest;
+use crate::member::watch_cache::Interest;
 use crate::metrics;
 use crate::mvcc::KeyRange;
 use crate::mvcc::history::History;
@@ -65,8 +65,8 @@ struct Watcher {
     no_delete: bool,
     progress_notify: bool,
     fragment: bool,
-    /// Held while this watcher wants `prev_kv`, so the shared cache reads previous versions.
-    _prev_interest: Option<PrevInterest>,
+    /// Keeps the shared cache following (with previous versions if this watcher wants them).
+    _interest: Interest,
 }
 
 impl Watcher {
@@ -198,7 +198,7 @@ impl StreamState {
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: c.progress_notify,
             fragment: c.fragment,
-            _prev_interest: c.prev_kv.then(|| self.member.watch_cache().want_prev()),
+            _interest: self.member.watch_cache().register(c.prev_kv),
         };
         self.watchers.insert(id, w);
         let r = WatchResponse {

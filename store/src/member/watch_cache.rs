@@ -11,6 +11,11 @@
 //!
 //! The cache publishes the revision it has caught up to; streams wait on that rather than
 //! on the state machine, so a stream woken by a new revision finds it already here.
+//!
+//! While no watcher is registered on this member the cache reads nothing and holds nothing:
+//! it only publishes each new revision. A write-only load then pays no history read per
+//! applied batch, and an idle member keeps no copy of recent values. The first watcher to
+//! arrive is served from storage until the cache has followed a few batches again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,18 +97,26 @@ impl Window {
 
 pub struct WatchCache {
     window: RwLock<Window>,
-    /// Watchers on this member that asked for `prev_kv`.
+    /// Watchers registered on this member.
+    watchers: AtomicUsize,
+    /// Of those, the ones that asked for `prev_kv`.
     prev_watchers: AtomicUsize,
     revision_tx: watch::Sender<i64>,
 }
 
-/// Held by a watcher that asked for `prev_kv`; while any is held, the cache reads previous
-/// versions too.
-pub struct PrevInterest(Arc<WatchCache>);
+/// Held by each watcher on this member: while any is held the cache follows the state
+/// machine, and while one that wants `prev_kv` is held it reads previous versions too.
+pub struct Interest {
+    cache: Arc<WatchCache>,
+    prev: bool,
+}
 
-impl Drop for PrevInterest {
+impl Drop for Interest {
     fn drop(&mut self) {
-        self.0.prev_watchers.fetch_sub(1, Ordering::Relaxed);
+        if self.prev {
+            self.cache.prev_watchers.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.cache.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -112,6 +125,7 @@ impl WatchCache {
     pub fn new(revision: i64) -> Arc<WatchCache> {
         Arc::new(WatchCache {
             window: RwLock::new(Window::empty_at(revision, false)),
+            watchers: AtomicUsize::new(0),
             prev_watchers: AtomicUsize::new(0),
             revision_tx: watch::channel(revision).0,
         })
@@ -122,10 +136,16 @@ impl WatchCache {
         self.revision_tx.subscribe()
     }
 
-    /// Registers a watcher that wants `prev_kv`.
-    pub fn want_prev(self: &Arc<Self>) -> PrevInterest {
-        self.prev_watchers.fetch_add(1, Ordering::Relaxed);
-        PrevInterest(self.clone())
+    /// Registers a watcher (one that wants `prev_kv` when `prev`) until the guard drops.
+    pub fn register(self: &Arc<Self>, prev: bool) -> Interest {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        if prev {
+            self.prev_watchers.fetch_add(1, Ordering::Relaxed);
+        }
+        Interest {
+            cache: self.clone(),
+            prev,
+        }
     }
 
     /// The changes of revisions `from..=to` (with previous versions when `with_prev`), if the
@@ -134,25 +154,28 @@ impl WatchCache {
         self.window.read().expect("watch cache lock").get(from, to, with_prev)
     }
 
-    /// Reads the revisions applied since the last round into the window and publishes the
-    /// new revision. A jump larger than the window (a snapshot was installed) or a storage
-    /// error starts the window afresh at `current`: streams then read storage until it
-    /// fills again.
-    async fn catch_up(&self, member: &Member, current: i64) {
+    /// Readies the window for revision `current`; the revisions to read into it then (from
+    /// which one, with previous versions or not), if any.
+    fn to_read(&self, current: i64) -> Option<(i64, bool)> {
         let with_prev = self.prev_watchers.load(Ordering::Relaxed) > 0;
-        let from = {
-            let mut w = self.window.write().expect("watch cache lock");
-            if current - w.upto > MAX_CHANGES as i64 {
-                *w = Window::empty_at(current, with_prev);
-            } else if with_prev != w.with_prev {
-                // What it holds lacks (or carries needless) previous versions: keep following
-                // from here, the other way.
-                let upto = w.upto;
-                *w = Window::empty_at(upto, with_prev);
-            }
-            w.upto + 1
-        };
-        if from <= current {
+        let mut w = self.window.write().expect("watch cache lock");
+        if self.watchers.load(Ordering::Relaxed) == 0 || current - w.upto > MAX_CHANGES as i64 {
+            *w = Window::empty_at(current, with_prev);
+        } else if with_prev != w.with_prev {
+            // What it holds lacks (or carries needless) previous versions: keep following
+            // from here, the other way.
+            let upto = w.upto;
+            *w = Window::empty_at(upto, with_prev);
+        }
+        (w.upto < current).then_some((w.upto + 1, with_prev))
+    }
+
+    /// Reads the revisions applied since the last round into the window and publishes the
+    /// new revision. A jump larger than the window (a snapshot was installed), a storage
+    /// error or a member without watchers starts the window afresh at `current`: streams
+    /// then read storage until it fills again.
+    async fn catch_up(&self, member: &Member, current: i64) {
+        if let Some((from, with_prev)) = self.to_read(current) {
             let sm = member.sm.clone();
             let read = tokio::task::spawn_blocking(move || sm.mvcc.history(from, current, with_prev)).await;
             let mut w = self.window.write().expect("watch cache lock");
@@ -220,6 +243,43 @@ mod tests {
         assert!(w.get(10, 13, false).is_none(), "revision 10 is before the window");
         assert!(w.get(11, 14, false).is_none(), "revision 14 is not read yet");
         assert!(w.get(11, 13, true).is_none(), "no previous versions were read");
+    }
+
+    #[test]
+    fn follows_only_while_watchers_are_registered() {
+        let cache = WatchCache::new(5);
+        assert_eq!(cache.to_read(8), None, "no watcher: nothing is read");
+        assert!(cache.get(6, 8, false).is_none(), "and nothing is held");
+        let plain = cache.register(false);
+        assert_eq!(cache.to_read(8), None, "already at revision 8");
+        assert_eq!(cache.to_read(10), Some((9, false)));
+        cache
+            .window
+            .write()
+            .unwrap()
+            .append(10, vec![change(9, 0, 1), change(10, 0, 1)]);
+        let with_prev = cache.register(true);
+        assert_eq!(
+            cache.to_read(11),
+            Some((11, true)),
+            "previous versions are now read too"
+        );
+        drop(with_prev);
+        assert_eq!(cache.to_read(11), Some((11, false)));
+        drop(plain);
+        assert_eq!(cache.to_read(12), None, "the last watcher left");
+        assert_eq!(
+            cache.window.read().unwrap().changes.len(),
+            0,
+            "what was held is dropped"
+        );
+        assert_eq!(
+            (
+                cache.watchers.load(Ordering::Relaxed),
+                cache.prev_watchers.load(Ordering::Relaxed)
+            ),
+            (0, 0)
+        );
     }
 
     #[test]
