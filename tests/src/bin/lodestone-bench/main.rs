@@ -153,6 +153,12 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Operations completed (events delivered, for the fan-out); summed over rounds in
+    /// [`medians`].
+    count: usize,
+    /// CPU time the members spent per operation (per delivered event for the fan-out), all
+    /// members together, in microseconds; NaN when their processes are not known.
+    cpu_us_per_op: f64,
 }
 
 /// A small, fast, seedable generator, so clients pick keys without sharing state.
@@ -212,6 +218,8 @@ fn figures(mut latencies_us: Vec<u32>, count: usize, elapsed: Duration, errors: 
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
+        count,
+        cpu_us_per_op: f64::NAN,
     }
 }
 
@@ -363,6 +371,25 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user and system, every thread) the processes have used so far, in
+/// microseconds; `None` if one of them is gone. `/proc/PID/stat` counts it in USER_HZ
+/// ticks, which Linux fixes at 100 a second for user space.
+fn cpu_used_us(pids: &[u32]) -> Option<u64> {
+    const US_PER_TICK: u64 = 10_000;
+    let mut ticks = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name, in parentheses, may hold spaces: count fields after it. utime
+        // and stime are fields 14 and 15 of the line, the 12th and 13th after the name.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        ticks += utime + stime;
+    }
+    Some(ticks * US_PER_TICK)
+}
+
 /// What one run measures.
 #[derive(Clone)]
 struct Plan {
@@ -391,7 +418,8 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Op
     )
     .await;
     let endpoints = cluster.endpoints();
-    let (rows, checks) = rows_against(label, &endpoints, plan).await;
+    let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
+    let (rows, checks) = rows_against(label, &endpoints, &pids, plan).await;
     // A member that died during the run has no figure: say so, with the end of its log.
     let rss = cluster
         .members
@@ -412,8 +440,9 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Op
 }
 
 /// Preloads the keys, runs every row of `plan` against `endpoints`, then its `check perf`
-/// loads.
-async fn rows_against(label: &str, endpoints: &[String], plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>) {
+/// loads. `pids` are the members' processes, whose CPU time each row is charged (none when
+/// the cluster is not the bench's own).
+async fn rows_against(label: &str, endpoints: &[String], pids: &[u32], plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>) {
     let seconds = plan.seconds;
     let mut client = connect(endpoints).await;
     for n in 0..PRELOADED {
@@ -422,10 +451,18 @@ async fn rows_against(label: &str, endpoints: &[String], plan: &Plan) -> (Vec<Fi
     let mut rows = Vec::new();
     for &(op, clients) in &plan.rows {
         eprint!("[{label}] {} with {clients} clients for {seconds} s ... ", op.name());
-        let f = run(endpoints, op, clients, Duration::from_secs(seconds)).await;
+        let before = Some(pids).filter(|p| !p.is_empty()).and_then(cpu_used_us);
+        let mut f = run(endpoints, op, clients, Duration::from_secs(seconds)).await;
+        // Charged from before the row connects to after its last answer: the setup (the
+        // connections, the fan-out's watch streams) is a small part of a row's work.
+        if let (Some(before), Some(after)) = (before, cpu_used_us(pids))
+            && f.count > 0
+        {
+            f.cpu_us_per_op = (after - before) as f64 / f.count as f64;
+        }
         eprintln!(
-            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-            f.ops_per_sec, f.p50_ms, f.p99_ms, f.errors
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, member CPU {:.0} µs/op, {} errors",
+            f.ops_per_sec, f.p50_ms, f.p99_ms, f.cpu_us_per_op, f.errors
         );
         rows.push(f);
     }
@@ -458,6 +495,8 @@ fn medians(rounds: &[Vec<Figures>]) -> Vec<Figures> {
                 p50_ms: of(|f| f.p50_ms),
                 p99_ms: of(|f| f.p99_ms),
                 errors: rounds.iter().map(|r| r[row].errors).sum(),
+                count: rounds.iter().map(|r| r[row].count).sum(),
+                cpu_us_per_op: of(|f| f.cpu_us_per_op),
             }
         })
         .collect()
@@ -538,7 +577,7 @@ async fn main() {
         usage()
     }
     if let Some(endpoints) = endpoints {
-        let (rows, checks) = rows_against("cluster", &endpoints, &plan).await;
+        let (rows, checks) = rows_against("cluster", &endpoints, &[], &plan).await;
         println!();
         println!(
             "{:<24} {:>8} | {:>10} {:>8} {:>8}",
@@ -607,23 +646,38 @@ async fn main() {
 
     println!();
     println!(
-        "{:<24} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7} {:>7}",
-        "workload", "clients", "etcd op/s", "p50 ms", "p99 ms", "lode op/s", "p50 ms", "p99 ms", "x op/s", "x p99"
+        "{:<24} {:>8} | {:>10} {:>8} {:>8} {:>7} | {:>10} {:>8} {:>8} {:>7} | {:>7} {:>7} {:>7}",
+        "workload",
+        "clients",
+        "etcd op/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs",
+        "lode op/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs",
+        "x op/s",
+        "x p99",
+        "x cpu"
     );
     for (i, (op, clients)) in plan.rows.iter().enumerate() {
         let (e, l) = (&etcd[i], &lode[i]);
         println!(
-            "{:<24} {:>8} | {:>10.0} {:>8.2} {:>8.2} | {:>10.0} {:>8.2} {:>8.2} | {:>7.2} {:>7.2}",
+            "{:<24} {:>8} | {:>10.0} {:>8.2} {:>8.2} {:>7.0} | {:>10.0} {:>8.2} {:>8.2} {:>7.0} | {:>7.2} {:>7.2} {:>7.2}",
             op.name(),
             clients,
             e.ops_per_sec,
             e.p50_ms,
             e.p99_ms,
+            e.cpu_us_per_op,
             l.ops_per_sec,
             l.p50_ms,
             l.p99_ms,
+            l.cpu_us_per_op,
             l.ops_per_sec / e.ops_per_sec,
             l.p99_ms / e.p99_ms,
+            l.cpu_us_per_op / e.cpu_us_per_op,
         );
     }
     let show = |v: &[Option<f64>]| {
@@ -655,6 +709,10 @@ async fn main() {
     println!(
         "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
     );
+    println!(
+        "cpu µs: CPU time of all members per operation (per delivered event for the fan-out); x cpu: Lodestone's over etcd's (below 1 is leaner). \
+         On a host whose cores the load generator shares, it moves less from run to run than throughput does."
+    );
     let rows: Vec<(String, Figures, Figures)> = plan
         .rows
         .iter()
@@ -674,5 +732,40 @@ async fn main() {
             eprintln!("lodestone-bench: cannot draw the plot: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work_and_needs_every_process() {
+        let me = [std::process::id()];
+        let before = cpu_used_us(&me).expect("this process");
+        // Spin for 200 ms of wall time: at least a few 10 ms ticks of CPU.
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_used_us(&me).expect("this process");
+        assert!(
+            after >= before + 50_000,
+            "{before} µs then {after} µs after spinning 200 ms"
+        );
+        assert_eq!(cpu_used_us(&[std::process::id(), u32::MAX]), None, "no such process");
+    }
+
+    #[test]
+    fn medians_take_each_figure_on_its_own() {
+        let f = |ops, cpu| Figures {
+            ops_per_sec: ops,
+            cpu_us_per_op: cpu,
+            count: 10,
+            ..Figures::default()
+        };
+        let m = medians(&[vec![f(1.0, 300.0)], vec![f(3.0, 100.0)], vec![f(2.0, 200.0)]]);
+        assert_eq!((m[0].ops_per_sec, m[0].cpu_us_per_op, m[0].count), (2.0, 200.0, 30));
     }
 }
