@@ -14,8 +14,9 @@
 //!
 //! While no watcher is registered on this member the cache reads nothing and holds nothing:
 //! it only publishes each new revision. A write-only load then pays no history read per
-//! applied batch, and an idle member keeps no copy of recent values. The first watcher to
-//! arrive is served from storage until the cache has followed a few batches again.
+//! applied batch, and an idle member keeps no copy of recent values. A watcher that arrives
+//! then reads the revisions up to its arrival from storage, as any watcher behind the window
+//! does; the cache holds every batch applied after it registered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
