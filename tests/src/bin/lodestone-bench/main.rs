@@ -743,16 +743,20 @@ mod tests {
     fn cpu_time_grows_with_work_and_needs_every_process() {
         let me = [std::process::id()];
         let before = cpu_used_us(&me).expect("this process");
-        // Spin for 200 ms of wall time: at least a few 10 ms ticks of CPU.
+        // Spin until the reading moved by 50 ms (five ticks), however busy the host; a
+        // reading that never moves fails after ten seconds of wall time.
         let spin = Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(200) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        let mut now = before;
+        while now < before + 50_000 && spin.elapsed() < Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            now = cpu_used_us(&me).expect("this process");
         }
-        let after = cpu_used_us(&me).expect("this process");
         assert!(
-            after >= before + 50_000,
-            "{before} µs then {after} µs after spinning 200 ms"
+            now >= before + 50_000,
+            "{before} µs, then {now} µs after 10 s of spinning"
         );
         assert_eq!(cpu_used_us(&[std::process::id(), u32::MAX]), None, "no such process");
     }
