@@ -3,7 +3,7 @@
 //! Both binaries take the same etcd flags, so one harness drives either.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -303,6 +303,14 @@ impl Member {
     }
 }
 
+/// The fields of a `/proc/.../stat` file that follow the command name, from the state on.
+/// The name is in parentheses and may contain anything, so the split is at the last `)`.
+fn stat_fields(path: &Path) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// Whether every thread of process `pid` is in the stopped state (`T` in
 /// `/proc/<pid>/task/<tid>/stat`).
 fn all_threads_stopped(pid: u32) -> bool {
@@ -310,12 +318,21 @@ fn all_threads_stopped(pid: u32) -> bool {
         return false;
     };
     tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat"))
-            .ok()
-            // The state follows the command name in parentheses, which may contain anything.
-            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        stat_fields(&t.path().join("stat"))
+            .and_then(|f| f.first().map(|state| state == "T"))
             .unwrap_or(true)
     })
+}
+
+/// CPU time (user and system, every thread) process `pid` has used so far, in microseconds;
+/// `None` if it is gone. `/proc/<pid>/stat` counts it in USER_HZ ticks (fields 14 and 15 of
+/// the line, the 12th and 13th after the name), which Linux fixes at 100 a second.
+pub fn cpu_time_us(pid: u32) -> Option<u64> {
+    const US_PER_TICK: u64 = 10_000;
+    let fields = stat_fields(Path::new(&format!("/proc/{pid}/stat")))?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * US_PER_TICK)
 }
 
 /// A cluster of real processes in a temporary directory, killed when dropped.

@@ -371,23 +371,10 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// CPU time (user and system, every thread) the processes have used so far, in
-/// microseconds; `None` if one of them is gone. `/proc/PID/stat` counts it in USER_HZ
-/// ticks, which Linux fixes at 100 a second for user space.
+/// CPU time the processes have used so far, together, in microseconds; `None` if one of
+/// them is gone.
 fn cpu_used_us(pids: &[u32]) -> Option<u64> {
-    const US_PER_TICK: u64 = 10_000;
-    let mut ticks = 0;
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name, in parentheses, may hold spaces: count fields after it. utime
-        // and stime are fields 14 and 15 of the line, the 12th and 13th after the name.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut fields = rest.split_whitespace().skip(11);
-        let utime: u64 = fields.next()?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        ticks += utime + stime;
-    }
-    Some(ticks * US_PER_TICK)
+    pids.iter().map(|&pid| lodestone_tests::cpu_time_us(pid)).sum()
 }
 
 /// What one run measures.
