@@ -124,7 +124,7 @@ impl Member {
         let log = LogStore::open(&cfg.wal_dir())?;
         let sm = StateMachine::open(&cfg.state_machine_dir())?;
         let barrier_sm = sm.clone();
-        log.set_durability_barrier(Arc::new(move || barrier_sm.sync()));
+        log.set_durability_barrier(Arc::new(move |upto| barrier_sm.sync_through(upto)));
 
         let who = identify(&cfg, &log, &dialer).await?;
         let recovered_to = log.saved_commit_index()?;

@@ -71,8 +71,9 @@ const TAIL_ENTRIES: usize = 8192;
 /// buffers that may share a larger receive buffer, so the count bound matters as much.
 const TAIL_BYTES: usize = 32 << 20;
 
-/// Makes the state machine durable before log entries it was built from are purged.
-pub type DurabilityBarrier = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+/// Makes the state machine durable through the given log index before the entries up to it
+/// are purged.
+pub type DurabilityBarrier = Arc<dyn Fn(u64) -> std::io::Result<()> + Send + Sync>;
 
 enum Job {
     /// Write, answer `written` at once, complete `flushed` after the next fsync.
@@ -644,10 +645,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         // Never drop entries the state machine has not made durable: after a power loss they
-        // would be needed to rebuild it.
+        // would be needed to rebuild it. (openraft waits for this call before it goes on, so
+        // the barrier must be cheap when it can be: the snapshot that allows this purge
+        // usually flushed the state already.)
         let barrier = self.inner.barrier.lock().expect("barrier lock").clone();
         if let Some(barrier) = barrier {
-            tokio::task::spawn_blocking(move || barrier()).await.map_err(io_err)??;
+            let upto = log_id.index;
+            tokio::task::spawn_blocking(move || barrier(upto))
+                .await
+                .map_err(io_err)??;
         }
         let db = &self.inner.db;
         let meta = db.cf_handle(CF_META).expect("meta cf");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,10 @@ pub struct Shared {
     pub(super) generation: Mutex<u64>,
     pub(super) snap_dir: PathBuf,
     pub(super) applied_tx: watch::Sender<u64>,
+    /// Index of an applied entry known to be on disk with everything before it (0 when not
+    /// known): each flush records the applied index it covered. It lets the log's purge skip
+    /// a flush that an earlier one (the snapshot build's) already made.
+    pub(super) durable: AtomicU64,
     pub(super) revision_tx: watch::Sender<i64>,
     /// The compacted revision as of the last applied batch, set before `revision_tx` moves,
     /// so anyone woken by a new revision sees the compaction that came with it.
@@ -76,6 +80,26 @@ impl Shared {
     /// Index of the last applied log entry; changes as entries are applied.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
+    }
+
+    /// Makes everything applied so far durable (flushes the memtables), and remembers up to
+    /// which entry it did.
+    pub fn sync(&self) -> std::io::Result<()> {
+        // Published only after its batch was written: the flush below covers it.
+        let covered = *self.applied_tx.borrow();
+        self.mvcc.sync().map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.durable.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes the state durable through log entry `index`: nothing to do when a flush since
+    /// it was applied has already done so (the purge after a snapshot, whose build flushed),
+    /// a flush otherwise.
+    pub fn sync_through(&self, index: u64) -> std::io::Result<()> {
+        if self.durable.load(Ordering::Acquire) >= index {
+            return Ok(());
+        }
+        self.sync()
     }
 
     /// Store revision after the last applied batch.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -67,6 +67,8 @@ impl StateMachine {
                 generation: Mutex::new(generation),
                 snap_dir,
                 applied_tx,
+                // What was found on disk is not assumed durable: the first purge flushes.
+                durable: AtomicU64::new(0),
                 revision_tx,
                 compacted: AtomicI64::new(meta.compacted),
                 current: Mutex::new(current),
@@ -81,7 +83,13 @@ impl StateMachine {
 
     /// Makes everything applied so far durable.
     pub fn sync(&self) -> std::io::Result<()> {
-        self.shared.mvcc.sync().map_err(io_err)
+        self.shared.sync()
+    }
+
+    /// Makes everything applied through log entry `index` durable, flushing only if no
+    /// flush since has (see [`Shared::sync_through`]).
+    pub fn sync_through(&self, index: u64) -> std::io::Result<()> {
+        self.shared.sync_through(index)
     }
 }
 
@@ -369,7 +377,7 @@ fn install(
 /// Writes a snapshot file of the current state under a scratch name, for [`publish`].
 fn build_file(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
     // The log may be purged up to this snapshot: make the state behind it durable.
-    shared.mvcc.sync().map_err(io_err)?;
+    shared.sync()?;
     let tmp = shared.scratch_path("building", "build");
     match shared.export(&tmp) {
         Ok(meta) => Ok((meta, tmp)),
@@ -479,6 +487,45 @@ mod tests {
             Command(range_delete),
         ));
         assert!(!applies_inline(&sm.shared, &batch), "a range delete is not light");
+    }
+
+    /// Entries written to the `kv` family's active memtable: 0 right after a flush.
+    fn unflushed(sm: &StateMachine) -> u64 {
+        let db = sm.shared.mvcc.db();
+        let cf = db.cf_handle(crate::mvcc::CF_KV).unwrap();
+        db.property_int_value_cf(&cf, "rocksdb.num-entries-active-mem-table")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The purge's barrier flushes only what no flush has covered yet: after a snapshot
+    /// build (which flushes), purging up to it writes nothing; purging past what is on disk
+    /// flushes. openraft waits for the purge, so a needless flush stalls every write.
+    #[tokio::test]
+    async fn the_purge_barrier_flushes_only_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&dir.path().join("member")).unwrap();
+        apply(&mut sm, 1..=5).await;
+        assert!(unflushed(&sm) > 0);
+        sm.sync_through(3).unwrap();
+        assert_eq!(unflushed(&sm), 0, "nothing known durable yet: flushed");
+
+        apply(&mut sm, 6..=8).await;
+        let pending = unflushed(&sm);
+        assert!(pending > 0);
+        sm.sync_through(5).unwrap();
+        assert_eq!(unflushed(&sm), pending, "entry 5 was flushed already: nothing to do");
+        sm.sync_through(7).unwrap();
+        assert_eq!(unflushed(&sm), 0, "entry 7 was not on disk: flushed");
+
+        apply(&mut sm, 9..=12).await;
+        let snap = sm.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&snap.meta), 12);
+        apply(&mut sm, 13..=14).await;
+        let pending = unflushed(&sm);
+        assert!(pending > 0);
+        sm.sync_through(12).unwrap();
+        assert_eq!(unflushed(&sm), pending, "the snapshot build flushed through its index");
     }
 
     /// The auth store is state-machine state: a member that catches up by snapshot gets the
