@@ -236,7 +236,7 @@ impl Member {
         }
         self.consensus.shutdown().await;
         let sm = self.sm.clone();
-        match tokio::task::spawn_blocking(move || sm.mvcc.sync()).await {
+        match tokio::task::spawn_blocking(move || sm.sync()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "final state machine sync"),
             Err(e) => tracing::warn!(error = %e, "final state machine sync"),
