@@ -87,7 +87,7 @@ impl Shared {
     pub fn sync(&self) -> std::io::Result<()> {
         // Published only after its batch was written: the flush below covers it.
         let covered = *self.applied_tx.borrow();
-        self.mvcc.sync().map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.mvcc.sync().map_err(io_err)?;
         self.durable.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
