@@ -26,6 +26,7 @@ use crate::proto::lodestone::{
     ClusterInfoRequest, ClusterView, Command, CommandBatch, CommandResult, CommandResults, LeaseAnswer, LeaseQuery,
     MemberChange, MemberChangeReply, RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
 };
+use crate::raft::snapshot::SyncPacer;
 
 /// The answers of a pipelined replication stream.
 type AnswerStream = Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send>>;
@@ -109,11 +110,17 @@ impl Peer for PeerService {
             let mut file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
+            // Synced piece by piece while it arrives, so the final sync never holds a
+            // large snapshot's worth of writes ahead of this member's log fsyncs.
+            let mut pacer = SyncPacer::default();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 file.write_all(&chunk.data)
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
+                if pacer.wrote(chunk.data.len()) {
+                    file.sync_data().await.map_err(|e| Status::internal(e.to_string()))?;
+                }
                 if chunk.done {
                     return file.sync_all().await.map_err(|e| Status::internal(e.to_string()));
                 }

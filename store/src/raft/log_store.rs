@@ -49,6 +49,7 @@ use rocksdb::{
 use tokio::sync::oneshot;
 
 use super::TypeConfig;
+use super::shared::io_err;
 use crate::metrics;
 
 type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
@@ -221,10 +222,6 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
 }
 
 fn idx_key(index: u64) -> [u8; 8] {
