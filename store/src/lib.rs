@@ -3,8 +3,8 @@
 //! layer rule these modules keep.
 //!
 //! Layers, bottom up (a module uses only those below it):
-//! - [`config`], [`error`], [`metrics`], [`proto`]: flags, domain errors, Prometheus, wire
-//!   types; used by every layer.
+//! - [`config`], [`error`], [`metrics`], [`proto`], [`fsync`]: flags, domain errors,
+//!   Prometheus, wire types, paced syncs of large files; used by every layer.
 //! - [`mvcc`]: etcd's revisioned key-value model on RocksDB (the state machine's data);
 //!   [`lease`]: lease deadlines (expiry decided on the leader's clock); [`auth`]: users,
 //!   roles, permissions and tokens (etcd's Auth).
@@ -26,6 +26,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod error;
+pub mod fsync;
 pub mod lease;
 pub mod member;
 pub mod metrics;

@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 
 use super::envelope::{self, Address};
 use crate::error::StoreError;
+use crate::fsync::SyncPacer;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{HashKvRequest, HashKvResponse};
 use crate::proto::lodestone::peer_server::Peer;
@@ -26,7 +27,6 @@ use crate::proto::lodestone::{
     ClusterInfoRequest, ClusterView, Command, CommandBatch, CommandResult, CommandResults, LeaseAnswer, LeaseQuery,
     MemberChange, MemberChangeReply, RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
 };
-use crate::raft::snapshot::SyncPacer;
 
 /// The answers of a pipelined replication stream.
 type AnswerStream = Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send>>;
