@@ -245,7 +245,9 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
     // 400 values of 16 KiB: the snapshot (over 6 MiB) is synced piece by piece while it is
     // built and while the lagging member receives it, not only at its end.
     for i in 0..400 {
-        cl.put(format!("snap/{i:04}"), vec![b'x'; 16 << 10], None).await.unwrap();
+        cl.put(format!("snap/{i:04}"), vec![b'x'; 16 << 10], None)
+            .await
+            .unwrap();
     }
     cl.delete("snap/0000", None).await.unwrap();
     // Wait until the leader has purged its log past where the lagging member stopped (a few
