@@ -51,6 +51,7 @@ pub fn refused(e: StoreError) -> pb::CommandResult {
             code: e.code(),
             message: e.to_string(),
         })),
+        log_index: 0,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn outcome(r: pb::CommandResult) -> Result<pb::CommandResult, StoreError> {
 pub fn empty() -> pb::CommandResult {
     pb::CommandResult {
         kind: Some(ResKind::Empty(pb::Empty {})),
+        log_index: 0,
     }
 }
 
@@ -170,7 +172,11 @@ pub fn apply_command(
         None => Ok(ResKind::Empty(pb::Empty {})),
     };
     match res {
-        Ok(kind) => Ok(pb::CommandResult { kind: Some(kind) }),
+        // The state machine stamps the entry's log index on the result it answers with.
+        Ok(kind) => Ok(pb::CommandResult {
+            kind: Some(kind),
+            log_index: 0,
+        }),
         Err(e @ (StoreError::Storage(_) | StoreError::Internal(_))) => Err(e),
         Err(e) => Ok(refused(e)),
     }

@@ -13,7 +13,8 @@
 //! proposed on the leader in one hand-off to consensus). A lone write therefore pays no
 //! delay, and a loaded follower sends as many writes per call as arrived during the last.
 //!
-//! Every write gets its own answer. A refusal of the whole call (transport trouble, or a
+//! Every write gets its own answer, and the log index the leader applied it at (see
+//! [`Forwarded`]). A refusal of the whole call (transport trouble, or a
 //! leader stopping) answers each write as a failed single call would: the leader's refusal,
 //! or `LeaderChanged` when the call itself failed, since the leader may have acted on it. A
 //! write whose caller gave up (its request timed out) before its batch left is not sent.
@@ -42,11 +43,40 @@ const MAX_IN_FLIGHT: usize = 2;
 /// Writes one batch carries at most (openraft takes up to 4,096 writes in one hand-off).
 const MAX_BATCH: usize = 1024;
 
+/// A forwarded write's answer.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The leader's answer, or why there is none.
+    pub result: Result<pb::CommandResult>,
+    /// The log index the leader applied the write at; 0 when unknown (the call failed, or
+    /// the leader predates the field). The member that forwarded the write answers its
+    /// client only once it applied this index itself, as etcd's member does.
+    pub index: u64,
+}
+
+impl Forwarded {
+    fn failed(e: StoreError) -> Forwarded {
+        Forwarded {
+            result: Err(e),
+            index: 0,
+        }
+    }
+
+    /// The leader's answer to one write: its result, refusal at apply included.
+    fn answered(r: pb::CommandResult) -> Forwarded {
+        let index = r.log_index;
+        Forwarded {
+            result: crate::apply::outcome(r),
+            index,
+        }
+    }
+}
+
 /// A forwarded write waiting for its batch, and where its answer goes.
 struct Pending {
     cmd: pb::Command,
     size: usize,
-    answer: oneshot::Sender<Result<pb::CommandResult>>,
+    answer: oneshot::Sender<Forwarded>,
 }
 
 /// The writes waiting for one leader, and the batches out to it.
@@ -116,13 +146,7 @@ impl Forwarder {
 
     /// Forwards `cmd` (`size` bytes encoded, as the caller measured it against
     /// `--max-request-bytes`) to `leader`, reached through `client`, and returns its answer.
-    pub async fn propose(
-        self: &Arc<Self>,
-        leader: NodeId,
-        client: Client,
-        cmd: pb::Command,
-        size: usize,
-    ) -> Result<pb::CommandResult> {
+    pub async fn propose(self: &Arc<Self>, leader: NodeId, client: Client, cmd: pb::Command, size: usize) -> Forwarded {
         let (tx, rx) = oneshot::channel();
         let batch = {
             let mut state = self.state();
@@ -139,7 +163,7 @@ impl Forwarder {
             self.tasks.spawn(self.clone().send(leader, client, batch));
         }
         // The sender answers every write it took; a dropped answer means it was stopped.
-        rx.await.unwrap_or(Err(StoreError::Stopped))
+        rx.await.unwrap_or_else(|_| Forwarded::failed(StoreError::Stopped))
     }
 
     /// Sends `batch`, then whatever waits in the lane meanwhile, until the lane is empty.
@@ -154,7 +178,7 @@ impl Forwarder {
             };
             if lane.waiting.is_empty() || self.shutdown.is_cancelled() {
                 for p in lane.waiting.drain(..) {
-                    let _ = p.answer.send(Err(StoreError::Stopped));
+                    let _ = p.answer.send(Forwarded::failed(StoreError::Stopped));
                 }
                 lane.in_flight -= 1;
                 if lane.in_flight == 0 {
@@ -180,21 +204,21 @@ impl Forwarder {
             }
             _ = self.shutdown.cancelled() => Err(tonic::Status::cancelled("member stopping")),
         };
-        let results: Vec<Result<pb::CommandResult>> = match (outcome, fallback) {
+        let results: Vec<Forwarded> = match (outcome, fallback) {
             (Ok(reply), _) => {
                 if !proven {
                     self.state().batching.insert(leader);
                 }
                 let results = reply.into_inner().results;
                 if results.len() == answers.len() {
-                    results.into_iter().map(crate::apply::outcome).collect()
+                    results.into_iter().map(Forwarded::answered).collect()
                 } else {
                     let e = StoreError::Internal(format!(
                         "the leader answered {} of {} forwarded writes",
                         results.len(),
                         answers.len()
                     ));
-                    vec![Err(e); answers.len()]
+                    answers.iter().map(|_| Forwarded::failed(e.clone())).collect()
                 }
             }
             (Err(s), Some(commands)) if s.code() == tonic::Code::Unimplemented => {
@@ -202,7 +226,12 @@ impl Forwarder {
                 // comes from its router: nothing of the batch was done.)
                 let calls = commands.into_iter().map(|cmd| {
                     let mut c = client.clone();
-                    async move { answer(c.propose(cmd).await) }
+                    async move {
+                        match answer(c.propose(cmd).await) {
+                            Ok(r) => Forwarded::answered(r),
+                            Err(e) => Forwarded::failed(e),
+                        }
+                    }
                 });
                 futures::future::join_all(calls).await
             }
@@ -210,9 +239,15 @@ impl Forwarder {
                 // It took batches before and no longer does (it was rolled back): nothing was
                 // done, so the writes may be routed again, to go one call each.
                 self.state().batching.remove(&leader);
-                vec![Err(StoreError::NotLeader); answers.len()]
+                answers
+                    .iter()
+                    .map(|_| Forwarded::failed(StoreError::NotLeader))
+                    .collect()
             }
-            (Err(s), _) => vec![Err(envelope::error_of(&s)); answers.len()],
+            (Err(s), _) => {
+                let e = envelope::error_of(&s);
+                answers.iter().map(|_| Forwarded::failed(e.clone())).collect()
+            }
         };
         for (a, r) in answers.into_iter().zip(results) {
             let _ = a.send(r);
@@ -224,7 +259,7 @@ impl Forwarder {
 mod tests {
     use super::*;
 
-    fn pending(size: usize) -> (Pending, oneshot::Receiver<Result<pb::CommandResult>>) {
+    fn pending(size: usize) -> (Pending, oneshot::Receiver<Forwarded>) {
         let (tx, rx) = oneshot::channel();
         let p = Pending {
             cmd: pb::Command::default(),
@@ -245,7 +280,8 @@ mod tests {
 
     /// A leader that answers `Propose`, and `ProposeMany` only while `batching` is set (as a
     /// member of an older version, its generated stub answers "unimplemented"). Every write
-    /// gets the next revision; a put of key "refuse" is refused at apply.
+    /// gets the next revision, applied at log index ten times it; a put of key "refuse" is
+    /// refused at apply, at log index 1.
     #[derive(Clone, Default)]
     struct Leader {
         batching: Arc<AtomicBool>,
@@ -257,18 +293,23 @@ mod tests {
     impl Leader {
         fn apply(&self, cmd: pb::Command) -> pb::CommandResult {
             match cmd.kind {
-                Some(command::Kind::Put(p)) if p.key.as_ref() == b"refuse" => {
-                    crate::apply::refused(StoreError::KeyNotFound)
-                }
-                _ => pb::CommandResult {
-                    kind: Some(command_result::Kind::Put(PutResponse {
-                        header: Some(ResponseHeader {
-                            revision: self.revision.fetch_add(1, Ordering::SeqCst) + 1,
-                            ..Default::default()
-                        }),
-                        prev_kv: None,
-                    })),
+                Some(command::Kind::Put(p)) if p.key.as_ref() == b"refuse" => pb::CommandResult {
+                    log_index: 1,
+                    ..crate::apply::refused(StoreError::KeyNotFound)
                 },
+                _ => {
+                    let revision = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+                    pb::CommandResult {
+                        kind: Some(command_result::Kind::Put(PutResponse {
+                            header: Some(ResponseHeader {
+                                revision,
+                                ..Default::default()
+                            }),
+                            prev_kv: None,
+                        })),
+                        log_index: revision as u64 * 10,
+                    }
+                }
             }
         }
     }
@@ -317,6 +358,7 @@ mod tests {
         match r {
             Ok(pb::CommandResult {
                 kind: Some(command_result::Kind::Put(p)),
+                ..
             }) => p.header.as_ref().unwrap().revision,
             other => panic!("not a put's answer: {other:?}"),
         }
@@ -349,31 +391,38 @@ mod tests {
                 futures::future::join_all(writes).await
             }
         };
-        let distinct = |answers: &[Result<pb::CommandResult>]| {
+        // `refusal_index`: where the refused write's answer says it was applied (a single
+        // Propose's refusal is a status, which carries none).
+        let distinct = |answers: &[Forwarded], refusal_index: u64| {
             let revs: HashSet<i64> = answers
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != 3)
-                .map(|(_, r)| revision(r))
+                .map(|(_, a)| {
+                    let rev = revision(&a.result);
+                    assert_eq!(a.index, rev as u64 * 10, "each answer carries its log index");
+                    rev
+                })
                 .collect();
             assert_eq!(revs.len(), answers.len() - 1, "each write has its own answer");
             assert_eq!(
-                answers[3],
+                answers[3].result,
                 Err(StoreError::KeyNotFound),
                 "a refusal comes back as itself"
             );
+            assert_eq!(answers[3].index, refusal_index);
         };
 
         // A leader of an older version: one Propose each.
         let answers = burst(50).await;
-        distinct(&answers);
+        distinct(&answers, 0);
         assert_eq!(leader.single_calls.load(Ordering::SeqCst), 50);
         assert_eq!(leader.batch_calls.load(Ordering::SeqCst), 0);
 
         // Upgraded: the same burst goes in a few shared calls.
         leader.batching.store(true, Ordering::SeqCst);
         let answers = burst(50).await;
-        distinct(&answers);
+        distinct(&answers, 1);
         assert_eq!(
             leader.single_calls.load(Ordering::SeqCst),
             50,
@@ -384,11 +433,11 @@ mod tests {
 
         // Rolled back: nothing was done, so the write is handed back to be routed again...
         leader.batching.store(false, Ordering::SeqCst);
-        let again = f.propose(2, client.clone(), put("k"), 1).await;
+        let again = f.propose(2, client.clone(), put("k"), 1).await.result;
         assert_eq!(again, Err(StoreError::NotLeader));
         // ... and then goes one call each.
         let answers = burst(5).await;
-        distinct(&answers);
+        distinct(&answers, 0);
         assert_eq!(leader.single_calls.load(Ordering::SeqCst), 55);
         server.abort();
     }

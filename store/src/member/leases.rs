@@ -72,6 +72,7 @@ impl Member {
             match self.propose_write(cmd).await {
                 Ok(pb::CommandResult {
                     kind: Some(ResKind::LeaseGrant(mut r)),
+                    ..
                 }) => {
                     r.header = self.header(r.header.map_or(0, |h| h.revision));
                     return Ok(r);
@@ -93,6 +94,7 @@ impl Member {
         match self.propose(cmd).await? {
             pb::CommandResult {
                 kind: Some(ResKind::LeaseRevoke(mut r)),
+                ..
             } => {
                 r.header = self.header(r.header.map_or(0, |h| h.revision));
                 Ok(r)

@@ -90,7 +90,17 @@ impl Member {
             async move {
                 match leader {
                     Leader::Here => self.propose_here(cmd).await,
-                    Leader::Peer(id, c) => self.forwarder.propose(id, c, cmd, size).await,
+                    Leader::Peer(id, c) => {
+                        // Answered once this member applied the write too, as etcd's member
+                        // answers only what it applied: its client then reads the write back
+                        // here at once, serializable reads included, and the revisions this
+                        // member shows never go back below one it handed out.
+                        let forwarded = self.forwarder.propose(id, c, cmd, size).await;
+                        if forwarded.index > 0 {
+                            self.wait_applied(forwarded.index).await?;
+                        }
+                        forwarded.result
+                    }
                 }
             }
         });

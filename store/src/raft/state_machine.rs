@@ -276,6 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
         let shared = self.shared.clone();
         let n = entries.len();
         let start = Instant::now();
@@ -301,8 +302,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.applied_tx.send_replace(last);
         self.shared.revision_tx.send_replace(revision);
         metrics::proposals_applied(n as u64);
-        for (responder, result) in responders.into_iter().zip(results) {
+        for ((responder, mut result), index) in responders.into_iter().zip(results).zip(indexes) {
             if let Some(r) = responder {
+                result.0.log_index = index;
                 r.send(result);
             }
         }
