@@ -205,7 +205,18 @@ impl Member {
             async move {
                 match leader {
                     Leader::Here => self.change_membership_here(change).await,
-                    Leader::Peer(_, mut c) => answer(c.change_membership(MemberChange { change: Some(change) }).await),
+                    Leader::Peer(_, mut c) => {
+                        // A member asked to remove itself may never learn that its removal
+                        // committed: the leader stops replicating to it.
+                        let removes_me = matches!(&change, Change::Remove(r) if r.id == self.id);
+                        let reply = answer(c.change_membership(MemberChange { change: Some(change) }).await)?;
+                        // Otherwise answered once this member applied the change too, so that
+                        // its MemberList (served from its own view) shows it, as etcd's does.
+                        if reply.log_index > 0 && !removes_me {
+                            self.wait_applied(reply.log_index).await?;
+                        }
+                        Ok(reply)
+                    }
                 }
             }
         });
@@ -227,8 +238,9 @@ impl Member {
             new_id: self.fresh_member_id(&change),
         };
         let plan = decide(&status, change.clone(), &ctx)?;
+        let mut log_index = 0;
         for step in plan.steps {
-            self.consensus.change_membership(step).await?;
+            log_index = self.consensus.change_membership(step).await?;
         }
         match (&change, &plan.added) {
             (Change::Add(_), Some(a)) => {
@@ -244,6 +256,7 @@ impl Member {
         Ok(MemberChangeReply {
             member: plan.added,
             members: self.members(),
+            log_index,
         })
     }
 

@@ -355,30 +355,33 @@ impl Consensus {
         }
     }
 
-    /// Changes the membership on the leader, waiting until the change is committed.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
+    /// Changes the membership on the leader, waiting until the change is committed; returns
+    /// the log index of the change.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<u64> {
         let r = match change {
-            MembershipChange::AddLearner(id, node) => self.raft.add_learner(id, node, false).await.map(|_| ()),
+            MembershipChange::AddLearner(id, node) => {
+                self.raft.add_learner(id, node, false).await.map(|w| w.log_id.index)
+            }
             MembershipChange::AddVoter(id) => self
                 .raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                 .await
-                .map(|_| ()),
+                .map(|w| w.log_id.index),
             MembershipChange::RemoveVoter(id) => self
                 .raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map(|_| ()),
+                .map(|w| w.log_id.index),
             MembershipChange::RemoveLearner(id) => self
                 .raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
-                .map(|_| ()),
+                .map(|w| w.log_id.index),
             MembershipChange::SetNode(id, node) => self
                 .raft
                 .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
                 .await
-                .map(|_| ()),
+                .map(|w| w.log_id.index),
         };
         r.map_err(write_error)
     }

@@ -13,7 +13,8 @@ use tonic::Code;
 lodestone_tests::compat!(
     membership_errors_and_learner_bookkeeping,
     a_founder_that_lost_its_data_does_not_found_again,
-    removing_the_leader_succeeds_and_the_rest_carry_on
+    removing_the_leader_succeeds_and_the_rest_carry_on,
+    a_change_through_a_follower_is_listed_there_at_once
 );
 
 async fn membership_errors_and_learner_bookkeeping(kind: Kind) {
@@ -285,6 +286,32 @@ where
 }
 
 /// Lodestone only: the learner life cycle under a continuous write load.
+/// A member asked to remove itself answers at once: the leader commits its removal and stops
+/// replicating to it, so it cannot wait to apply the change as it does for other changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_asked_to_remove_itself_answers_at_once() {
+    let c = Cluster::start(
+        Kind::Lodestone,
+        Options {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = c.leader().await;
+    let victim = (leader + 1) % 3;
+    let mut cl = c.client_of(victim).await;
+    let id = cl.status().await.unwrap().header().unwrap().member_id();
+    let start = Instant::now();
+    let left = cl.member_remove(id).await.unwrap();
+    assert!(left.members().iter().all(|m| m.id() != id));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the removal took {:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_add_catch_up_promote_remove_under_load() {
     let mut c = Cluster::start(
@@ -535,5 +562,65 @@ async fn etcdctl_member_commands() {
         String::from_utf8_lossy(&out.stderr).contains("not enough started members"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A membership change answered by a follower was applied there before the answer, as etcd's
+/// member waits for its own apply of what it proposed: MemberList on that member (served from
+/// its own view) shows the change at once. Writers through the leader keep the follower's
+/// apply busy meanwhile.
+async fn a_change_through_a_follower_is_listed_there_at_once(kind: Kind) {
+    let c = Cluster::start(
+        kind,
+        Options {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    // etcd refuses MemberAdd ("unhealthy cluster") until the member asked has been connected
+    // to every voter for 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let mut cl = c.client_of(leader).await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                cl.put(format!("load/{t}/{}", i % 100), vec![b'x'; 512], None)
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+        }));
+    }
+    let mut cl = c.client_of(follower).await;
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        let url = format!("http://127.0.0.1:{}", 40_000 + i);
+        let added = cl
+            .member_add([url.as_str()], Some(MemberAddOptions::new().with_is_learner()))
+            .await
+            .unwrap();
+        let id = added.member().unwrap().id();
+        if !cl.member_list().await.unwrap().members().iter().any(|m| m.id() == id) {
+            missed.push(format!("added {url}"));
+        }
+        cl.member_remove(id).await.unwrap();
+        if cl.member_list().await.unwrap().members().iter().any(|m| m.id() == id) {
+            missed.push(format!("removed {url}"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(
+        missed.is_empty(),
+        "MemberList on the member that answered the change missed it: {missed:?}"
     );
 }
