@@ -5,6 +5,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
@@ -499,6 +501,27 @@ impl Cluster {
         connect_with(&[self.grpc_endpoint(&self.members[i])], self.connect_options()).await
     }
 
+    /// `writers` clients of member `i` putting 512-byte values (100 keys each) until the load
+    /// is stopped: keeps every member's apply busy while a test looks at something else.
+    pub async fn write_load(&self, i: usize, writers: usize) -> WriteLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..writers {
+            let mut cl = self.client_of(i).await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    cl.put(format!("load/{t}/{}", n % 100), vec![b'x'; 512], None)
+                        .await
+                        .expect("a put of the write load");
+                    n += 1;
+                }
+            }));
+        }
+        WriteLoad { stop, tasks }
+    }
+
     /// A client of all members.
     pub async fn client(&self) -> Client {
         let eps: Vec<String> = self.members.iter().map(|m| self.grpc_endpoint(m)).collect();
@@ -655,6 +678,22 @@ impl Cluster {
     /// Runs `etcdctl` against the given endpoints.
     pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Output {
         etcdctl(endpoints, args)
+    }
+}
+
+/// A running [`Cluster::write_load`].
+pub struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    /// Stops the writers and waits for them; panics if a put of theirs failed.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("a writer of the write load");
+        }
     }
 }
 

@@ -624,34 +624,10 @@ async fn a_delete_range_of_many_keys_succeeds(kind: Kind) {
 /// once with a serializable read (served locally), and never sees the member's revision go
 /// back below one it was given. Writers through the leader keep every apply busy meanwhile.
 async fn a_write_through_a_follower_is_read_there_at_once(kind: Kind) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    let c = Cluster::start(
-        kind,
-        Options {
-            size: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for t in 0..4 {
-        let mut cl = c.client_of(leader).await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                cl.put(format!("load/{t}/{}", i % 100), vec![b'x'; 512], None)
-                    .await
-                    .unwrap();
-                i += 1;
-            }
-        }));
-    }
+    let load = c.write_load(leader, 4).await;
     let mut readers = Vec::new();
     for t in 0..8 {
         let mut cl = c.client_of(follower).await;
@@ -678,10 +654,7 @@ async fn a_write_through_a_follower_is_read_there_at_once(kind: Kind) {
     for r in readers {
         stale.extend(r.await.unwrap());
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    load.stop().await;
     assert!(
         stale.is_empty(),
         "{} of 1200 serializable reads on the member that answered the write missed it \

@@ -570,34 +570,13 @@ async fn etcdctl_member_commands() {
 /// its own view) shows the change at once. Writers through the leader keep the follower's
 /// apply busy meanwhile.
 async fn a_change_through_a_follower_is_listed_there_at_once(kind: Kind) {
-    let c = Cluster::start(
-        kind,
-        Options {
-            size: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let c = Cluster::start(kind, Options::members(3)).await;
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
     // etcd refuses MemberAdd ("unhealthy cluster") until the member asked has been connected
     // to every voter for 5 s.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for t in 0..4 {
-        let mut cl = c.client_of(leader).await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                cl.put(format!("load/{t}/{}", i % 100), vec![b'x'; 512], None)
-                    .await
-                    .unwrap();
-                i += 1;
-            }
-        }));
-    }
+    let load = c.write_load(leader, 4).await;
     let mut cl = c.client_of(follower).await;
     let mut missed = Vec::new();
     for i in 0..20 {
@@ -615,10 +594,7 @@ async fn a_change_through_a_follower_is_listed_there_at_once(kind: Kind) {
             missed.push(format!("removed {url}"));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    load.stop().await;
     assert!(
         missed.is_empty(),
         "MemberList on the member that answered the change missed it: {missed:?}"
