@@ -44,7 +44,7 @@ const MAX_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 1024;
 
 /// A forwarded write's answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Forwarded {
     /// The leader's answer, or why there is none.
     pub result: Result<pb::CommandResult>,
@@ -218,7 +218,7 @@ impl Forwarder {
                         results.len(),
                         answers.len()
                     ));
-                    answers.iter().map(|_| Forwarded::failed(e.clone())).collect()
+                    vec![Forwarded::failed(e); answers.len()]
                 }
             }
             (Err(s), Some(commands)) if s.code() == tonic::Code::Unimplemented => {
@@ -239,15 +239,9 @@ impl Forwarder {
                 // It took batches before and no longer does (it was rolled back): nothing was
                 // done, so the writes may be routed again, to go one call each.
                 self.state().batching.remove(&leader);
-                answers
-                    .iter()
-                    .map(|_| Forwarded::failed(StoreError::NotLeader))
-                    .collect()
+                vec![Forwarded::failed(StoreError::NotLeader); answers.len()]
             }
-            (Err(s), _) => {
-                let e = envelope::error_of(&s);
-                answers.iter().map(|_| Forwarded::failed(e.clone())).collect()
-            }
+            (Err(s), _) => vec![Forwarded::failed(envelope::error_of(&s)); answers.len()],
         };
         for (a, r) in answers.into_iter().zip(results) {
             let _ = a.send(r);

@@ -211,8 +211,9 @@ impl Member {
                         let removes_me = matches!(&change, Change::Remove(r) if r.id == self.id);
                         let reply = answer(c.change_membership(MemberChange { change: Some(change) }).await)?;
                         // Otherwise answered once this member applied the change too, so that
-                        // its MemberList (served from its own view) shows it, as etcd's does.
-                        if reply.log_index > 0 && !removes_me {
+                        // its MemberList (served from its own view) shows it, as etcd's does
+                        // (an unknown index, 0, is met at once).
+                        if !removes_me {
                             self.wait_applied(reply.log_index).await?;
                         }
                         Ok(reply)

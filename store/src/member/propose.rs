@@ -94,11 +94,10 @@ impl Member {
                         // Answered once this member applied the write too, as etcd's member
                         // answers only what it applied: its client then reads the write back
                         // here at once, serializable reads included, and the revisions this
-                        // member shows never go back below one it handed out.
+                        // member shows never go back below one it handed out. (An unknown
+                        // index, 0, is met at once.)
                         let forwarded = self.forwarder.propose(id, c, cmd, size).await;
-                        if forwarded.index > 0 {
-                            self.wait_applied(forwarded.index).await?;
-                        }
+                        self.wait_applied(forwarded.index).await?;
                         forwarded.result
                     }
                 }

@@ -275,8 +275,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if items.is_empty() {
             return Ok(());
         }
-        let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
-        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        // Each responder keeps its entry's log index, which its answer carries.
+        let (entries, responders): (Vec<Entry>, Vec<_>) = items
+            .into_iter()
+            .map(|(entry, responder)| {
+                let index = entry.log_id.index;
+                (entry, (responder, index))
+            })
+            .unzip();
         let shared = self.shared.clone();
         let n = entries.len();
         let start = Instant::now();
@@ -302,7 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.applied_tx.send_replace(last);
         self.shared.revision_tx.send_replace(revision);
         metrics::proposals_applied(n as u64);
-        for ((responder, mut result), index) in responders.into_iter().zip(results).zip(indexes) {
+        for ((responder, index), mut result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 result.0.log_index = index;
                 r.send(result);
