@@ -109,6 +109,9 @@ impl Response {
 #[derive(Debug, Clone)]
 pub struct Operation {
     pub client: usize,
+    /// The member that answered, when the client talks to one member only (None when it
+    /// spreads its requests over several).
+    pub member: Option<usize>,
     pub request: Request,
     pub response: Response,
     pub call: Time,

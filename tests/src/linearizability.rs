@@ -278,6 +278,7 @@ mod tests {
     fn op(client: usize, request: Request, response: Response, call: u64, ret: u64) -> Operation {
         Operation {
             client,
+            member: None,
             request,
             response,
             call,

@@ -15,7 +15,8 @@
 //! 4. Read the store's record of every change (a watch from revision 1) and check: every
 //!    member has the same revision and HashKV and the same member list; no acknowledged
 //!    write lost; reads, revisions and real-time order agree with the record
-//!    ([`crate::validate`]); each key's history is linearizable ([`crate::linearizability`]);
+//!    ([`crate::validate`]); a member a client talks to alone never answers it behind what
+//!    it answered it before, unless it was restarted in between; each key's history is linearizable ([`crate::linearizability`]);
 //!    watches delivered exactly the record; no lease expired while its holder kept it alive,
 //!    and an abandoned lease did expire.
 //!
@@ -100,6 +101,8 @@ pub struct Report {
     pub unknown: usize,
     pub linearizable_checked: usize,
     pub keys: usize,
+    /// Answers of a member to a client that talks to it alone, held to its earlier answers.
+    pub session_checked: usize,
     pub watch_sessions: usize,
     pub watch_events: usize,
     pub lease_checks: u64,
@@ -133,11 +136,12 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "  {} operations ({} with unknown outcome), {} linearizability-checked over {} keys, \
-             {} watch events in {} streams, {} lease checks, last revision {}",
+             {} session-checked, {} watch events in {} streams, {} lease checks, last revision {}",
             self.operations,
             self.unknown,
             self.linearizable_checked,
             self.keys,
+            self.session_checked,
             self.watch_events,
             self.watch_sessions,
             self.lease_checks,
@@ -225,6 +229,8 @@ struct LabCluster {
     token: String,
     /// The peer certificate (for every member's address) when members talk over TLS.
     peer_tls: Option<crate::pki::TlsFiles>,
+    /// When each member process was started: (member, instant), for the session check.
+    starts: Vec<(usize, Instant)>,
 }
 
 fn connect_options() -> ConnectOptions {
@@ -288,6 +294,7 @@ impl LabCluster {
         }
         cmd.stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
             .stderr(Stdio::from(log));
+        self.starts.push((i, Instant::now()));
         self.nodes[i].child = Some(cmd.spawn().map_err(|e| format!("start member {i}: {e}"))?);
         Ok(())
     }
@@ -469,7 +476,15 @@ impl Traffic {
 }
 
 /// One key-value client: sequential requests at its share of the rate.
-async fn kv_client(id: usize, endpoints: Vec<String>, pace: Duration, seed: u64, t: Arc<Traffic>) {
+/// `pinned` is the member when `endpoints` holds only that member's.
+async fn kv_client(
+    id: usize,
+    endpoints: Vec<String>,
+    pinned: Option<usize>,
+    pace: Duration,
+    seed: u64,
+    t: Arc<Traffic>,
+) {
     let mut rng = Rng(seed);
     let mut client: Option<Client> = None;
     let mut known: HashMap<String, Option<String>> = HashMap::new();
@@ -567,6 +582,7 @@ async fn kv_client(id: usize, endpoints: Vec<String>, pace: Duration, seed: u64,
                 }
                 ops.push(Operation {
                     client: id,
+                    member: pinned,
                     request,
                     response,
                     call,
@@ -580,6 +596,7 @@ async fn kv_client(id: usize, endpoints: Vec<String>, pace: Duration, seed: u64,
                 reread = Some(key);
                 ops.push(Operation {
                     client: id,
+                    member: pinned,
                     request,
                     response: Response::Unknown,
                     call,
@@ -776,6 +793,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
         catchup_entries,
         token: format!("faults-{}", std::process::id()),
         peer_tls: peer_files,
+        starts: Vec::new(),
     };
     for i in 0..config.members {
         cluster.spawn(i, "new")?;
@@ -800,14 +818,16 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     let pace = Duration::from_secs_f64(config.clients as f64 / config.rate.max(1) as f64);
     let mut kv = Vec::new();
     for id in 0..config.clients {
-        let endpoints = if id % 2 == 0 {
-            vec![cluster.endpoint(id / 2 % config.members)]
+        let (endpoints, pinned) = if id % 2 == 0 {
+            let member = id / 2 % config.members;
+            (vec![cluster.endpoint(member)], Some(member))
         } else {
-            everyone.clone()
+            (everyone.clone(), None)
         };
         kv.push(tokio::spawn(kv_client(
             id,
             endpoints,
+            pinned,
             pace,
             rng.next(),
             traffic.clone(),
@@ -984,6 +1004,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     report.violations.retain(|v| !v.starts_with("final write failed"));
     traffic.history.lock().expect("history").push(Operation {
         client: usize::MAX,
+        member: None,
         request: Request::Put {
             key: FINAL_KEY.into(),
             value: "done".into(),
@@ -1030,6 +1051,14 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     let mut violations = Vec::new();
     let record = validate::Record::new(&events, settled, &mut violations);
     violations.extend(validate::check_history(&history, &record, PREFIX));
+    let starts: Vec<(usize, Time)> = cluster
+        .starts
+        .iter()
+        .map(|&(i, at)| (i, at.saturating_duration_since(traffic.start).as_nanos() as Time))
+        .collect();
+    let (session_checked, session_violations) = validate::check_sessions(&history, &starts);
+    report.session_checked = session_checked;
+    violations.extend(session_violations);
     violations.extend(validate::check_watches(&sessions, &record));
     // Unknown writes the record does not have never happened: leave them out of the search
     // (etcd patches its histories the same way), so they do not multiply its states.

@@ -11,6 +11,9 @@
 //!   when its comparison held just before its revision.
 //! - **Real time**: an operation that began after another ended is at the same or a later
 //!   revision, and strictly later when it wrote.
+//! - **Sessions**: a member that a client talks to alone never answers it at a lower
+//!   revision than before, nor misses the client's own writes, unless it was restarted in
+//!   between.
 //! - **Watches**: each stream delivered, in order and without duplicates, exactly the
 //!   record's changes under its prefix from its start revision to the last one it delivered
 //!   (so a resumed watch misses nothing and repeats nothing), each event's `prev_kv` is the
@@ -22,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::history::{Event, NEVER, Operation, Request, Response, WatchSession};
+use crate::history::{Event, NEVER, Operation, Request, Response, Time, WatchSession};
 
 /// The store's record of changes, indexed for replay.
 pub struct Record<'a> {
@@ -288,6 +291,62 @@ fn check_real_time(ops: &mut [Timed], describe: impl Fn(usize) -> String) -> Vec
     out
 }
 
+/// Session guarantees of a client that talks to one member only: each answer is at a
+/// revision at least as high as every earlier answer that member gave the client, and
+/// higher when it wrote, as long as the member was not started again in between. So a
+/// serializable read sees the client's own earlier writes and never goes back, as on etcd,
+/// whose members answer only what they have applied. Linearizable operations are held to
+/// more by the real-time check; serializable reads are held to this only here.
+///
+/// `starts` lists when each member process was started, as (member, time). A member
+/// started again may come back behind (with what it had synced, or as a new member), so
+/// an answer is compared only with answers of the same life, and one whose request
+/// spanned a start is left out. Returns how many answers were held to an earlier one, and
+/// the violations.
+pub fn check_sessions(history: &[Operation], starts: &[(usize, Time)]) -> (usize, Vec<String>) {
+    let life = |member: usize, at: Time| starts.iter().filter(|&&(m, t)| m == member && t <= at).count();
+    let mut by_client: BTreeMap<usize, Vec<(&Operation, usize, i64)>> = BTreeMap::new();
+    for op in history {
+        if let (Some(member), Some(revision)) = (op.member, op.response.revision()) {
+            by_client.entry(op.client).or_default().push((op, member, revision));
+        }
+    }
+    let (mut checked, mut out) = (0, Vec::new());
+    for ops in by_client.values_mut() {
+        ops.sort_by_key(|(op, ..)| op.call);
+        // The highest answer so far in the member's current life: (life, revision, operation).
+        let mut floor: Option<(usize, i64, &Operation)> = None;
+        for &(op, member, revision) in ops.iter() {
+            let here = life(member, op.call);
+            if here != life(member, op.ret) {
+                continue;
+            }
+            match floor {
+                Some((l, highest, before)) if l == here => {
+                    checked += 1;
+                    let behind = if op.response.changed() {
+                        revision <= highest
+                    } else {
+                        revision < highest
+                    };
+                    if behind {
+                        out.push(format!(
+                            "m{member} went back from revision {highest} to {revision} for one client, without a restart ({} after {})",
+                            describe_op(op),
+                            describe_op(before)
+                        ));
+                    }
+                    if revision > highest {
+                        floor = Some((here, revision, op));
+                    }
+                }
+                _ => floor = Some((here, revision, op)),
+            }
+        }
+    }
+    (checked, out)
+}
+
 /// Checks each watch stream against the record.
 pub fn check_watches(sessions: &[WatchSession], record: &Record<'_>) -> Vec<String> {
     let mut out = Vec::new();
@@ -356,6 +415,7 @@ mod tests {
     fn op(request: Request, response: Response, call: u64, ret: u64) -> Operation {
         Operation {
             client: 0,
+            member: None,
             request,
             response,
             call,
@@ -446,6 +506,61 @@ mod tests {
         assert!(check_real_time(&mut ops, name).is_empty());
         let mut ops = vec![(0, 10, 5, false, 0), (11, 12, 5, true, 1)];
         assert_eq!(check_real_time(&mut ops, name).len(), 1);
+    }
+
+    #[test]
+    fn a_member_going_back_for_one_client_is_reported_unless_it_restarted() {
+        let on = |member: usize, request: Request, response: Response, call: u64, ret: u64| Operation {
+            member: Some(member),
+            ..op(request, response, call, ret)
+        };
+        let read = |revision: i64| Response::Get { value: None, revision };
+        // Its own write, then a serializable read on the same member that misses it.
+        let h = [
+            on(1, put("k", "a"), Response::Put { revision: 5 }, 0, 10),
+            on(1, get("k"), read(4), 20, 30),
+        ];
+        let (_, v) = check_sessions(&h, &[(1, 0)]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].starts_with("m1 went back from revision 5 to 4"), "{v:?}");
+        // The same read at the write's revision, or later, is fine; a write is not.
+        let h = [
+            on(1, put("k", "a"), Response::Put { revision: 5 }, 0, 10),
+            on(1, get("k"), read(5), 20, 30),
+            on(1, get("k"), read(7), 40, 50),
+            on(1, put("k", "b"), Response::Put { revision: 7 }, 60, 70),
+        ];
+        let (_, v) = check_sessions(&h, &[(1, 0)]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("from revision 7 to 7"), "{v:?}");
+        // A restart of that member in between, or during the read, excuses it.
+        let h = [
+            on(1, put("k", "a"), Response::Put { revision: 5 }, 0, 10),
+            on(1, get("k"), read(4), 20, 30),
+        ];
+        assert!(check_sessions(&h, &[(1, 0), (1, 15)]).1.is_empty());
+        assert!(check_sessions(&h, &[(1, 0), (1, 25)]).1.is_empty());
+        // A restart of another member does not; nor does a client without a member.
+        let (checked, v) = check_sessions(&h, &[(1, 0), (2, 15)]);
+        assert_eq!((checked, v.len()), (1, 1), "{v:?}");
+        let spread: Vec<Operation> = h
+            .iter()
+            .map(|o| Operation {
+                member: None,
+                ..o.clone()
+            })
+            .collect();
+        assert_eq!(check_sessions(&spread, &[(1, 0)]), (0, vec![]));
+        // Answers after a restart are held to that life's own answers.
+        let h = [
+            on(1, get("k"), read(9), 0, 10),
+            on(1, get("k"), read(4), 20, 30),
+            on(1, get("k"), read(3), 40, 50),
+        ];
+        let (checked, v) = check_sessions(&h, &[(1, 0), (1, 15)]);
+        assert_eq!(checked, 1, "only the last answer has an earlier one of its life");
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("from revision 4 to 3"), "{v:?}");
     }
 
     #[test]

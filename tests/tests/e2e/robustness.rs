@@ -43,6 +43,22 @@ async fn random_faults_lose_no_acknowledged_write_and_stay_linearizable() {
     assert!(report.lease_checks > 5, "{report}");
 }
 
+/// Clients as fast as the members answer, so that followers lag: a member that a client
+/// talks to alone must still never answer it behind its own earlier answers (a forwarded
+/// write acknowledged before the follower applied it, then a serializable read there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_cluster_under_faults_keeps_each_clients_session() {
+    let config = Config {
+        seed: seed(),
+        cycles: 3,
+        clients: 24,
+        rate: 20_000,
+        ..Config::default()
+    };
+    let report = run_and_check(config, 1000).await;
+    assert!(report.session_checked > 1000, "{report}");
+}
+
 /// One member on a lazy filesystem, killed again and again with everything it had not
 /// fsynced thrown away: only unacknowledged work may be lost. With one member, every
 /// acknowledged write must have been fsynced on this very disk.
