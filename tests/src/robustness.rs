@@ -16,9 +16,9 @@
 //!    member has the same revision and HashKV and the same member list; no acknowledged
 //!    write lost; reads, revisions and real-time order agree with the record
 //!    ([`crate::validate`]); a member a client talks to alone never answers it behind what
-//!    it answered it before, unless it was restarted in between; each key's history is linearizable ([`crate::linearizability`]);
-//!    watches delivered exactly the record; no lease expired while its holder kept it alive,
-//!    and an abandoned lease did expire.
+//!    it answered it before, unless it was restarted in between; each key's history is
+//!    linearizable ([`crate::linearizability`]); watches delivered exactly the record; no
+//!    lease expired while its holder kept it alive, and an abandoned lease did expire.
 //!
 //! Everything is bounded: the cycle count, the traffic rate, each request (1 s), each
 //! recovery (30 s). A run is reproducible in its choices from its seed (the timing of a

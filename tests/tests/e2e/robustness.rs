@@ -45,9 +45,11 @@ async fn random_faults_lose_no_acknowledged_write_and_stay_linearizable() {
 
 /// Clients as fast as the members answer, so that followers lag: a member that a client
 /// talks to alone must still never answer it behind its own earlier answers (a forwarded
-/// write acknowledged before the follower applied it, then a serializable read there).
+/// write acknowledged before the follower applied it, then a serializable read there). It
+/// takes the machine's cores for its few seconds, so it waits for the other heavy tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_cluster_under_faults_keeps_each_clients_session() {
+    let _alone = lodestone_tests::heavy_load().await;
     let config = Config {
         seed: seed(),
         cycles: 3,
