@@ -8,7 +8,8 @@
 //! waiting changes laid over it, so a running process sees its own writes as usual.
 //! [`LazyFs::drop_unsynced`] forgets every waiting change: what a store had not fsynced is
 //! gone, exactly what a crash of the machine would lose. Directory operations (create,
-//! rename, unlink, mkdir) reach the backing directory at once, as LazyFS does by default.
+//! rename, link, unlink, mkdir) reach the backing directory at once, as LazyFS does by
+//! default.
 //!
 //! Files are opened with direct I/O, so the kernel's own page cache never holds data the
 //! mount has since forgotten. Mounting needs root (or `fusermount3`) and `/dev/fuse`.
@@ -421,6 +422,35 @@ impl fuser::Filesystem for Fs {
         reply.ok()
     }
 
+    /// A hard link is a directory operation, made in the backing directory at once. The new
+    /// name gets an inode of its own here (waiting writes are kept per name), so a file
+    /// with writes waiting is not linked: ENOTSUP, on which a caller copies instead (as
+    /// RocksDB's checkpoint does), reading the file as it stands.
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let mut s = self.state();
+        if s.unsynced.contains_key(&ino.0) {
+            return reply.error(Errno::ENOTSUP);
+        }
+        let Some(from) = s.real(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let rel = match s.new_child(newparent.0, newname) {
+            Ok(rel) => rel,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = std::fs::hard_link(&from, s.backing.join(&rel)) {
+            return reply.error(Errno::from(e));
+        }
+        let new = s.inode(rel);
+        match s.attr(new) {
+            Ok(a) => {
+                s.looked_up(new);
+                reply.entry(&TTL, &a, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.state().real(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
@@ -665,6 +695,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = LazyFs::mount(&dir.path().join("backing"), &dir.path().join("mnt")).unwrap();
         (dir, fs)
+    }
+
+    /// A synced file links (a checkpoint's table files), and both names survive a drop
+    /// with its contents; a file with writes waiting does not link (ENOTSUP, so callers
+    /// copy it).
+    #[test]
+    fn synced_files_link_and_files_with_waiting_writes_do_not() {
+        let (dir, fs) = mounted();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(mnt.join("ckpt")).unwrap();
+        let mut table = File::create(mnt.join("table")).unwrap();
+        table.write_all(b"sorted").unwrap();
+        table.sync_all().unwrap();
+        std::fs::hard_link(mnt.join("table"), mnt.join("ckpt/table")).unwrap();
+        let mut pending = File::create(mnt.join("pending")).unwrap();
+        pending.write_all(b"waiting").unwrap();
+        let refused = std::fs::hard_link(mnt.join("pending"), mnt.join("ckpt/pending")).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ENOTSUP), "{refused}");
+        drop((table, pending));
+
+        fs.drop_unsynced();
+        assert_eq!(std::fs::read(mnt.join("table")).unwrap(), b"sorted");
+        assert_eq!(std::fs::read(mnt.join("ckpt/table")).unwrap(), b"sorted");
+        assert_eq!(std::fs::metadata(mnt.join("table")).unwrap().nlink(), 2);
+        std::fs::remove_file(mnt.join("table")).unwrap();
+        assert_eq!(std::fs::read(mnt.join("ckpt/table")).unwrap(), b"sorted");
+        assert!(!mnt.join("ckpt/pending").exists());
     }
 
     /// Unsynced writes, truncations and new files' contents vanish; synced ones stay.

@@ -143,6 +143,17 @@ pub(crate) fn open_db(path: &Path) -> Result<DB> {
     Ok(DB::open_cf_descriptors(&db_options(), path, cfs)?)
 }
 
+/// Opens an instance read-only: a checkpoint of one (see `raft::snapshot_files`), read to
+/// make a snapshot file of it.
+pub(crate) fn open_db_read_only(path: &Path) -> Result<DB> {
+    let cfs = FAMILIES
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, family_options(name)));
+    let mut opts = Options::default();
+    opts.create_if_missing(false);
+    Ok(DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?)
+}
+
 impl Mvcc {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Mvcc> {

@@ -27,6 +27,7 @@ use openraft::raft::{
 use tokio::io::AsyncReadExt;
 
 use super::snapshot::SnapshotFile;
+use super::snapshot_files::snapshot_file;
 use super::{LogId, MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 use crate::error::StoreError;
 use crate::peer::client::{Client, Peers};
@@ -315,7 +316,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
         let header = Self::message(&(vote, snapshot.meta.clone()));
-        let path = snapshot.snapshot.path.clone();
+        // A built snapshot is a checkpoint: the file to send is made of it now, once.
+        let source = snapshot.snapshot.path.clone();
+        let path = tokio::task::spawn_blocking(move || snapshot_file(&source))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| StreamingError::Unreachable(unreachable(format!("snapshot file: {e}"))))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let per_chunk = option.soft_ttl().max(Duration::from_secs(5));
         // Producer: read the file and feed the stream; stops when the receiver goes away.

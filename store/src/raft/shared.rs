@@ -48,6 +48,15 @@ impl AppliedState {
     }
 }
 
+/// The Raft position a store's meta record says its data reflects.
+pub(super) fn snapshot_meta_of(m: &crate::mvcc::Meta) -> std::io::Result<SnapshotMeta> {
+    let s = AppliedState::decode(&m.applied)?;
+    Ok(SnapshotMeta {
+        last_log_id: s.last_applied,
+        last_membership: s.membership,
+    })
+}
+
 /// Shared between openraft's state-machine task and the read path.
 pub struct Shared {
     pub mvcc: Mvcc,
@@ -64,7 +73,7 @@ pub struct Shared {
     /// The compacted revision as of the last applied batch, set before `revision_tx` moves,
     /// so anyone woken by a new revision sees the compaction that came with it.
     pub(super) compacted: AtomicI64,
-    /// The member's current snapshot file.
+    /// The member's current snapshot: a checkpoint it built, or a file it received.
     pub(super) current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     pub(super) members: Mutex<BTreeMap<u64, MemberAttributes>>,
     /// Lease deadlines, fed by applied grants and revokes.
@@ -131,13 +140,7 @@ impl Shared {
     /// and returns the Raft position it reflects.
     pub(super) fn export(&self, path: &Path) -> std::io::Result<SnapshotMeta> {
         let db = self.mvcc.db();
-        snapshot::write(&db, path, |m| {
-            let s = AppliedState::decode(&m.applied)?;
-            Ok(SnapshotMeta {
-                last_log_id: s.last_applied,
-                last_membership: s.membership,
-            })
-        })
+        snapshot::write(&db, path, snapshot_meta_of)
     }
 
     /// Writes a consistent image of the state machine to `path` for a client (the snapshot

@@ -1,5 +1,6 @@
 //! The snapshot file: a consistent point-in-time copy of the state machine, written from a
-//! RocksDB snapshot, streamed to members that fell behind the purged log, and loaded into a
+//! RocksDB snapshot of an instance (a built checkpoint, when a member behind the purged log
+//! needs it, or the live instance, for a client), streamed to that member, and loaded into a
 //! fresh RocksDB instance on the receiver.
 //!
 //! Layout: `LODESNAP`, format version (u32 BE), snapshot meta (u32 BE length + bincode),
@@ -23,7 +24,8 @@ const VERSION: u32 = 1;
 const END: u8 = 0xFF;
 const MAX_FIELD: u32 = 64 << 20;
 
-/// A snapshot on disk: what openraft hands around as `SnapshotData`.
+/// A snapshot on disk, a checkpoint directory or a file (see `snapshot_files`): what
+/// openraft hands around as `SnapshotData`.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
     pub path: PathBuf,

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::shared::io_err;
 pub use super::shared::{AppliedState, Shared};
 use super::snapshot::{self, SnapshotFile};
-use super::snapshot_files::{latest_snapshot, publish, scratch_copy};
+use super::snapshot_files::{checkpoint_meta, latest_snapshot, publish, remove, scratch_copy, snapshot_file};
 use super::{CommandResult, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, generations};
 use crate::apply::{self, Applying, MemberAttributes};
 use crate::auth::AuthState;
@@ -42,7 +42,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine under `dir`: the RocksDB instance named by `dir/CURRENT_DB`
-    /// (a `db-<n>` directory), and snapshot files in `dir/snapshots`. Instance directories a
+    /// (a `db-<n>` directory), and snapshots in `dir/snapshots`. Instance directories a
     /// crash left behind (a half-loaded snapshot, an instance already replaced) are removed.
     pub fn open(dir: &Path) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
@@ -357,14 +357,17 @@ fn install(
     if next_dir.exists() {
         std::fs::remove_dir_all(&next_dir)?;
     }
+    // What a leader sends is a file; a built checkpoint handed over directly (as openraft's
+    // storage tests do) is written out first.
+    let path = snapshot_file(&file.path)?;
     let db = crate::mvcc::open_db(&next_dir).map_err(io_err)?;
-    let file_meta = snapshot::load(&file.path, &db)?;
+    let file_meta = snapshot::load(&path, &db)?;
     if file_meta.last_log_id != meta.last_log_id {
         return Err(io_err("snapshot file does not match the snapshot meta"));
     }
     // Keep the received file as the current snapshot (it may serve other lagging members),
     // in place before the switch, so the snapshot never trails the live instance.
-    let scratch = scratch_copy(shared, &file.path)?;
+    let scratch = scratch_copy(shared, &path)?;
     publish(shared, meta.clone(), &scratch)?;
     generations::write_pointer(&shared.root, next)?;
     let previous = shared.mvcc.swap_db(db);
@@ -382,15 +385,26 @@ fn install(
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
 
-/// Writes a snapshot file of the current state under a scratch name, for [`publish`].
-fn build_file(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
-    // The log may be purged up to this snapshot: make the state behind it durable.
+/// Makes a checkpoint of the current state under a scratch name, for [`publish`]; see
+/// [`super::snapshot_files`] for why a build is a checkpoint and not a file.
+fn build_checkpoint(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+    // The log may be purged up to this snapshot: make the state behind it durable (and
+    // remember so, for the purge's own barrier).
     shared.sync()?;
-    let tmp = shared.scratch_path("building", "build");
-    match shared.export(&tmp) {
+    let tmp = shared.scratch_path("building", "ckptbuild");
+    let made = (|| {
+        let db = shared.mvcc.db();
+        // With the WAL off, the checkpoint flushes the memtables first (all families at
+        // one point, as every flush here is atomic), so it holds everything applied.
+        rocksdb::checkpoint::Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(&tmp))
+            .map_err(io_err)?;
+        checkpoint_meta(&tmp)
+    })();
+    match made {
         Ok(meta) => Ok((meta, tmp)),
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            remove(&tmp);
             Err(e)
         }
     }
@@ -402,7 +416,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let shared = self.shared.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || -> std::io::Result<(SnapshotMeta, PathBuf)> {
-            let (meta, scratch) = build_file(&shared)?;
+            let (meta, scratch) = build_checkpoint(&shared)?;
             publish(&shared, meta, &scratch)
         })
         .await
@@ -582,7 +596,7 @@ mod tests {
             let mut member = StateMachine::open(&root).unwrap();
             assert!(!member.shared.auth().enabled());
             let part = dir.path().join("received.part");
-            std::fs::copy(&sent.snapshot.path, &part).unwrap();
+            std::fs::copy(snapshot_file(&sent.snapshot.path).unwrap(), &part).unwrap();
             member
                 .install_snapshot(&sent.meta, SnapshotFile { path: part })
                 .await
@@ -612,7 +626,7 @@ mod tests {
         let mut member = StateMachine::open(&dir.path().join("member")).unwrap();
         apply(&mut member, 1..=3).await;
         // The build reads its state (index 3) ...
-        let (stale_meta, stale_scratch) = build_file(&member.shared).unwrap();
+        let (stale_meta, stale_scratch) = build_checkpoint(&member.shared).unwrap();
         assert_eq!(index_of(&stale_meta), 3);
 
         // ... a leader's newer snapshot (index 7) is installed meanwhile ...
@@ -620,7 +634,7 @@ mod tests {
         apply(&mut leader, 1..=7).await;
         let sent = leader.build_snapshot().await.unwrap();
         let part = dir.path().join("received.part");
-        std::fs::copy(&sent.snapshot.path, &part).unwrap();
+        std::fs::copy(snapshot_file(&sent.snapshot.path).unwrap(), &part).unwrap();
         member
             .install_snapshot(&sent.meta, SnapshotFile { path: part.clone() })
             .await
@@ -630,21 +644,76 @@ mod tests {
         let (meta, path) = publish(&member.shared, stale_meta, &stale_scratch).unwrap();
         assert_eq!(index_of(&meta), 7, "the installed snapshot stays current");
         assert!(path.exists());
-        assert!(!stale_scratch.exists(), "the stale build's file is dropped");
+        assert!(!stale_scratch.exists(), "the stale build's checkpoint is dropped");
         let current = member.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(index_of(&current.meta), 7);
         snapshot::verify(&current.snapshot.path).unwrap();
         assert_eq!(snap_files(&member), vec![snapshot_name(&current.meta)]);
 
-        // A build now reflects the installed state and replaces it cleanly.
+        // A build now reflects the installed state, as a checkpoint beside the received
+        // file of the same position, which serves as the file made of it.
         let built = member.build_snapshot().await.unwrap();
         assert_eq!(index_of(&built.meta), 7);
-        assert_eq!(snap_files(&member).len(), 1);
+        let name = snapshot_name(&built.meta);
+        let stem = name.strip_suffix(".snap").unwrap();
+        assert_eq!(snap_files(&member), vec![format!("{stem}.ckpt"), name]);
+        assert_eq!(snapshot_file(&built.snapshot.path).unwrap(), current.snapshot.path);
     }
 
-    /// Whatever a crash left in the snapshot directory (a file still being received, built
-    /// or installed, a damaged `.snap` with a readable header), a restart serves only a
-    /// whole snapshot.
+    /// A build writes no snapshot file: it is a checkpoint, made into a file the first time
+    /// a member needs one, and that file serves every later transfer. The file loads into a
+    /// fresh member with the state the checkpoint was taken at, and the next build prunes
+    /// both.
+    #[tokio::test]
+    async fn a_build_is_a_checkpoint_made_into_a_file_only_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = StateMachine::open(&dir.path().join("leader")).unwrap();
+        apply(&mut leader, 1..=5).await;
+        let built = leader.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&built.meta), 5);
+        assert_eq!(built.snapshot.path.extension().unwrap(), "ckpt");
+        let name = snapshot_name(&built.meta);
+        let stem = name.strip_suffix(".snap").unwrap().to_string();
+        assert_eq!(snap_files(&leader), vec![format!("{stem}.ckpt")], "no file yet");
+        // Applied after the build: not in the checkpoint.
+        apply(&mut leader, 6..=8).await;
+
+        let file = snapshot_file(&built.snapshot.path).unwrap();
+        assert_eq!(file.file_name().unwrap().to_str().unwrap(), name);
+        assert_eq!(snapshot::verify(&file).unwrap().last_log_id, built.meta.last_log_id);
+        let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(snapshot_file(&built.snapshot.path).unwrap(), file);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            written,
+            "written out once"
+        );
+
+        let mut member = StateMachine::open(&dir.path().join("member")).unwrap();
+        let part = dir.path().join("received.part");
+        std::fs::copy(&file, &part).unwrap();
+        member
+            .install_snapshot(&built.meta, SnapshotFile { path: part })
+            .await
+            .unwrap();
+        assert_eq!(*member.shared.applied().borrow(), 5);
+        assert_eq!(*member.shared.revision().borrow(), 6, "five puts on revision 1");
+
+        let next = leader.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&next.meta), 8);
+        let next_name = snapshot_name(&next.meta);
+        let next_stem = next_name.strip_suffix(".snap").unwrap();
+        assert_eq!(
+            snap_files(&leader),
+            vec![format!("{next_stem}.ckpt")],
+            "the older pair pruned"
+        );
+    }
+
+    /// Whatever a crash left in the snapshot directory (a file still being received,
+    /// installed or written out, a checkpoint still being made, a damaged checkpoint, a
+    /// damaged `.snap` with a readable header), a restart serves only a whole snapshot.
     #[tokio::test]
     async fn a_restart_serves_only_whole_snapshots() {
         let dir = tempfile::tempdir().unwrap();
@@ -653,16 +722,19 @@ mod tests {
             let mut sm = StateMachine::open(&root).unwrap();
             apply(&mut sm, 1..=3).await;
             let s = sm.build_snapshot().await.unwrap();
-            let whole_bytes = std::fs::read(&s.snapshot.path).unwrap();
+            let whole_file = snapshot_file(&s.snapshot.path).unwrap();
+            let whole_bytes = std::fs::read(&whole_file).unwrap();
             apply(&mut sm, 4..=9).await;
             let newer = sm.build_snapshot().await.unwrap();
-            let newer_bytes = std::fs::read(&newer.snapshot.path).unwrap();
-            // The older snapshot whole, and the newer one cut short after its header (what
-            // copying a received file in place used to leave behind on a crash or a full
-            // disk).
-            std::fs::write(&s.snapshot.path, &whole_bytes).unwrap();
-            std::fs::write(&newer.snapshot.path, &newer_bytes[..newer_bytes.len() / 2]).unwrap();
-            snapshot::read_meta(&newer.snapshot.path).expect("the damaged file's header is readable");
+            let newer_file = snapshot_file(&newer.snapshot.path).unwrap();
+            let newer_bytes = std::fs::read(&newer_file).unwrap();
+            // The older snapshot as a whole file, the newer checkpoint without its CURRENT
+            // file, and the file made of it cut short after its header (what copying a
+            // received file in place used to leave behind on a crash or a full disk).
+            std::fs::write(&whole_file, &whole_bytes).unwrap();
+            std::fs::remove_file(newer.snapshot.path.join("CURRENT")).unwrap();
+            std::fs::write(&newer_file, &newer_bytes[..newer_bytes.len() / 2]).unwrap();
+            snapshot::read_meta(&newer_file).expect("the damaged file's header is readable");
             for leftover in [
                 "incoming-1-2-3.part",
                 "building-1-4.build",
@@ -671,7 +743,10 @@ mod tests {
             ] {
                 std::fs::write(sm.shared.snapshot_dir().join(leftover), b"partial").unwrap();
             }
-            s
+            let half_made = sm.shared.snapshot_dir().join("building-1-7.ckptbuild");
+            std::fs::create_dir(&half_made).unwrap();
+            std::fs::write(half_made.join("000001.sst"), b"partial").unwrap();
+            (s.meta, whole_file)
         };
         let mut sm = StateMachine::open(&root).unwrap();
         let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
@@ -680,8 +755,32 @@ mod tests {
             3,
             "the whole snapshot, not the damaged newer one"
         );
-        assert_eq!(current.snapshot.path, whole.snapshot.path);
-        assert_eq!(snap_files(&sm), vec![snapshot_name(&whole.meta)]);
+        assert_eq!(current.snapshot.path, whole.1);
+        assert_eq!(snap_files(&sm), vec![snapshot_name(&whole.0)]);
+    }
+
+    /// A damaged file made of a whole checkpoint is removed at a restart (it would be sent
+    /// as is); the checkpoint stays current and makes the file again when asked.
+    #[tokio::test]
+    async fn a_restart_drops_a_damaged_file_made_of_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("member");
+        let (meta, file) = {
+            let mut sm = StateMachine::open(&root).unwrap();
+            apply(&mut sm, 1..=4).await;
+            let s = sm.build_snapshot().await.unwrap();
+            let file = snapshot_file(&s.snapshot.path).unwrap();
+            let bytes = std::fs::read(&file).unwrap();
+            std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+            (s.meta, file)
+        };
+        let mut sm = StateMachine::open(&root).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+        assert_eq!(current.meta.last_log_id, meta.last_log_id);
+        assert_eq!(current.snapshot.path.extension().unwrap(), "ckpt");
+        assert!(!file.exists(), "the damaged file was removed");
+        assert_eq!(snapshot_file(&current.snapshot.path).unwrap(), file);
+        snapshot::verify(&file).unwrap();
     }
 
     #[test]

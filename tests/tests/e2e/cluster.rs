@@ -284,8 +284,9 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
     assert_eq!(a.header().unwrap().revision(), b.header().unwrap().revision());
 }
 
-/// A snapshot file damaged on disk (a flipped bit, a torn end) is never served: the member that holds
-/// it drops it at start, and a member behind the purged log still catches up with the same data.
+/// A snapshot damaged on disk (a flipped bit, a torn end; in a file or a checkpoint's
+/// manifest) is never served: the member that holds it drops it at start, and a member behind
+/// the purged log still catches up with the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_file_is_dropped_and_never_served() {
     let mut c = snapshotting_three().await;
@@ -307,27 +308,39 @@ async fn a_damaged_snapshot_file_is_dropped_and_never_served() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Every snapshot file of both is damaged while they are down (the leader's by a flipped
-    // bit, the other's by a torn end); then they come back.
+    // Every snapshot of both is damaged while they are down (the leader's by a flipped bit,
+    // the other's by a torn end): a snapshot file, or the manifest of a checkpoint (which a
+    // checkpoint holds as a copy of its own; its table files are links to the live
+    // instance's); then they come back.
     let mut damaged = Vec::new();
     for i in [leader, other] {
         c.kill(i);
         let dir = c.members[i].data_dir.join("member/snap/snapshots");
+        let mut targets = Vec::new();
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "snap") {
-                let mut bytes = std::fs::read(&path).unwrap();
-                let middle = bytes.len() / 2;
-                if i == leader {
-                    // A flipped bit.
-                    bytes[middle] ^= 0x40;
-                } else {
-                    // A torn end.
-                    bytes.truncate(middle);
+                targets.push(path);
+            } else if path.extension().is_some_and(|x| x == "ckpt") {
+                for f in std::fs::read_dir(&path).unwrap().flatten() {
+                    if f.file_name().to_string_lossy().starts_with("MANIFEST-") {
+                        targets.push(f.path());
+                    }
                 }
-                std::fs::write(&path, &bytes).unwrap();
-                damaged.push((path, bytes));
             }
+        }
+        for path in targets {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            if i == leader {
+                // A flipped bit.
+                bytes[middle] ^= 0x40;
+            } else {
+                // A torn end.
+                bytes.truncate(middle);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            damaged.push((path, bytes));
         }
     }
     assert!(!damaged.is_empty(), "no snapshot file to damage");
@@ -344,7 +357,7 @@ async fn a_damaged_snapshot_file_is_dropped_and_never_served() {
     }
     for i in [leader, other] {
         assert!(
-            c.members[i].log_text().contains("removing damaged snapshot file"),
+            c.members[i].log_text().contains("removing damaged snapshot"),
             "member {i} did not notice its damaged snapshot"
         );
     }
