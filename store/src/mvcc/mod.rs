@@ -136,22 +136,25 @@ fn family_options(name: &str) -> Options {
     opts
 }
 
-pub(crate) fn open_db(path: &Path) -> Result<DB> {
-    let cfs = FAMILIES
+fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
+    FAMILIES
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, family_options(name)));
-    Ok(DB::open_cf_descriptors(&db_options(), path, cfs)?)
+        .map(|name| ColumnFamilyDescriptor::new(name, family_options(name)))
+}
+
+pub(crate) fn open_db(path: &Path) -> Result<DB> {
+    Ok(DB::open_cf_descriptors(&db_options(), path, descriptors())?)
 }
 
 /// Opens an instance read-only: a checkpoint of one (see `raft::snapshot_files`), read to
 /// make a snapshot file of it.
 pub(crate) fn open_db_read_only(path: &Path) -> Result<DB> {
-    let cfs = FAMILIES
-        .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, family_options(name)));
-    let mut opts = Options::default();
-    opts.create_if_missing(false);
-    Ok(DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?)
+    Ok(DB::open_cf_descriptors_read_only(
+        &Options::default(),
+        path,
+        descriptors(),
+        false,
+    )?)
 }
 
 impl Mvcc {
