@@ -95,9 +95,10 @@ pub fn etcdctl_bin() -> PathBuf {
 }
 
 /// Taken by the few tests whose load is their subject (hundreds of megabytes written and
-/// deleted in one request), so that two of them never share the machine's cores: on two
-/// cores the Lodestone and etcd runs of one such test side by side pushed etcd's own
-/// DeleteRange past its request timeout. Tests are otherwise free to run in parallel.
+/// deleted in one request, a [`Cluster::write_load`], the fault suite's busy run), so that
+/// two of them never share the machine's cores: on two cores the Lodestone and etcd runs of
+/// one such test side by side pushed etcd's own DeleteRange past its request timeout. Tests
+/// are otherwise free to run in parallel.
 pub async fn heavy_load() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
@@ -505,6 +506,7 @@ impl Cluster {
     /// is stopped: keeps every member's apply busy while a test looks at something else.
     pub async fn write_load(&self, i: usize, writers: usize) -> WriteLoad {
         let stop = Arc::new(AtomicBool::new(false));
+        let alone = heavy_load().await;
         let mut tasks = Vec::new();
         for t in 0..writers {
             let mut cl = self.client_of(i).await;
@@ -519,7 +521,11 @@ impl Cluster {
                 }
             }));
         }
-        WriteLoad { stop, tasks }
+        WriteLoad {
+            stop,
+            tasks,
+            _alone: alone,
+        }
     }
 
     /// A client of all members.
@@ -681,10 +687,13 @@ impl Cluster {
     }
 }
 
-/// A running [`Cluster::write_load`].
+/// A running [`Cluster::write_load`]. It holds [`heavy_load`] until stopped: a load that
+/// keeps every member busy starves whatever else shares the two cores (etcd, so loaded
+/// beside the fault suite's busy run, let a MemberAdd pass its 10 s client timeout).
 pub struct WriteLoad {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _alone: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl WriteLoad {

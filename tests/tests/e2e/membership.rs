@@ -578,6 +578,21 @@ async fn a_change_through_a_follower_is_listed_there_at_once(kind: Kind) {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let load = c.write_load(leader, 4).await;
     let mut cl = c.client_of(follower).await;
+    let mut on_leader = c.client_of(leader).await;
+    // etcd's Raft takes one configuration change at a time and drops a proposal made while
+    // the leader has not applied the previous one; the request then waits out its timeout.
+    // So the next change waits until the leader lists the last one, as a careful client does.
+    let mut leader_lists = async |id: u64, listed: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while on_leader
+            .member_list()
+            .await
+            .is_ok_and(|r| r.members().iter().any(|m| m.id() == id) != listed)
+        {
+            assert!(Instant::now() < deadline, "the leader never applied the change");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let mut missed = Vec::new();
     for i in 0..20 {
         let url = format!("http://127.0.0.1:{}", 40_000 + i);
@@ -589,10 +604,12 @@ async fn a_change_through_a_follower_is_listed_there_at_once(kind: Kind) {
         if !cl.member_list().await.unwrap().members().iter().any(|m| m.id() == id) {
             missed.push(format!("added {url}"));
         }
+        leader_lists(id, true).await;
         cl.member_remove(id).await.unwrap();
         if cl.member_list().await.unwrap().members().iter().any(|m| m.id() == id) {
             missed.push(format!("removed {url}"));
         }
+        leader_lists(id, false).await;
     }
     load.stop().await;
     assert!(
