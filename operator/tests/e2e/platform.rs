@@ -233,6 +233,9 @@ pub struct ProcessPlatform {
     processes: Mutex<BTreeMap<String, Process>>,
     /// What went wrong that the reconcile cannot see (checked by the scenarios).
     pub violations: Mutex<Vec<String>>,
+    /// Each pod delete that took effect, in order, with whether that member led the cluster
+    /// at that moment (by its own Status; `None` when it did not answer).
+    pub pod_deletes: Mutex<Vec<(String, Option<bool>)>>,
     /// Deleted claims keep their data aside (a PersistentVolume with reclaim policy Retain),
     /// so a scenario can bind it again.
     pub retain: AtomicBool,
@@ -240,6 +243,24 @@ pub struct ProcessPlatform {
 }
 
 impl ProcessPlatform {
+    /// Whether the member in pod `name` says it is the leader; `None` when it does not answer
+    /// within a second.
+    async fn leads(&self, name: &str) -> Option<bool> {
+        let ordinal = self.names.ordinal(name)?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(1));
+        let ask = async {
+            let mut client = etcd_client::Client::connect([self.dns.client_url(ordinal)], Some(options))
+                .await
+                .ok()?;
+            let status = client.status().await.ok()?;
+            let me = status.header()?.member_id();
+            Some(status.leader() == me)
+        };
+        tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+    }
+
     /// A platform holding `cluster`, its pods on their own loopback addresses ([`pod_ip`]), its state under
     /// `dir`. The kubelet runs until [`ProcessPlatform::shutdown`].
     pub fn start(dir: &Path, net: u16, cluster: LodestoneCluster, faults: Arc<Faults>) -> Arc<Self> {
@@ -259,6 +280,7 @@ impl ProcessPlatform {
             }),
             processes: Mutex::default(),
             violations: Mutex::default(),
+            pod_deletes: Mutex::default(),
             retain: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
@@ -964,18 +986,23 @@ impl Platform for ProcessPlatform {
     }
 
     fn delete_pod<'a>(&'a self, _ns: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        let result = self.change(format!("delete pod {name}"), "delete pod", |api| {
-            match api.pods.get_mut(name) {
-                Some(record) if !record.terminating => {
-                    // The kubelet stops its process on its next pass.
-                    record.terminating = true;
-                    record.ready = false;
-                    (true, ())
+        Box::pin(async move {
+            // Who leads is asked at the moment of the delete, not when the operator decided,
+            // so a scenario can tell a leader's pod deleted from one whose leadership moved.
+            let led = self.leads(name).await;
+            self.change(format!("delete pod {name}"), "delete pod", |api| {
+                match api.pods.get_mut(name) {
+                    Some(record) if !record.terminating => {
+                        // The kubelet stops its process on its next pass.
+                        record.terminating = true;
+                        record.ready = false;
+                        self.pod_deletes.lock().unwrap().push((name.to_string(), led));
+                        (true, ())
+                    }
+                    _ => (false, ()),
                 }
-                _ => (false, ()),
-            }
-        });
-        Box::pin(async move { result })
+            })
+        })
     }
 
     fn delete_claim<'a>(&'a self, _ns: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
