@@ -59,6 +59,8 @@ struct State {
     unsynced: HashMap<u64, Vec<Change>>,
     /// The disk is full: anything that needs new space fails with ENOSPC.
     full: bool,
+    /// Hard links are refused with EPERM, as by a FUSE filesystem without `link`.
+    no_links: bool,
 }
 
 impl State {
@@ -260,6 +262,12 @@ impl LazyFs {
     pub fn set_full(&self, full: bool) {
         self.state.lock().expect("lazyfs state").full = full;
     }
+
+    /// Refuses hard links with EPERM (`false`), as a filesystem without them does, or
+    /// makes them again.
+    pub fn set_links(&self, links: bool) {
+        self.state.lock().expect("lazyfs state").no_links = !links;
+    }
 }
 
 struct Fs(Arc<Mutex<State>>);
@@ -428,6 +436,9 @@ impl fuser::Filesystem for Fs {
     /// RocksDB's checkpoint does), reading the file as it stands.
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let mut s = self.state();
+        if s.no_links {
+            return reply.error(Errno::EPERM);
+        }
         if s.unsynced.contains_key(&ino.0) {
             return reply.error(Errno::ENOTSUP);
         }
@@ -699,7 +710,7 @@ mod tests {
 
     /// A synced file links (a checkpoint's table files), and both names survive a drop
     /// with its contents; a file with writes waiting does not link (ENOTSUP, so callers
-    /// copy it).
+    /// copy it); with links off, nothing links (EPERM).
     #[test]
     fn synced_files_link_and_files_with_waiting_writes_do_not() {
         let (dir, fs) = mounted();
@@ -722,6 +733,12 @@ mod tests {
         std::fs::remove_file(mnt.join("table")).unwrap();
         assert_eq!(std::fs::read(mnt.join("ckpt/table")).unwrap(), b"sorted");
         assert!(!mnt.join("ckpt/pending").exists());
+
+        fs.set_links(false);
+        let refused = std::fs::hard_link(mnt.join("ckpt/table"), mnt.join("again")).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
+        fs.set_links(true);
+        std::fs::hard_link(mnt.join("ckpt/table"), mnt.join("again")).unwrap();
     }
 
     /// Unsynced writes, truncations and new files' contents vanish; synced ones stay.

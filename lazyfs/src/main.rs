@@ -3,6 +3,8 @@
 //!
 //! - `drop-unsynced` → `dropped <files> <bytes>`: forget every write not yet fsynced.
 //! - `disk-full on` / `disk-full off` → `ok`: new data and files fail with ENOSPC, or not.
+//! - `links off` / `links on` → `ok`: hard links fail with EPERM (a filesystem without
+//!   them), or not.
 //!
 //! It prints `mounted` once the mount is ready, and unmounts and exits when its standard
 //! input closes. Needs root and `/dev/fuse`.
@@ -39,6 +41,14 @@ fn main() {
             }
             "disk-full off" => {
                 fs.set_full(false);
+                "ok".to_string()
+            }
+            "links off" => {
+                fs.set_links(false);
+                "ok".to_string()
+            }
+            "links on" => {
+                fs.set_links(true);
                 "ok".to_string()
             }
             other => format!("error unknown command {other:?}"),

@@ -77,6 +77,16 @@ impl LazyMount {
         }
     }
 
+    /// Refuses hard links with EPERM (`false`), as a filesystem without them does, or makes
+    /// them again.
+    pub fn set_links(&mut self, links: bool) -> Result<(), String> {
+        let answer = self.command(if links { "links on" } else { "links off" })?;
+        match answer.trim() {
+            "ok" => Ok(()),
+            other => Err(format!("lodestone-lazyfs answered {other:?}")),
+        }
+    }
+
     /// Drops every write not yet fsynced; returns (files, bytes) dropped. Call it with the
     /// writer dead.
     pub fn drop_unsynced(&mut self) -> Result<(u64, u64), String> {

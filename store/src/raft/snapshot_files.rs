@@ -8,7 +8,10 @@
 //!   purged.
 //! - `<term>-<index>.snap`, a snapshot file (see [`snapshot`]): what a member received, or
 //!   what a checkpoint was turned into the first time a lagging member needed it
-//!   ([`snapshot_file`]), kept beside its checkpoint for the next one.
+//!   ([`snapshot_file`]), kept beside its checkpoint for the next one. Where no checkpoint
+//!   can be made (a filesystem that refuses hard links with an error other than EXDEV or
+//!   ENOTSUP, on which RocksDB would copy the files), a build writes this file directly,
+//!   with a warning, at the cost of writing the whole state out.
 //!
 //! Either only ever appears whole: what is being written has a scratch name unique per
 //! transfer or build ([`SCRATCH_EXTENSIONS`]), is synced, and is renamed into place by

@@ -385,12 +385,27 @@ fn install(
     Ok((s.last_applied.as_ref().map_or(0, |l| l.index), m.revision, s.members))
 }
 
-/// Makes a checkpoint of the current state under a scratch name, for [`publish`]; see
-/// [`super::snapshot_files`] for why a build is a checkpoint and not a file.
-fn build_checkpoint(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+/// Makes a snapshot of the current state under a scratch name, for [`publish`]: a
+/// checkpoint, or, where none can be made, the whole file at once.
+fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
     // The log may be purged up to this snapshot: make the state behind it durable (and
     // remember so, for the purge's own barrier).
     shared.sync()?;
+    build_checkpoint(shared).or_else(|e| {
+        // A checkpoint links the table files: a filesystem that refuses hard links with
+        // anything but EXDEV or ENOTSUP (on which RocksDB copies) fails it. The member must
+        // still make snapshots, or its log would grow without end.
+        tracing::warn!(
+            error = %e,
+            "cannot make a checkpoint of the state (does the filesystem under --data-dir refuse hard links?); writing the whole snapshot file at each build instead"
+        );
+        build_file(shared)
+    })
+}
+
+/// Makes a checkpoint of the current state under a scratch name; see
+/// [`super::snapshot_files`] for why a build is a checkpoint and not a file.
+fn build_checkpoint(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
     let tmp = shared.scratch_path("building", "ckptbuild");
     let made = (|| {
         let db = shared.mvcc.db();
@@ -410,13 +425,26 @@ fn build_checkpoint(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)>
     }
 }
 
+/// Writes the current state into a snapshot file under a scratch name: the build where
+/// no checkpoint can be made.
+fn build_file(shared: &Shared) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+    let tmp = shared.scratch_path("building", "build");
+    match shared.export(&tmp) {
+        Ok(meta) => Ok((meta, tmp)),
+        Err(e) => {
+            remove(&tmp);
+            Err(e)
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let shared = self.shared.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || -> std::io::Result<(SnapshotMeta, PathBuf)> {
-            let (meta, scratch) = build_checkpoint(&shared)?;
+            let (meta, scratch) = build(&shared)?;
             publish(&shared, meta, &scratch)
         })
         .await

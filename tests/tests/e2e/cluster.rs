@@ -214,26 +214,74 @@ async fn kill_all_members_and_restart_keeps_every_acknowledged_write() {
 /// Three members that snapshot every 50 entries and keep only 10 behind a snapshot, so a
 /// member that stops falls behind the purged log quickly.
 async fn snapshotting_three() -> Cluster {
+    let mut c = Cluster::prepare(Kind::Lodestone, snapshotting_options());
+    c.launch().await;
+    c
+}
+
+fn snapshotting_options() -> Options {
     let extra = vec![
         "--snapshot-count".into(),
         "50".into(),
         "--experimental-snapshot-catchup-entries".into(),
         "10".into(),
     ];
-    Cluster::start(
-        Kind::Lodestone,
-        Options {
-            size: 3,
-            extra,
-            ..Default::default()
-        },
-    )
-    .await
+    Options {
+        size: 3,
+        extra,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_behind_the_purged_log_catches_up_by_snapshot() {
     let mut c = snapshotting_three().await;
+    // 400 values of 16 KiB: the snapshot (over 6 MiB) is synced piece by piece while it is
+    // built and while the lagging member receives it, not only at its end.
+    catch_up_by_snapshot(&mut c, 16 << 10).await;
+}
+
+/// On a filesystem that refuses hard links (here with EPERM, as a FUSE filesystem without
+/// `link` does), a build cannot make a checkpoint: it writes the snapshot file directly
+/// instead of failing (which would stop the member), and a member behind the purged log
+/// still catches up from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hard_links_a_build_writes_the_file_and_a_member_still_catches_up() {
+    use lodestone_tests::lazyfs::LazyMount;
+    let disks = tempfile::tempdir().unwrap();
+    let prepared = Cluster::prepare(Kind::Lodestone, snapshotting_options());
+    let mut mounts = Vec::new();
+    for (i, m) in prepared.members.iter().enumerate() {
+        let mut disk =
+            LazyMount::start(&disks.path().join(format!("backing{i}")), &m.data_dir).unwrap_or_else(|e| panic!("{e}"));
+        disk.set_links(false).unwrap();
+        mounts.push(disk);
+    }
+    // Bound after the mounts, so its members stop before the mounts go, a failure included.
+    let mut c = prepared;
+    c.launch().await;
+    let (leader, _) = catch_up_by_snapshot(&mut c, 100).await;
+    let snaps = c.members[leader].data_dir.join("member/snap/snapshots");
+    let names: Vec<String> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".ckpt")),
+        "a checkpoint was made without hard links: {names:?}"
+    );
+    assert!(
+        c.members[leader].log_text().contains("cannot make a checkpoint"),
+        "the leader did not say why it writes whole snapshot files"
+    );
+}
+
+/// Stops a follower, writes 400 values of `value` bytes and a delete past it until the leader
+/// purged its log beyond where the follower stopped, starts it again and checks that it
+/// caught up by a snapshot file with every write, and keeps up afterwards. Returns (leader,
+/// the lagging member).
+async fn catch_up_by_snapshot(c: &mut Cluster, value: usize) -> (usize, usize) {
     let leader = c.leader().await;
     let lagger = (leader + 1) % 3;
     c.kill(lagger);
@@ -242,12 +290,8 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
         .map(|i| c.members[i].endpoint())
         .collect();
     let mut cl = connect(&others).await;
-    // 400 values of 16 KiB: the snapshot (over 6 MiB) is synced piece by piece while it is
-    // built and while the lagging member receives it, not only at its end.
     for i in 0..400 {
-        cl.put(format!("snap/{i:04}"), vec![b'x'; 16 << 10], None)
-            .await
-            .unwrap();
+        cl.put(format!("snap/{i:04}"), vec![b'x'; value], None).await.unwrap();
     }
     cl.delete("snap/0000", None).await.unwrap();
     // Wait until the leader has purged its log past where the lagging member stopped (a few
@@ -282,6 +326,7 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
     let a = m.get("snap/after", None).await.unwrap();
     let b = cl.get("snap/after", None).await.unwrap();
     assert_eq!(a.header().unwrap().revision(), b.header().unwrap().revision());
+    (leader, lagger)
 }
 
 /// A snapshot damaged on disk (a flipped bit, a torn end; in a file or a checkpoint's
