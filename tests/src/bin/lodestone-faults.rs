@@ -4,7 +4,9 @@
 //! violation. Needs root (network namespaces). `--lose-unsynced` puts every member's data on
 //! a lazy filesystem that forgets unsynced writes whenever the member is killed (build
 //! `lodestone-lazyfs` too: `cargo build -p lodestone-lazyfs`). `--peer-tls on|off` has the
-//! members talk over TLS or not; by default each round's seed decides.
+//! members talk over TLS or not; by default each round's seed decides. `--hard-links on|off`
+//! (with `--lose-unsynced`) has the lazy filesystem make hard links or refuse them, so that
+//! every snapshot build writes the whole file; by default one round in four refuses them.
 //!
 //! ```sh
 //! cargo build --bin lodestone && \
@@ -19,9 +21,18 @@ fn usage() -> ! {
     eprintln!(
         "usage: lodestone-faults [--rounds N (default 5)] [--cycles N (default 20)] [--seed S] \
          [--rate OPS_PER_S (default 150)] [--clients N (default 6)] [--members N (default 3)] \
-         [--lose-unsynced] [--peer-tls on|off] [--quiet]"
+         [--lose-unsynced] [--peer-tls on|off] [--hard-links on|off] [--quiet]"
     );
     std::process::exit(2)
+}
+
+/// The value of a switch: `on` or `off`.
+fn on_off(value: Option<String>) -> bool {
+    match value.as_deref() {
+        Some("on") => true,
+        Some("off") => false,
+        _ => usage(),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -49,13 +60,8 @@ async fn main() {
             "--clients" => config.clients = value() as usize,
             "--members" => config.members = value().clamp(1, 5) as usize,
             "--lose-unsynced" => config.lose_unsynced = true,
-            "--peer-tls" => {
-                config.peer_tls = match args.next().as_deref() {
-                    Some("on") => Some(true),
-                    Some("off") => Some(false),
-                    _ => usage(),
-                }
-            }
+            "--peer-tls" => config.peer_tls = Some(on_off(args.next())),
+            "--hard-links" => config.hard_links = Some(on_off(args.next())),
             "--quiet" => config.progress = false,
             _ => usage(),
         }
