@@ -66,6 +66,10 @@ async fn main() {
             _ => usage(),
         }
     }
+    if config.hard_links == Some(false) && !config.lose_unsynced {
+        eprintln!("lodestone-faults: --hard-links off needs --lose-unsynced (its filesystem is what refuses them)");
+        std::process::exit(2);
+    }
     let started = Instant::now();
     let (mut cycles, mut operations, mut failed) = (0, 0, 0);
     let first_seed = config.seed;
