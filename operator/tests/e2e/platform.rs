@@ -244,12 +244,13 @@ pub struct ProcessPlatform {
 
 impl ProcessPlatform {
     /// Whether the member in pod `name` says it is the leader; `None` when it does not answer
-    /// within a second.
+    /// within a few seconds (the operator deletes a pod only while every member answers, and
+    /// a host running four scenarios at once may be slow to).
     async fn leads(&self, name: &str) -> Option<bool> {
         let ordinal = self.names.ordinal(name)?;
         let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(1));
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(3));
         let ask = async {
             let mut client = etcd_client::Client::connect([self.dns.client_url(ordinal)], Some(options))
                 .await
@@ -258,7 +259,7 @@ impl ProcessPlatform {
             let me = status.header()?.member_id();
             Some(status.leader() == me)
         };
-        tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(5), ask).await.ok().flatten()
     }
 
     /// A platform holding `cluster`, its pods on their own loopback addresses ([`pod_ip`]), its state under
