@@ -272,15 +272,19 @@ async fn without_hard_links_a_build_writes_the_file_and_a_member_still_catches_u
         "a checkpoint was made without hard links: {names:?}"
     );
     assert!(
+        names.iter().any(|n| n.ends_with(".snap")),
+        "the leader holds no snapshot file: {names:?}"
+    );
+    assert!(
         c.members[leader].log_text().contains("cannot make a checkpoint"),
         "the leader did not say why it writes whole snapshot files"
     );
 }
 
-/// Stops a follower, writes 400 values of `value` bytes and a delete past it until the leader
-/// purged its log beyond where the follower stopped, starts it again and checks that it
-/// caught up by a snapshot file with every write, and keeps up afterwards. Returns (leader,
-/// the lagging member).
+/// Stops a follower, writes 400 values of `value` bytes and a delete, waits until the leader
+/// purged its log beyond where the follower stopped, starts the follower again and checks
+/// that it caught up by a snapshot file with every write, and keeps up afterwards. Returns
+/// (leader, the lagging member).
 async fn catch_up_by_snapshot(c: &mut Cluster, value: usize) -> (usize, usize) {
     let leader = c.leader().await;
     let lagger = (leader + 1) % 3;
