@@ -234,7 +234,8 @@ pub struct ProcessPlatform {
     /// What went wrong that the reconcile cannot see (checked by the scenarios).
     pub violations: Mutex<Vec<String>>,
     /// Each pod delete that took effect, in order, with whether that member led the cluster
-    /// at that moment (by its own Status; `None` when it did not answer).
+    /// at that moment (as the members said then; `None` when no leader was known or the
+    /// member was not listed).
     pub pod_deletes: Mutex<Vec<(String, Option<bool>)>>,
     /// Deleted claims keep their data aside (a PersistentVolume with reclaim policy Retain),
     /// so a scenario can bind it again.
@@ -243,23 +244,11 @@ pub struct ProcessPlatform {
 }
 
 impl ProcessPlatform {
-    /// Whether the member in pod `name` says it is the leader; `None` when it does not answer
-    /// within a few seconds (the operator deletes a pod only while every member answers, and
-    /// a host running four scenarios at once may be slow to).
-    async fn leads(&self, name: &str) -> Option<bool> {
-        let ordinal = self.names.ordinal(name)?;
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(3));
-        let ask = async {
-            let mut client = etcd_client::Client::connect([self.dns.client_url(ordinal)], Some(options))
-                .await
-                .ok()?;
-            let status = client.status().await.ok()?;
-            let me = status.header()?.member_id();
-            Some(status.leader() == me)
-        };
-        tokio::time::timeout(Duration::from_secs(5), ask).await.ok().flatten()
+    /// The members as the operator's own observe step sees them now, asked through every
+    /// running pod.
+    async fn members_now(&self) -> lodestone_operator::members::MembersView {
+        let endpoints = self.running().into_iter().map(|o| self.dns.client_url(o)).collect();
+        lodestone_operator::members::observe(endpoints, None).await
     }
 
     /// A platform holding `cluster`, its pods on their own loopback addresses ([`pod_ip`]), its state under
@@ -990,7 +979,12 @@ impl Platform for ProcessPlatform {
         Box::pin(async move {
             // Who leads is asked at the moment of the delete, not when the operator decided,
             // so a scenario can tell a leader's pod deleted from one whose leadership moved.
-            let led = self.leads(name).await;
+            let peer = self.dns.resolve(&self.names.peer_url(name));
+            let view = self.members_now().await;
+            let led = view.leader.and_then(|leader| {
+                let member = view.members.iter().find(|m| m.peer_urls.contains(&peer))?;
+                Some(member.id == leader)
+            });
             self.change(format!("delete pod {name}"), "delete pod", |api| {
                 match api.pods.get_mut(name) {
                     Some(record) if !record.terminating => {
@@ -1012,15 +1006,7 @@ impl Platform for ProcessPlatform {
             let pod = name.split_once('-').map(|(_, pod)| pod.to_string()).unwrap_or_default();
             if let Some(ordinal) = self.names.ordinal(&pod) {
                 let peer = self.dns.resolve(&self.names.peer_url(&pod));
-                let endpoints: Vec<String> = (0..16).map(|o| self.dns.client_url(o)).collect();
-                let view = lodestone_operator::members::observe(
-                    self.running()
-                        .into_iter()
-                        .map(|o| endpoints[o as usize].clone())
-                        .collect(),
-                    None,
-                )
-                .await;
+                let view = self.members_now().await;
                 if view.members.iter().any(|m| m.peer_urls.contains(&peer)) {
                     self.violations.lock().unwrap().push(format!(
                         "claim {name} deleted while member {pod} (ordinal {ordinal}) is still in the cluster"

@@ -214,7 +214,7 @@ async fn upgrade(h: &mut Harness) {
     assert_eq!(led.len(), 3, "{led:?}");
     assert!(
         led.iter().all(|(_, led)| *led == Some(false)),
-        "a pod was deleted while its member led, or it did not answer: {led:?} {journal:#?}"
+        "a pod was deleted while its member led, or who led was unknown: {led:?} {journal:#?}"
     );
     let last = journal.iter().position(|j| j == deletes[2]).unwrap();
     let second = journal.iter().position(|j| j == deletes[1]).unwrap();
