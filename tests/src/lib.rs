@@ -364,6 +364,9 @@ pub struct Options {
     /// Talk between members on https URLs with this certificate, requiring peer
     /// certificates signed by its CA.
     pub peer_tls: Option<pki::TlsFiles>,
+    /// Where the cluster's temporary directory is made (the system's temporary directory
+    /// when `None`): a tmpfs, for instance, takes the disk out of a measurement.
+    pub data_root: Option<PathBuf>,
 }
 
 impl Options {
@@ -386,6 +389,7 @@ impl Default for Options {
             metrics_listener: true,
             client_tls: None,
             peer_tls: None,
+            data_root: None,
         }
     }
 }
@@ -415,7 +419,11 @@ impl Cluster {
     /// Lays out a cluster (ports, directories, flags) without starting it, so a test can
     /// prepare the members' data directories first.
     pub fn prepare(kind: Kind, opts: Options) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = match &opts.data_root {
+            Some(root) => tempfile::tempdir_in(root),
+            None => tempfile::tempdir(),
+        }
+        .expect("temp dir");
         let token = format!("test-{}", std::process::id());
         let mut members = Vec::new();
         for i in 0..opts.size {
@@ -936,5 +944,36 @@ pub fn assert_status(err: etcd_client::Error, code: tonic::Code, message: &str) 
             assert_eq!(s.message(), message);
         }
         other => panic!("expected gRPC status {code:?} {message:?}, got {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_root_holds_every_members_directory() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let cluster = Cluster::prepare(
+            Kind::Lodestone,
+            Options {
+                size: 3,
+                data_root: Some(root.path().to_path_buf()),
+                ..Options::default()
+            },
+        );
+        for m in &cluster.members {
+            assert!(
+                m.data_dir.starts_with(root.path()),
+                "{} is outside {}",
+                m.data_dir.display(),
+                root.path().display()
+            );
+        }
+        let elsewhere = Cluster::prepare(Kind::Lodestone, Options::members(1));
+        assert!(
+            !elsewhere.members[0].data_dir.starts_with(root.path()),
+            "without a root, the system's temporary directory"
+        );
     }
 }

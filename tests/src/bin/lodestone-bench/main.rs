@@ -5,7 +5,8 @@
 //! crate, and prints throughput and latency percentiles with Lodestone's ratio to etcd, then
 //! each member's peak resident memory, `etcdctl check perf` verdicts, and a PNG plot of both
 //! (`--plot`). Every workload runs for a fixed time, so a run is bounded: about
-//! `2 × rows × --seconds`, plus a minute per `check perf` load and cluster, plus startup.
+//! `2 × rows × --seconds`, plus a minute per `check perf` load and cluster (three: etcd,
+//! Lodestone and the ceiling), plus startup.
 //!
 //! Build the store optimized first, or the figures measure a debug build:
 //!
@@ -21,7 +22,9 @@
 //! times a second to a key 1000 watchers follow, measured as delivery latency from the put
 //! to each watcher (its op/s is events delivered per second). Clients share connections as
 //! etcd's own benchmark does (at most 100). After the rows, `etcdctl check perf` runs at each
-//! `--check-perf` load (default `l` and `xl`) against the same cluster.
+//! `--check-perf` load (default `l` and `xl`) against the same cluster, and once more against
+//! one etcd member keeping its data in memory: the host's ceiling for that load, what
+//! `etcdctl` itself can drive here (see [`host_ceiling`]).
 //!
 //! One run's figures move by tens of percent on a small, busy host, so `--rounds N` repeats
 //! the whole comparison on fresh clusters, alternating which kind goes first, and reports
@@ -30,7 +33,7 @@
 
 mod plot;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,6 +133,60 @@ fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
         verdict,
         details,
     }
+}
+
+/// A tmpfs on Linux: the host ceiling's member keeps its data there when it has room.
+const MEMORY_DIR: &str = "/dev/shm";
+/// Room the ceiling's member needs: a minute of `--load=xl` writes about 1.2 GB, and etcd's
+/// database grows past what it holds (a container's default `/dev/shm` of 64 MiB is far from
+/// enough).
+const MEMORY_NEEDED_KIB: u64 = 4 << 20;
+
+/// Free space under `dir` in KiB, as `df` reports it.
+fn free_kib(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The second line: filesystem, size, used, available, capacity, mount point.
+    text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `etcdctl check perf` at each of `loads` against one etcd member whose data lives in
+/// memory (`/dev/shm`, when it has room): nothing to replicate, no disk to wait for, so what
+/// it reaches is about what `etcdctl` itself can drive on this host, sharing its cores with
+/// one member. A three-member cluster that comes near it is held back by the host, not by
+/// the store, and a load that fails here cannot pass against any cluster on this host.
+///
+/// Answers where the member kept its data, and a verdict per load.
+async fn host_ceiling(loads: &[String]) -> (&'static str, Vec<CheckPerf>) {
+    let memory = Path::new(MEMORY_DIR);
+    let room = free_kib(memory).is_some_and(|kib| kib >= MEMORY_NEEDED_KIB);
+    let data_root = room.then(|| memory.to_path_buf());
+    let place = if room {
+        "in memory"
+    } else {
+        "on disk (/dev/shm is missing or under 4 GiB free, so this ceiling includes the disk)"
+    };
+    eprintln!("[ceiling] starting one etcd member with its data {place}");
+    let cluster = Cluster::start(
+        Kind::Etcd,
+        Options {
+            size: 1,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            data_root,
+            ..Options::default()
+        },
+    )
+    .await;
+    let endpoints = cluster.endpoints();
+    let mut checks = Vec::new();
+    for load in loads {
+        eprint!("[ceiling] etcdctl check perf --load={load} (a minute) ... ");
+        let c = tokio::task::block_in_place(|| check_perf(&endpoints, load));
+        eprintln!("{} ({})", c.verdict, c.details.join("; "));
+        checks.push(c);
+    }
+    (place, checks)
 }
 
 const ROWS: [(Op, usize); 8] = [
@@ -625,6 +682,11 @@ async fn main() {
             }
         }
     }
+    let (place, ceiling) = if plan.loads.is_empty() {
+        ("", Vec::new())
+    } else {
+        host_ceiling(&plan.loads).await
+    };
     let (etcd, lode) = (medians(&etcd_rounds), medians(&lode_rounds));
     if rounds > 1 {
         println!();
@@ -689,9 +751,23 @@ async fn main() {
             l.details.join("; ")
         );
     }
+    for c in &ceiling {
+        println!(
+            "  host ceiling, --load={}: one etcd member with its data {place}: {} ({})",
+            c.load,
+            c.verdict,
+            c.details.join("; ")
+        );
+    }
     let errors: u64 = etcd.iter().chain(&lode).map(|f| f.errors).sum();
     if errors > 0 {
         println!("requests that failed, or watch events not delivered (not counted above): {errors}");
+    }
+    if !ceiling.is_empty() {
+        println!(
+            "host ceiling: what etcdctl itself drives on this host against a member that neither replicates nor waits for a disk; \
+             a cluster near it is held back by the host, and a load failing there cannot pass here."
+        );
     }
     println!(
         "x op/s: Lodestone's throughput over etcd's (above 1 is faster); x p99: its p99 latency over etcd's (below 1 is faster)."
@@ -746,6 +822,18 @@ mod tests {
             "{before} µs, then {now} µs after 10 s of spinning"
         );
         assert_eq!(cpu_used_us(&[std::process::id(), u32::MAX]), None, "no such process");
+    }
+
+    #[test]
+    fn free_space_is_read_from_df() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kib = free_kib(dir.path()).expect("df answers for a temporary directory");
+        assert!(kib > 0, "a writable directory with {kib} KiB free");
+        assert_eq!(
+            free_kib(&dir.path().join("missing")),
+            None,
+            "df fails on a missing path"
+        );
     }
 
     #[test]
