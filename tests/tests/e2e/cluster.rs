@@ -249,7 +249,16 @@ async fn member_behind_the_purged_log_catches_up_by_snapshot() {
 async fn without_hard_links_a_build_writes_the_file_and_a_member_still_catches_up() {
     use lodestone_tests::lazyfs::LazyMount;
     let disks = tempfile::tempdir().unwrap();
-    let prepared = Cluster::prepare(Kind::Lodestone, snapshotting_options());
+    // The cluster's own directory lies inside `disks` too: the member directories are still
+    // mountpoints when the cluster removes its directory, so the removal stops at them; the
+    // mounts go next, and `disks`, dropped last, removes what they left.
+    let prepared = Cluster::prepare(
+        Kind::Lodestone,
+        Options {
+            data_root: Some(disks.path().to_path_buf()),
+            ..snapshotting_options()
+        },
+    );
     let mut mounts = Vec::new();
     for (i, m) in prepared.members.iter().enumerate() {
         let mut disk =
