@@ -135,6 +135,31 @@ fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
     }
 }
 
+/// Runs `check perf` at each of `loads` against `endpoints`, one after another, with progress
+/// on standard error under `label`.
+fn check_perf_loads(label: &str, endpoints: &[String], loads: &[String]) -> Vec<CheckPerf> {
+    loads
+        .iter()
+        .map(|load| {
+            eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
+            let c = check_perf(endpoints, load);
+            eprintln!("{} ({})", c.verdict, c.details.join("; "));
+            c
+        })
+        .collect()
+}
+
+/// Options of every cluster the bench starts: `size` members on etcd's default timing (100 ms
+/// heartbeat, 1 s election).
+fn options(size: usize) -> Options {
+    Options {
+        size,
+        heartbeat_ms: 100,
+        election_ms: 1000,
+        ..Options::default()
+    }
+}
+
 /// A tmpfs on Linux: the host ceiling's member keeps its data there when it has room.
 const MEMORY_DIR: &str = "/dev/shm";
 /// Room the ceiling's member needs: a minute of `--load=xl` writes about 1.2 GB, and etcd's
@@ -170,22 +195,13 @@ async fn host_ceiling(loads: &[String]) -> (&'static str, Vec<CheckPerf>) {
     let cluster = Cluster::start(
         Kind::Etcd,
         Options {
-            size: 1,
-            heartbeat_ms: 100,
-            election_ms: 1000,
             data_root,
-            ..Options::default()
+            ..options(1)
         },
     )
     .await;
     let endpoints = cluster.endpoints();
-    let mut checks = Vec::new();
-    for load in loads {
-        eprint!("[ceiling] etcdctl check perf --load={load} (a minute) ... ");
-        let c = tokio::task::block_in_place(|| check_perf(&endpoints, load));
-        eprintln!("{} ({})", c.verdict, c.details.join("; "));
-        checks.push(c);
-    }
+    let checks = tokio::task::block_in_place(|| check_perf_loads("ceiling", &endpoints, loads));
     (place, checks)
 }
 
@@ -451,16 +467,7 @@ async fn bench(kind: Kind, plan: &Plan) -> (Vec<Figures>, Vec<CheckPerf>, Vec<Op
         Kind::Etcd => "etcd",
     };
     eprintln!("[{label}] starting a {}-member cluster", plan.members);
-    let cluster = Cluster::start(
-        kind,
-        Options {
-            size: plan.members,
-            heartbeat_ms: 100,
-            election_ms: 1000,
-            ..Options::default()
-        },
-    )
-    .await;
+    let cluster = Cluster::start(kind, options(plan.members)).await;
     let endpoints = cluster.endpoints();
     let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
     let (rows, checks) = rows_against(label, &endpoints, &pids, plan).await;
@@ -510,13 +517,7 @@ async fn rows_against(label: &str, endpoints: &[String], pids: &[u32], plan: &Pl
         );
         rows.push(f);
     }
-    let mut checks = Vec::new();
-    for load in &plan.loads {
-        eprint!("[{label}] etcdctl check perf --load={load} (a minute) ... ");
-        let c = tokio::task::block_in_place(|| check_perf(endpoints, load));
-        eprintln!("{} ({})", c.verdict, c.details.join("; "));
-        checks.push(c);
-    }
+    let checks = tokio::task::block_in_place(|| check_perf_loads(label, endpoints, &plan.loads));
     (rows, checks)
 }
 
