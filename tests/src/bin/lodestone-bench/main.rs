@@ -89,6 +89,18 @@ struct CheckPerf {
     details: Vec<String>,
 }
 
+/// The PASS and FAIL lines of `check perf`'s output. Its progress bar redraws itself with
+/// carriage returns on the same stream, and a verdict line can follow the bar's last redraw
+/// without a line break, so each piece is read from where a verdict starts in it.
+fn verdict_lines(text: &str) -> Vec<String> {
+    text.split(['\n', '\r'])
+        .filter_map(|piece| {
+            let start = [piece.find("PASS"), piece.find("FAIL")].into_iter().flatten().min()?;
+            Some(piece[start..].trim().to_string())
+        })
+        .collect()
+}
+
 /// Runs `etcdctl check perf` against `endpoints` (each load takes a minute).
 fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
     let out = std::process::Command::new(lodestone_tests::etcdctl_bin())
@@ -99,11 +111,7 @@ fn check_perf(endpoints: &[String], load: &str) -> CheckPerf {
     let (verdict, details) = match out {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<String> = text
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
-                .collect();
+            let lines = verdict_lines(&text);
             let verdict = lines
                 .iter()
                 .rev()
@@ -823,6 +831,22 @@ mod tests {
             "{before} µs, then {now} µs after 10 s of spinning"
         );
         assert_eq!(cpu_used_us(&[std::process::id(), u32::MAX]), None, "no such process");
+    }
+
+    #[test]
+    fn verdicts_are_found_behind_the_progress_bar() {
+        let text = " 59 / 60   98.33%\r 60 / 60  100.00% 1m0sPASS: Throughput is 151 writes/s\n\
+                    PASS: Slowest request took 0.0076s\r\nFAIL: Stddev is 0.2s\nFAIL\n";
+        assert_eq!(
+            verdict_lines(text),
+            [
+                "PASS: Throughput is 151 writes/s",
+                "PASS: Slowest request took 0.0076s",
+                "FAIL: Stddev is 0.2s",
+                "FAIL"
+            ]
+        );
+        assert!(verdict_lines(" 1 / 60    1.67% 00m59s\n").is_empty());
     }
 
     #[test]
